@@ -1,0 +1,85 @@
+"""Argument checks shared by the detector, the baselines and the command line.
+
+Every check raises ``ValueError`` (or ``TypeError``) naming the argument, what was
+expected and what arrived, so bad input never turns into a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_finite", "check_images", "check_labels", "unpack_batch"]
+
+
+def check_images(images: Any, name: str = "images") -> Tensor:
+    """``images`` must be a floating tensor ``(B, C, H, W)`` with ``B, H, W > 0``."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W); got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W); got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating tensor (convert uint8 images with .float() / 255 and "
+            f"normalise them as the segmenter expects); got dtype {images.dtype}"
+        )
+    if min(images.shape[0], images.shape[2], images.shape[3]) == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(images.shape)}")
+    return images
+
+
+def check_labels(
+    labels: Any,
+    size: tuple[int, int],
+    batch: int,
+    num_classes: int | None,
+    ignore_index: int,
+    name: str = "labels",
+) -> Tensor:
+    """``labels`` must be an integer tensor ``(B, H, W)`` matching the images' batch and size,
+    with values in ``[0, num_classes)`` or ``ignore_index``."""
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, H, W); got {type(labels).__name__}")
+    if labels.dim() != 3 or labels.shape[0] != batch or tuple(labels.shape[1:]) != tuple(size):
+        raise ValueError(
+            f"{name} has shape {tuple(labels.shape)} but must be ({batch}, {size[0]}, {size[1]}) "
+            "to match the images"
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer class indices; got dtype {labels.dtype}")
+    if num_classes is not None:
+        bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+        if bad.any():
+            values = torch.unique(labels[bad])[:5].tolist()
+            raise ValueError(
+                f"{name} contains values {values} outside [0, {num_classes}) other than "
+                f"ignore_index={ignore_index}"
+            )
+    return labels.long()
+
+
+def check_finite(tensor: Tensor, name: str) -> Tensor:
+    """``tensor`` must contain no NaN or infinity."""
+    if not torch.isfinite(tensor).all():
+        bad = (~torch.isfinite(tensor)).sum().item()
+        raise ValueError(f"{name} contains {bad} NaN or infinite values")
+    return tensor
+
+
+def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """``(images, labels)`` from a loader batch: a pair, or a dict with "image" and "label"."""
+    if isinstance(batch, Mapping):
+        if "image" not in batch or "label" not in batch:
+            raise ValueError(
+                f"a dict batch needs keys 'image' and 'label'; got keys {sorted(batch)}"
+            )
+        return batch["image"], batch["label"]
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        "loader batches must be (images, labels) pairs or dicts with 'image' and 'label'; "
+        f"got {type(batch).__name__}"
+    )

@@ -1,0 +1,479 @@
+"""FlowEneDet: wrap a frozen segmenter, fit the energy flow, score IDM / OOD maps, save / load.
+
+This module only orchestrates; the arithmetic lives in ``energy``, ``flow``, ``training``
+and ``postprocess``, model access in ``hooks`` and storage in ``io``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import io
+from .checks import check_finite, check_images, check_labels, unpack_batch
+from .energy import ClassStats, energy_inputs
+from .flow import EnergyFlow, miss_posterior, pool_feature_channels
+from .hooks import SegmenterTap, find_classifier, segmenter_device
+from .postprocess import gaussian_smooth, resize, suppress_boundaries
+from .training import balanced_pixel_sample, hit_miss_loss, warmup_step_schedule
+
+__all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "flowenedet-detector"
+FORMAT_VERSION = 1
+LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at logit size, features
+
+
+@dataclass
+class Scores:
+    """Per-pixel maps at input resolution, higher = more suspicious.
+
+    Attributes:
+        idm: ``(B, H, W)`` in [0, 1], misclassification map (plain Gaussian smoothing).
+        ood: ``(B, H, W)`` in [0, 1], out-of-distribution map (boundary suppression and
+            dilated smoothing).
+        pred: ``(B, H, W)`` int64, the segmenter's predicted classes.
+    """
+
+    idm: Tensor
+    ood: Tensor
+    pred: Tensor
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-class mean and variance ``(K,)`` of the max logit over correct training pixels."""
+
+    mean: Tensor
+    var: Tensor
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild a detector; stored in the safetensors header."""
+
+    variant: str = "C"
+    num_classes: int | None = None
+    feature_layer: str | None = None
+    feature_channels: int | None = None
+    ignore_index: int = 255
+    pooled_channels: int = 32
+    context_channels: int = 32
+    num_blocks: int = 8
+    hidden: int = 32
+    boundary_width: int = 4
+    boundary_iterations: int = 4
+    ood_dilation: int = 6
+    chunk_pixels: int = 1 << 16
+    seed: int = 0
+    segmenter_fingerprint: str | None = None
+
+
+def segmenter_fingerprint(segmenter: nn.Module) -> str:
+    """SHA-256 of the segmenter's parameter and buffer names, shapes and values."""
+    return io.tensor_checksum(segmenter.state_dict())
+
+
+class FlowEneDet:
+    """Misclassification and OOD detector for a frozen segmentation model (UAI 2023).
+
+    Args:
+        segmenter: any ``nn.Module`` mapping images ``(B, 3, H, W)`` to logits
+            ``(B, K, h, w)`` (tensor, dict with "out", tuple, or ``.logits``). Never changed.
+        variant: ``"C"`` (flow conditioned on decoder features) or ``"U"`` (energy only).
+        feature_layer: submodule whose output gives the decoder features for FED-C; by
+            default the input of the classifier conv is found automatically.
+        num_classes: ``K``, checked against the logits if given.
+        ignore_index: label of void pixels.
+        **config: further :class:`DetectorConfig` fields (flow size, post-processing).
+    """
+
+    def __init__(
+        self,
+        segmenter: nn.Module,
+        *,
+        variant: str = "C",
+        feature_layer: str | None = None,
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+        **config: Any,
+    ) -> None:
+        if not isinstance(segmenter, nn.Module):
+            raise TypeError(f"segmenter must be a torch.nn.Module; got {type(segmenter).__name__}")
+        if variant not in ("C", "U"):
+            raise ValueError(f"variant must be 'C' or 'U'; got {variant!r}")
+        unknown = set(config) - {f.name for f in dataclasses.fields(DetectorConfig)}
+        if unknown:
+            raise TypeError(f"unknown FlowEneDet options: {sorted(unknown)}")
+        self.segmenter = segmenter
+        self.config = DetectorConfig(
+            variant=variant,
+            feature_layer=feature_layer,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            **config,
+        )
+        self.flow: EnergyFlow | None = None
+        self.stats: Stats | None = None
+        self._tap = SegmenterTap(segmenter, feature_layer if variant == "C" else None)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        loader: Iterable[Any],
+        *,
+        steps: int | None = None,
+        epochs: int = 1,
+        lr: float = 1e-3,
+        pixels_per_image: int = 1024,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> FlowEneDet:
+        """Estimate class statistics, then train the flow; returns ``self``.
+
+        ``loader`` yields ``(images (B, 3, H, W), labels (B, H, W))`` or dicts with "image"
+        and "label", from the segmenter's training distribution. One pass estimates the
+        statistics; training then runs ``steps`` optimizer steps (one per batch, cycling
+        through the loader) or, if ``steps`` is None, ``epochs`` passes.
+        """
+        device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
+
+        def batches() -> Iterator[LogitBatch]:
+            for batch in loader:
+                yield self._segment(*unpack_batch(batch), device=device)
+
+        return self._fit(batches, steps, epochs, lr, pixels_per_image, device, progress)
+
+    def fit_logits(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        features: Tensor | None = None,
+        *,
+        batch_size: int = 8,
+        steps: int | None = None,
+        epochs: int = 1,
+        lr: float = 1e-3,
+        pixels_per_image: int = 1024,
+        progress: bool = True,
+    ) -> FlowEneDet:
+        """Fit from logits computed elsewhere: ``logits`` ``(N, K, h, w)``, ``labels``
+        ``(N, H, W)`` (resized to ``h, w`` by nearest neighbour), ``features``
+        ``(N, F, h', w')`` for FED-C."""
+        if self.config.variant == "C" and features is None:
+            raise ValueError("variant 'C' needs features; pass features= or use variant='U'")
+        logits = check_finite(_check_logits(logits), "logits")
+        labels = check_labels(
+            labels, labels.shape[-2:], logits.shape[0], logits.shape[1], self.config.ignore_index
+        )
+        if features is not None and features.shape[0] != logits.shape[0]:
+            raise ValueError(
+                f"features has {features.shape[0]} items but logits have {logits.shape[0]}"
+            )
+
+        def batches() -> Iterator[LogitBatch]:
+            for i in range(0, logits.shape[0], batch_size):
+                chunk = slice(i, i + batch_size)
+                feats = None if features is None else features[chunk]
+                yield self._prepare(logits[chunk], labels[chunk], feats)
+
+        return self._fit(batches, steps, epochs, lr, pixels_per_image, logits.device, progress)
+
+    def _fit(self, batches, steps, epochs, lr, pixels_per_image, device, progress) -> FlowEneDet:
+        stats, num_batches = self._estimate_stats(batches(), progress)
+        mean, var = stats.finalize()
+        self.stats = Stats(mean, var)
+        total = steps if steps is not None else epochs * num_batches
+        if total < 1:
+            raise ValueError(f"steps must be at least 1; got {total}")
+        self._train(batches, total, lr, pixels_per_image, device, progress)
+        self.config.segmenter_fingerprint = segmenter_fingerprint(self.segmenter)
+        return self
+
+    def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
+        stats, num_batches, hits, misses = None, 0, 0, 0
+        for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not progress):
+            if stats is None:
+                stats = ClassStats(logits.shape[1])
+            stats.update(logits, labels, self.config.ignore_index)
+            valid = labels != self.config.ignore_index
+            wrong = (logits.argmax(1) != labels) & valid
+            misses += int(wrong.sum())
+            hits += int(valid.sum()) - int(wrong.sum())
+            num_batches += 1
+        if stats is None:
+            raise ValueError("loader is empty: fit needs at least one batch")
+        if hits == 0 or misses == 0:
+            raise ValueError(
+                f"fit data has {hits} correctly and {misses} wrongly classified valid pixels; "
+                "the detector learns from both, so it needs some of each"
+            )
+        logger.info("fit data: %d correct, %d misclassified valid pixels", hits, misses)
+        return stats, num_batches
+
+    def _train(self, batches, total, lr, pixels_per_image, device, progress) -> None:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        flow = self.flow.to(device).train()
+        optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=1e-4)
+        schedule = warmup_step_schedule(optimizer, total)
+        stream = itertools.chain.from_iterable(batches() for _ in itertools.count())
+        bar = tqdm(range(total), desc="fitting flow", disable=not progress)
+        for _ in bar:
+            logits, labels, features = next(stream)
+            inputs, context = self._inputs_and_context(logits, features)
+            valid = labels != self.config.ignore_index
+            miss = (logits.argmax(1) != labels) & valid
+            picked = balanced_pixel_sample(valid, miss, pixels_per_image, generator).to(device)
+            z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
+            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
+            loss = hit_miss_loss(flow.component_log_prob(z, c), miss.flatten()[picked])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        flow.eval()
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, images: Tensor, *, scales: Sequence[float] = (1.0,)) -> Scores:
+        """IDM and OOD maps for ``images`` ``(B, 3, H, W)``; averaged over ``scales``."""
+        self._require_fitted()
+        images = check_images(images)
+        size = tuple(images.shape[-2:])
+        device = segmenter_device(self.segmenter)
+        result = None
+        for scale in scales:
+            scaled = images if scale == 1.0 else _rescale(images, scale)
+            logits, features = self._tap(scaled.to(device))
+            scores = self.score_logits(logits, features, size=size)
+            if result is None:
+                result = scores
+            else:
+                result.idm += scores.idm
+                result.ood += scores.ood
+        result.idm /= len(scales)
+        result.ood /= len(scales)
+        return result
+
+    @torch.no_grad()
+    def score_logits(
+        self,
+        logits: Tensor,
+        features: Tensor | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Scores:
+        """Scores from ``logits`` ``(B, K, h, w)`` (and ``features`` for FED-C), at ``size``
+        (default: the logits' size)."""
+        self._require_fitted()
+        logits, _, features = self._prepare(_check_logits(logits), None, features)
+        size = tuple(size) if size is not None else tuple(logits.shape[-2:])
+        posterior = self._posterior(logits, features)
+        low_pred = logits.argmax(1)
+        cfg = self.config
+        idm = gaussian_smooth(posterior)
+        ood = suppress_boundaries(posterior, low_pred, cfg.boundary_width, cfg.boundary_iterations)
+        ood = gaussian_smooth(ood, kernel_size=7, sigma=1.0, dilation=cfg.ood_dilation)
+        pred = torch.cat([_upsampled_argmax(item[None], size) for item in logits])
+        return Scores(resize(idm, size).clamp(0, 1), resize(ood, size).clamp(0, 1), pred)
+
+    def _posterior(self, logits: Tensor, features: Tensor | None) -> Tensor:
+        """``p(miss | z)`` ``(B, h, w)``, computed in bands of rows to bound memory."""
+        inputs = energy_inputs(logits, self.stats.mean, self.stats.var)
+        encoder = self.flow.context_encoder
+        padded = encoder.pad(inputs)
+        batch, _, h, w = inputs.shape
+        rows = max(1, self.config.chunk_pixels // (batch * w))
+        out = torch.empty(batch, h, w, device=logits.device)
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            band = padded[:, :, top : bottom + 2 * encoder.halo]
+            feats = None if features is None else features[:, :, top:bottom]
+            context = encoder.from_padded(band, feats)
+            z = inputs[:, :, top:bottom].permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
+            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])
+            log_probs = self.flow.component_log_prob(z, c)
+            out[:, top:bottom] = miss_posterior(log_probs).reshape(batch, bottom - top, w)
+        return out
+
+    # ------------------------------------------------------------------ plumbing
+    def _segment(self, images: Tensor, labels: Tensor, device: torch.device) -> LogitBatch:
+        images = check_images(images)
+        labels = check_labels(
+            labels,
+            images.shape[-2:],
+            images.shape[0],
+            self.config.num_classes,
+            self.config.ignore_index,
+        )
+        self._resolve_feature_layer(images.to(device))
+        logits, features = self._tap(images.to(device))
+        return self._prepare(logits, labels.to(device), features)
+
+    def _resolve_feature_layer(self, images: Tensor) -> None:
+        if self.config.variant != "C" or self._tap.feature_layer is not None:
+            return
+        name = find_classifier(self.segmenter, images[:1])
+        logger.info("FED-C features: input of the classifier %r", name)
+        self.config.feature_layer = f"{name}:input"
+        self._tap = SegmenterTap(self.segmenter, self.config.feature_layer)
+
+    def _prepare(
+        self, logits: Tensor, labels: Tensor | None, features: Tensor | None
+    ) -> LogitBatch:
+        """Validate and align a batch; builds the flow on the first batch it sees."""
+        cfg = self.config
+        check_finite(logits, "logits")
+        if cfg.num_classes is None:
+            cfg.num_classes = logits.shape[1]
+        elif logits.shape[1] != cfg.num_classes:
+            raise ValueError(
+                f"the segmenter gives {logits.shape[1]} classes but the detector is for "
+                f"num_classes={cfg.num_classes}"
+            )
+        if cfg.variant == "C":
+            if features is None:
+                raise ValueError("variant 'C' needs decoder features; pass features=")
+            if cfg.feature_channels is None:
+                cfg.feature_channels = features.shape[1]
+            elif features.shape[1] != cfg.feature_channels:
+                raise ValueError(
+                    f"the segmenter's features have {features.shape[1]} channels but the "
+                    f"detector was built for feature_channels={cfg.feature_channels}"
+                )
+            features = pool_feature_channels(features, cfg.pooled_channels)
+            features = F.interpolate(
+                features, size=logits.shape[-2:], mode="bilinear", align_corners=False
+            )
+        else:
+            features = None
+        if labels is not None:
+            labels = _nearest(labels, logits.shape[-2:])
+        if self.flow is None:
+            self._build_flow(logits.device)
+        return logits.float(), labels, features
+
+    def _build_flow(self, device: torch.device) -> None:
+        cfg = self.config
+        pooled = min(cfg.pooled_channels, cfg.feature_channels) if cfg.variant == "C" else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.flow = EnergyFlow(
+                features=2,
+                context_channels=cfg.context_channels,
+                feature_channels=pooled,
+                num_blocks=cfg.num_blocks,
+                hidden=cfg.hidden,
+            ).to(device)
+
+    def _inputs_and_context(self, logits: Tensor, features: Tensor | None):
+        inputs = energy_inputs(logits, self.stats.mean, self.stats.var)
+        return inputs, self.flow.context_encoder(inputs, features)
+
+    def _require_fitted(self) -> None:
+        if self.flow is None or self.stats is None:
+            raise RuntimeError("this FlowEneDet is not fitted: call fit(), or load() a saved one")
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | Path) -> Path:
+        """Write the detector (flow weights, statistics, config) as safetensors, atomically."""
+        self._require_fitted()
+        tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()}
+        tensors |= {"stats.mean": self.stats.mean, "stats.var": self.stats.var}
+        config = dataclasses.asdict(self.config)
+        return io.save_file_atomic(
+            path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=config
+        )
+
+    @classmethod
+    def load(
+        cls, path: str | Path, segmenter: nn.Module, *, check_segmenter: bool = True
+    ) -> FlowEneDet:
+        """Load a detector saved by :meth:`save` for ``segmenter``.
+
+        Refuses a segmenter whose weights differ from the one the detector was fitted on
+        (``check_segmenter=False`` skips only that check), a feature layer that does not
+        exist or has the wrong shape, and any unreadable, foreign or corrupted file.
+        """
+        tensors, config = io.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+        known = {f.name for f in dataclasses.fields(DetectorConfig)}
+        if set(config) - known:
+            raise io.FormatError(f"{path} has unknown settings {sorted(set(config) - known)}")
+        detector = cls(segmenter, **config)
+        _check_layer_shapes(detector, segmenter)
+        stored = config.get("segmenter_fingerprint")
+        if check_segmenter and stored and stored != segmenter_fingerprint(segmenter):
+            raise ValueError(
+                f"{path} was fitted on a different segmenter (its weights differ); its class "
+                "statistics and flow would be wrong for this one. Refit the detector, or pass "
+                "check_segmenter=False if you know the change is harmless."
+            )
+        detector._build_flow(segmenter_device(segmenter))
+        state = {k.removeprefix("flow."): v for k, v in tensors.items() if k.startswith("flow.")}
+        try:
+            detector.flow.load_state_dict(state)
+        except RuntimeError as error:
+            raise io.FormatError(f"{path} does not hold weights of this flow: {error}") from error
+        detector.flow.eval()
+        detector.stats = Stats(tensors["stats.mean"], tensors["stats.var"])
+        return detector
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        state = "fitted" if self.flow is not None and self.stats is not None else "not fitted"
+        return (
+            f"FlowEneDet(variant={cfg.variant!r}, num_classes={cfg.num_classes}, "
+            f"feature_layer={cfg.feature_layer!r}, {state})"
+        )
+
+
+def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
+    """For a classifier-conv feature layer, check its channels match the saved detector."""
+    cfg = detector.config
+    if cfg.feature_layer is None or not cfg.feature_layer.endswith(":input"):
+        return
+    conv = dict(segmenter.named_modules())[cfg.feature_layer.removesuffix(":input")]
+    if isinstance(conv, nn.Conv2d) and (
+        conv.out_channels != cfg.num_classes or conv.in_channels != cfg.feature_channels
+    ):
+        raise ValueError(
+            f"the detector was fitted for {cfg.num_classes} classes and {cfg.feature_channels} "
+            f"feature channels, but the segmenter's {cfg.feature_layer} has "
+            f"{conv.out_channels} and {conv.in_channels}"
+        )
+
+
+def _check_logits(logits: Any) -> Tensor:
+    if not isinstance(logits, Tensor) or logits.dim() != 4:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"logits must have shape (B, K, h, w); got {shape}")
+    return logits
+
+
+def _nearest(labels: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+def _rescale(images: Tensor, scale: float) -> Tensor:
+    size = [max(1, round(s * scale)) for s in images.shape[-2:]]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def _upsampled_argmax(logits: Tensor, size: Sequence[int]) -> Tensor:
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    return logits.argmax(1)

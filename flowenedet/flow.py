@@ -1,0 +1,212 @@
+"""The normalizing flow over energy inputs, with a two-component (hit / miss) mixture base.
+
+Pixels are the flow's samples: inputs ``z`` are ``(N, D)`` (``D = 2`` energy inputs) and
+each pixel has a context vector ``(N, C)``. The context is computed in image layout by
+:class:`ContextEncoder` from the pixel's 7x7 neighbourhood of energy inputs (its own
+value masked out, so ``log p(z | context)`` stays an exact density) and, for FED-C, from
+channel-pooled decoder features. The invertible part is built from nflows transforms:
+ActNorm, an invertible linear (1x1) mixing and a context-conditioned affine coupling with
+alternating channel masks, repeated ``num_blocks`` times.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from nflows.distributions.base import Distribution
+from nflows.flows.base import Flow
+from nflows.nn.nets import ResidualNet
+from nflows.transforms import (
+    ActNorm,
+    AffineCouplingTransform,
+    CompositeTransform,
+    LULinear,
+)
+from torch import Tensor, nn
+
+__all__ = [
+    "ContextEncoder",
+    "EnergyFlow",
+    "HitMissMixture",
+    "miss_posterior",
+    "pool_feature_channels",
+]
+
+HIT, MISS = 0, 1
+
+
+class HitMissMixture(Distribution):
+    """Two full-covariance Gaussians in latent space: component 0 = hit, 1 = miss.
+
+    Each component has a mean and a lower-triangular Cholesky factor ``L`` of its
+    precision (``Sigma^-1 = L L^T``, positive diagonal). The mixture weights are a buffer
+    (the miss rate seen in training); the detector's posterior uses equal weights.
+    """
+
+    def __init__(self, features: int, separation: float = 1.0) -> None:
+        super().__init__()
+        self.features = features
+        offset = separation / math.sqrt(features)
+        self.means = nn.Parameter(torch.tensor([[-offset], [offset]]).repeat(1, features))
+        self.log_diag = nn.Parameter(torch.zeros(2, features))
+        self.off_diag = nn.Parameter(torch.zeros(2, features, features))
+        self.register_buffer("log_weights", torch.full((2,), math.log(0.5)))
+
+    def precision_cholesky(self) -> Tensor:
+        """Lower-triangular ``L`` ``(2, D, D)`` with ``Sigma_m^-1 = L_m L_m^T``."""
+        return torch.tril(self.off_diag, diagonal=-1) + torch.diag_embed(self.log_diag.exp())
+
+    def component_log_prob(self, inputs: Tensor) -> Tensor:
+        """``log N(u; mu_m, Sigma_m)`` for ``inputs`` ``(N, D)``, shape ``(N, 2)``."""
+        chol = self.precision_cholesky()
+        centred = inputs[:, None, :] - self.means[None]  # (N, 2, D)
+        projected = torch.einsum("nmd,mde->nme", centred, chol)  # (L^T (u - mu))^T
+        return (
+            -0.5 * projected.pow(2).sum(-1)
+            + self.log_diag.sum(-1)[None]
+            - 0.5 * self.features * math.log(2 * math.pi)
+        )
+
+    def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
+        return torch.logsumexp(self.component_log_prob(inputs) + self.log_weights, dim=1)
+
+    def _sample(self, num_samples: int, context: Tensor | None) -> Tensor:
+        if context is not None:
+            raise NotImplementedError("the mixture base is unconditional")
+        component = torch.multinomial(self.log_weights.exp(), num_samples, replacement=True)
+        noise = torch.randn(num_samples, self.features, 1, device=self.means.device)
+        chol = self.precision_cholesky()[component]  # (N, D, D)
+        offset = torch.linalg.solve_triangular(chol.transpose(1, 2), noise, upper=True)
+        return self.means[component] + offset.squeeze(-1)
+
+
+def pool_feature_channels(features: Tensor, channels: int) -> Tensor:
+    """Average ``features`` ``(B, F, h, w)`` over groups of channels to ``(B, P, h, w)``.
+
+    ``P = min(channels, F)``; groups are contiguous and as equal as possible.
+    """
+    _, f, h, w = features.shape
+    if f <= channels:
+        return features.float()
+    return F.adaptive_avg_pool3d(features.float()[:, None], (channels, h, w))[:, 0]
+
+
+class ContextEncoder(nn.Module):
+    """Per-pixel context ``(B, C, h, w)`` from energy inputs and, optionally, features.
+
+    Args:
+        input_channels: ``D``, channels of the energy inputs.
+        context_channels: ``C``.
+        feature_channels: ``P`` pooled decoder-feature channels (0 for FED-U).
+        kernel_size: spatial neighbourhood of the energy inputs (reflect padding); the
+            centre tap is masked so a pixel's context never contains its own input.
+    """
+
+    def __init__(
+        self,
+        input_channels: int,
+        context_channels: int,
+        feature_channels: int = 0,
+        kernel_size: int = 7,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd; got {kernel_size}")
+        self.spatial = nn.Conv2d(input_channels, context_channels, kernel_size)
+        mask = torch.ones(1, 1, kernel_size, kernel_size)
+        mask[..., kernel_size // 2, kernel_size // 2] = 0
+        self.register_buffer("centre_mask", mask, persistent=False)
+        self.features = (
+            nn.Conv2d(feature_channels, context_channels, 1) if feature_channels > 0 else None
+        )
+        self.mix = nn.Conv2d(context_channels, context_channels, 1)
+
+    @property
+    def halo(self) -> int:
+        """Rows / columns of neighbourhood each pixel's context reads on every side."""
+        return self.spatial.kernel_size[0] // 2
+
+    def pad(self, inputs: Tensor) -> Tensor:
+        """Reflect-pad ``inputs`` ``(B, D, h, w)`` by :attr:`halo` on every side."""
+        return F.pad(
+            inputs,
+            [self.halo] * 4,
+            mode="reflect" if min(inputs.shape[-2:]) > self.halo else "replicate",
+        )
+
+    def forward(self, inputs: Tensor, features: Tensor | None = None) -> Tensor:
+        """Context ``(B, C, h, w)`` from ``inputs`` ``(B, D, h, w)`` and ``features``."""
+        return self.from_padded(self.pad(inputs), features)
+
+    def from_padded(self, padded: Tensor, features: Tensor | None = None) -> Tensor:
+        """Like :meth:`forward` on inputs already padded by :meth:`pad`, so a band of rows
+        (with its halo) can be processed on its own and give the same context."""
+        hidden = F.conv2d(padded, self.spatial.weight * self.centre_mask, self.spatial.bias)
+        if self.features is not None:
+            if features is None:
+                raise ValueError("this context encoder (FED-C) needs decoder features")
+            hidden = hidden + self.features(features)
+        return self.mix(F.gelu(hidden))
+
+
+def _coupling_net(context_channels: int, hidden: int):
+    def create(in_features: int, out_features: int) -> nn.Module:
+        return ResidualNet(
+            in_features,
+            out_features,
+            hidden_features=hidden,
+            context_features=context_channels,
+            num_blocks=1,
+            activation=F.gelu,
+        )
+
+    return create
+
+
+class EnergyFlow(Flow):
+    """Conditional flow ``z -> u`` with a hit / miss mixture base.
+
+    Args:
+        features: ``D``, the number of per-pixel inputs (2 energy inputs).
+        context_channels: ``C``, width of the per-pixel context.
+        feature_channels: ``P`` pooled decoder-feature channels (0 for FED-U).
+        num_blocks: number of (ActNorm, linear mixing, affine coupling) blocks.
+        hidden: width of each coupling network.
+    """
+
+    def __init__(
+        self,
+        features: int = 2,
+        context_channels: int = 32,
+        feature_channels: int = 0,
+        num_blocks: int = 8,
+        hidden: int = 32,
+    ) -> None:
+        if features < 2:
+            raise ValueError(f"the flow needs at least 2 input features; got {features}")
+        blocks = []
+        for i in range(num_blocks):
+            mask = torch.ones(features)
+            mask[i % 2 :: 2] = -1  # alternate which half is transformed
+            blocks += [
+                ActNorm(features),
+                LULinear(features, identity_init=True),
+                AffineCouplingTransform(mask, _coupling_net(context_channels, hidden)),
+            ]
+        super().__init__(CompositeTransform(blocks), HitMissMixture(features))
+        self.context_encoder = ContextEncoder(features, context_channels, feature_channels)
+
+    def component_log_prob(self, inputs: Tensor, context: Tensor) -> Tensor:
+        """Class-conditional ``log p(z | m)`` for ``inputs`` ``(N, D)``, ``context`` ``(N, C)``.
+
+        Returns ``(N, 2)``: column 0 = hit, column 1 = miss.
+        """
+        latent, logabsdet = self._transform(inputs, context=context)
+        return self._distribution.component_log_prob(latent) + logabsdet[:, None]
+
+
+def miss_posterior(component_log_prob: Tensor) -> Tensor:
+    """``p(miss | z)`` ``(N,)`` from ``(N, 2)`` class-conditional log-likelihoods."""
+    return torch.sigmoid(component_log_prob[:, MISS] - component_log_prob[:, HIT])

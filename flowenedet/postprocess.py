@@ -1,0 +1,85 @@
+"""Post-processing of per-pixel score maps: smoothing, boundary suppression, resizing.
+
+All functions take and return score maps of shape ``(B, h, w)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "boundary_mask",
+    "gaussian_smooth",
+    "resize",
+    "suppress_boundaries",
+]
+
+
+def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly resize ``maps`` ``(B, h, w)`` to ``(B, *size)``; a no-op at that size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _gaussian_kernel(kernel_size: int, sigma: float, device: torch.device) -> Tensor:
+    offsets = torch.arange(kernel_size, device=device, dtype=torch.float32) - kernel_size // 2
+    weights = torch.exp(-(offsets**2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    return weights[:, None] * weights[None, :]
+
+
+def gaussian_smooth(
+    maps: Tensor, kernel_size: int = 7, sigma: float = 1.0, dilation: int = 1
+) -> Tensor:
+    """Gaussian smoothing of ``maps`` ``(B, h, w)`` with reflect padding.
+
+    ``dilation`` spreads the kernel taps apart (the reference's OOD smoothing uses
+    ``kernel_size=7, dilation=6``); padding falls back to replicate where the map is too
+    small to reflect.
+    """
+    kernel = _gaussian_kernel(kernel_size, sigma, maps.device)[None, None]
+    pad = dilation * (kernel_size // 2)
+    h, w = maps.shape[-2:]
+    mode = "reflect" if pad < h and pad < w else "replicate"
+    padded = F.pad(maps[:, None].float(), [pad] * 4, mode=mode)
+    return F.conv2d(padded, kernel, dilation=dilation)[:, 0]
+
+
+def boundary_mask(pred: Tensor, width: int) -> Tensor:
+    """Pixels of ``pred`` ``(B, h, w)`` within ``width`` pixels of a class change, ``(B, h, w)``."""
+    if width <= 0:
+        return torch.zeros_like(pred, dtype=torch.bool)
+    labels = pred[:, None].float()
+    size = 2 * width + 1
+    local_max = F.max_pool2d(labels, size, stride=1, padding=width)
+    local_min = -F.max_pool2d(-labels, size, stride=1, padding=width)
+    return (local_max != local_min)[:, 0]
+
+
+def suppress_boundaries(maps: Tensor, pred: Tensor, width: int = 4, iterations: int = 4) -> Tensor:
+    """Replace scores near predicted class boundaries by their non-boundary neighbours.
+
+    Boundaries between predicted classes are where even a good segmenter is unsure, so
+    for OOD detection their scores are overwritten, from the outside in: at iteration
+    ``i`` the pixels within ``width - i * width // iterations`` of a boundary take the
+    mean of the non-boundary scores in their 3x3 neighbourhood (as in SML).
+
+    Args:
+        maps: scores ``(B, h, w)``.
+        pred: predicted labels ``(B, h, w)`` at the same resolution.
+    """
+    if pred.shape != maps.shape:
+        raise ValueError(f"pred has shape {tuple(pred.shape)} but maps are {tuple(maps.shape)}")
+    ones = torch.ones(1, 1, 3, 3, device=maps.device)
+    out = maps.float()
+    for i in range(iterations):
+        boundary = boundary_mask(pred, width - i * (width // iterations))
+        keep = (~boundary).float()[:, None]
+        total = F.conv2d(out[:, None] * keep, ones, padding=1)[:, 0]
+        count = F.conv2d(keep, ones, padding=1)[:, 0]
+        filled = boundary & (count > 0)
+        out = torch.where(filled, total / count.clamp_min(1), out)
+    return out

@@ -1,0 +1,41 @@
+"""Shared, seeded fixtures: a tiny trained toy segmenter and detectors fitted on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowenedet import FlowEneDet
+
+from .toy import make_scenes, train_toy_segmenter
+
+FIT_STEPS = 120
+
+
+@pytest.fixture(scope="session")
+def segmenter():
+    return train_toy_segmenter()
+
+
+@pytest.fixture(scope="session")
+def train_loader():
+    images, labels = make_scenes(128, seed=5)
+    return [(images[i : i + 16], labels[i : i + 16]) for i in range(0, 128, 16)]
+
+
+@pytest.fixture(scope="session")
+def test_scenes():
+    return make_scenes(64, seed=9, ood=True)
+
+
+@pytest.fixture(scope="session")
+def fitted(segmenter, train_loader):
+    """FED-U and FED-C fitted on the toy world; OOD post-processing sized for 16x16 logits."""
+    torch.manual_seed(0)
+    small_maps = {"boundary_width": 1, "boundary_iterations": 1, "ood_dilation": 1}
+    return {
+        variant: FlowEneDet(segmenter, variant=variant, **small_maps).fit(
+            train_loader, steps=FIT_STEPS, progress=False
+        )
+        for variant in "UC"
+    }

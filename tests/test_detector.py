@@ -1,0 +1,214 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flowenedet import FlowEneDet
+from flowenedet.baselines import MSP
+from flowenedet.metrics import auroc
+
+from .toy import NUM_CLASSES, OOD_LABEL, ToySegmenter, make_scenes
+
+
+def _full_res_pred(segmenter, images):
+    with torch.no_grad():
+        logits = segmenter(images)
+    return F.interpolate(logits, size=images.shape[-2:], mode="bilinear").argmax(1)
+
+
+@pytest.mark.parametrize("variant", ["U", "C"])
+def test_detector_ranks_errors_and_ood_above_correct_pixels(
+    fitted, segmenter, test_scenes, variant
+):
+    """The user-visible promise: suspicious pixels score higher than trustworthy ones.
+
+    Misclassification: AUROC must beat the MSP baseline on the same pixels. OOD: the toy
+    OOD colour lies between two known classes, where MSP is fooled in part (AUROC ~0.72);
+    the detector must reach 0.8 and beat MSP too.
+    """
+    images, labels = test_scenes
+    scores = fitted[variant].score(images)
+    msp = MSP(segmenter).score(images)
+    known = labels < NUM_CLASSES
+    wrong = (scores.pred != labels)[known]
+    assert auroc(scores.idm[known], wrong) > auroc(msp[known], wrong) + 0.02
+    ood = labels == OOD_LABEL
+    assert auroc(scores.ood, ood) > max(0.8, auroc(msp, ood) + 0.05)
+
+
+def test_scores_have_input_resolution_and_the_segmenters_prediction(fitted, segmenter):
+    images, _ = make_scenes(3, size=40, seed=3)
+    scores = fitted["C"].score(images)
+    for name in ("idm", "ood"):
+        value = getattr(scores, name)
+        assert value.shape == (3, 40, 40)
+        assert value.min() >= 0 and value.max() <= 1
+    assert torch.equal(scores.pred, _full_res_pred(segmenter, images))
+
+
+def test_multi_scale_scores_keep_shape_and_differ_from_single_scale(fitted):
+    images, _ = make_scenes(2, seed=4)
+    single = fitted["U"].score(images)
+    multi = fitted["U"].score(images, scales=(1.0, 0.5))
+    assert multi.idm.shape == single.idm.shape
+    assert not torch.allclose(multi.idm, single.idm)
+    assert torch.equal(multi.pred, single.pred)
+
+
+def test_score_logits_equals_score_on_the_same_logits(fitted, segmenter):
+    images, _ = make_scenes(2, seed=6)
+    det = fitted["C"]
+    logits, features = det._tap(images)
+    direct = det.score_logits(logits, features, size=(32, 32))
+    assert torch.equal(direct.idm, det.score(images).idm)
+
+
+def test_banded_scoring_equals_whole_map(fitted):
+    images, _ = make_scenes(2, seed=7)
+    det = copy.copy(fitted["C"])
+    det.config = copy.copy(det.config)
+    whole = det.score(images)
+    det.config.chunk_pixels = 40  # a band of one or two rows at a time
+    banded = det.score(images)
+    assert torch.allclose(whole.idm, banded.idm, atol=1e-6)
+
+
+def test_segmenter_is_left_exactly_as_it_was(segmenter, train_loader):
+    model = copy.deepcopy(segmenter).train()
+    model.backbone[1].eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    grads = [p.requires_grad for p in model.parameters()]
+    det = FlowEneDet(model).fit(train_loader[:2], steps=3, progress=False)
+    det.score(train_loader[0][0], scales=(1.0, 0.5))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m.training for m in model.modules()] == modes
+    assert [p.requires_grad for p in model.parameters()] == grads
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fit_accepts_dict_batches_and_fit_logits(segmenter, train_loader):
+    dict_loader = [{"image": x, "label": y} for x, y in train_loader[:2]]
+    det = FlowEneDet(segmenter, variant="U").fit(dict_loader, steps=2, progress=False)
+    assert det.stats.mean.shape == (NUM_CLASSES,) and det.stats.var.shape == (NUM_CLASSES,)
+    images, labels = train_loader[0]
+    with torch.no_grad():
+        logits = segmenter(images)
+    from_logits = FlowEneDet(segmenter, variant="U").fit_logits(
+        logits, labels, steps=2, progress=False
+    )
+    assert torch.allclose(
+        from_logits.stats.mean,
+        FlowEneDet(segmenter, variant="U")
+        .fit([(images, labels)], steps=1, progress=False)
+        .stats.mean,
+    )
+
+
+def test_fitting_is_reproducible(segmenter, train_loader):
+    a = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
+    b = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
+    images = train_loader[2][0]
+    assert torch.equal(a.score(images).idm, b.score(images).idm)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.fixture
+def fresh(segmenter):
+    return FlowEneDet(segmenter, variant="U")
+
+
+def test_score_before_fit_is_refused(fresh):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fresh.score(torch.rand(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "error", "match"),
+    [
+        (
+            torch.rand(3, 32, 32),
+            torch.zeros(1, 32, 32, dtype=torch.long),
+            ValueError,
+            "images must have shape",
+        ),
+        (
+            torch.zeros(1, 3, 32, 32, dtype=torch.uint8),
+            torch.zeros(1, 32, 32, dtype=torch.long),
+            ValueError,
+            "floating",
+        ),
+        (
+            torch.rand(2, 3, 32, 32),
+            torch.zeros(2, 30, 32, dtype=torch.long),
+            ValueError,
+            r"labels has shape \(2, 30, 32\)",
+        ),
+        (torch.rand(1, 3, 32, 32), torch.full((1, 32, 32), 7), ValueError, r"outside \[0, 4\)"),
+        (torch.rand(1, 3, 32, 32), torch.rand(1, 32, 32), ValueError, "integer"),
+    ],
+)
+def test_bad_fit_batches_get_clear_errors(segmenter, images, labels, error, match):
+    with pytest.raises(error, match=match):
+        FlowEneDet(segmenter, variant="U", num_classes=NUM_CLASSES).fit(
+            [(images, labels)], steps=1, progress=False
+        )
+
+
+def test_empty_loader_is_refused(fresh):
+    with pytest.raises(ValueError, match="loader is empty"):
+        fresh.fit([], progress=False)
+
+
+def test_fit_data_without_errors_is_refused(fresh, segmenter):
+    images, _ = make_scenes(4, seed=1)
+    with torch.no_grad():
+        low_res_pred = segmenter(images).argmax(1, keepdim=True).float()
+    perfect = F.interpolate(low_res_pred, size=(32, 32), mode="nearest")[:, 0].long()
+    with pytest.raises(ValueError, match="0 wrongly classified"):
+        fresh.fit([(images, perfect)], steps=1, progress=False)
+
+
+def test_nan_logits_are_refused(fresh):
+    logits = torch.zeros(1, NUM_CLASSES, 8, 8)
+    logits[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="logits contains 1 NaN"):
+        fresh.fit_logits(logits, torch.zeros(1, 8, 8, dtype=torch.long), progress=False)
+
+
+def test_wrong_number_of_classes_is_refused(segmenter):
+    with pytest.raises(ValueError, match="gives 4 classes but the detector is for num_classes=6"):
+        FlowEneDet(segmenter, num_classes=6).fit([make_scenes(2)], steps=1, progress=False)
+
+
+def test_unknown_variant_and_options_are_refused(segmenter):
+    with pytest.raises(ValueError, match="variant"):
+        FlowEneDet(segmenter, variant="X")
+    with pytest.raises(TypeError, match="unknown FlowEneDet options"):
+        FlowEneDet(segmenter, hiden=4)
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        FlowEneDet(lambda x: x)
+
+
+def test_torchvision_model_is_wrapped_with_its_aux_head_skipped():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=3, aux_loss=True
+    ).eval()
+    images = torch.rand(2, 3, 64, 64)
+    labels = torch.randint(0, 3, (2, 64, 64))
+    det = FlowEneDet(model).fit([(images, labels)], steps=2, pixels_per_image=64, progress=False)
+    assert det.config.feature_layer == "classifier.4:input"
+    assert det.score(images).ood.shape == (2, 64, 64)
+
+
+def test_unfitted_segmenter_of_other_width_is_refused_at_score(fitted):
+    other = ToySegmenter(num_classes=NUM_CLASSES + 1)
+    det = copy.copy(fitted["U"])
+    det.segmenter = other
+    det._tap = type(det._tap)(other)
+    with pytest.raises(ValueError, match="gives 5 classes"):
+        det.score(torch.rand(1, 3, 32, 32))

@@ -1,0 +1,105 @@
+import copy
+import os
+
+import pytest
+import torch
+
+from flowenedet import FlowEneDet, FormatError
+from flowenedet import io as fio
+from flowenedet.detector import FORMAT
+
+from .toy import NUM_CLASSES, ToySegmenter, make_scenes
+
+
+@pytest.mark.parametrize("variant", ["U", "C"])
+def test_round_trip_gives_bit_identical_scores(fitted, segmenter, tmp_path, variant):
+    path = fitted[variant].save(tmp_path / "det.safetensors")
+    loaded = FlowEneDet.load(path, segmenter)
+    images, _ = make_scenes(3, seed=11)
+    before, after = fitted[variant].score(images), loaded.score(images)
+    assert torch.equal(before.idm, after.idm) and torch.equal(before.ood, after.ood)
+    assert loaded.config == fitted[variant].config
+
+
+def test_file_is_plain_safetensors_with_a_header(fitted, tmp_path):
+    from safetensors import safe_open
+
+    path = fitted["C"].save(tmp_path / "det.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        assert meta["format"] == FORMAT and meta["format_version"] == "1"
+        assert '"variant": "C"' in meta["config"]
+        assert f.get_tensor("stats.mean").shape == (NUM_CLASSES,)
+
+
+def test_segmenter_with_other_classes_is_refused(fitted, tmp_path):
+    path = fitted["C"].save(tmp_path / "det.safetensors")
+    with pytest.raises(ValueError, match="fitted for 4 classes"):
+        FlowEneDet.load(path, ToySegmenter(num_classes=5))
+
+
+def test_segmenter_with_other_weights_is_refused_unless_overridden(fitted, segmenter, tmp_path):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    changed = copy.deepcopy(segmenter)
+    with torch.no_grad():
+        changed.classifier.bias += 0.1
+    with pytest.raises(ValueError, match="different segmenter"):
+        FlowEneDet.load(path, changed)
+    assert FlowEneDet.load(path, changed, check_segmenter=False).stats is not None
+
+
+def test_truncated_corrupted_and_foreign_files_are_refused(fitted, segmenter, tmp_path):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[-10] ^= 0xFF
+    corrupted = tmp_path / "corrupted.safetensors"
+    corrupted.write_bytes(bytes(flipped))
+    foreign = tmp_path / "notes.safetensors"
+    foreign.write_text("not a tensor file")
+    for bad, match in [
+        (truncated, "not a readable"),
+        (corrupted, "corrupted"),
+        (foreign, "not a readable"),
+    ]:
+        with pytest.raises(FormatError, match=match):
+            FlowEneDet.load(bad, segmenter)
+    with pytest.raises(FileNotFoundError):
+        FlowEneDet.load(tmp_path / "missing.safetensors", segmenter)
+
+
+def test_unknown_format_version_and_kind_are_refused(segmenter, tmp_path):
+    tensors = {"x": torch.zeros(2)}
+    newer = fio.save_file_atomic(
+        tmp_path / "v9.safetensors", tensors, kind=FORMAT, version=9, config={}
+    )
+    with pytest.raises(FormatError, match="format version '9'"):
+        FlowEneDet.load(newer, segmenter)
+    other = fio.save_file_atomic(
+        tmp_path / "o.safetensors", tensors, kind="other", version=1, config={}
+    )
+    with pytest.raises(FormatError, match="not a flowenedet-detector file"):
+        FlowEneDet.load(other, segmenter)
+
+
+def test_failed_write_keeps_the_previous_file(fitted, tmp_path, monkeypatch):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    original = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fio, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        fitted["C"].save(path)
+    assert path.read_bytes() == original
+    assert os.listdir(tmp_path) == ["det.safetensors"]
+
+
+def test_saving_an_unfitted_detector_is_refused(segmenter, tmp_path):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        FlowEneDet(segmenter).save(tmp_path / "x.safetensors")
