@@ -1,0 +1,458 @@
+"""Pooled pixel metrics: AUROC / AP / FPR95 for OOD, IDM and CDD, mIoU and open-mIoU.
+
+Conventions (benchmark.md, "Metric conventions"): all valid pixels of all
+images are pooled into one curve; a higher score means more suspicious.
+
+* ``"ood"``: positives are OOD pixels, negatives are in-distribution pixels (a class
+  label or ``UNLABELLED_ID``).
+* ``"idm"``: over pixels with a class label only; positives are ``pred != label``.
+* ``"cdd"``: over class-labelled and OOD pixels; positives are OOD or ``pred != label``.
+
+``IGNORE_INDEX`` pixels are left out of everything, ``UNLABELLED_ID`` pixels out of
+everything but ``"ood"``.
+
+Threshold rule: a pixel is flagged (rejected) when ``score > threshold``. The F1-optimal
+threshold and open-mIoU both use this rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
+
+__all__ = ["TASKS", "PixelEvaluator", "auroc", "average_precision"]
+__all__ += ["f1_optimal_threshold", "format_table", "fpr_at_tpr"]
+
+logger = logging.getLogger(__name__)
+
+TASKS: tuple[str, ...] = ("ood", "idm", "cdd")
+"""Task names reported by :meth:`PixelEvaluator.compute`, in table order."""
+
+ArrayLike = np.ndarray | torch.Tensor
+
+# Pixel categories kept by the evaluator.
+_CORRECT, _WRONG, _OOD, _UNLABELLED = 0, 1, 2, 3
+# Categories taking part in each task, and those of them that are positives.
+_TASK_CODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "ood": ((_CORRECT, _WRONG, _OOD, _UNLABELLED), (_OOD,)),
+    "idm": ((_CORRECT, _WRONG), (_WRONG,)),
+    "cdd": ((_CORRECT, _WRONG, _OOD), (_WRONG, _OOD)),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+def _to_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    return np.asarray(x)
+
+
+def _binary_inputs(scores: ArrayLike, positives: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and flatten ``scores`` (float64) and ``positives`` (bool)."""
+    s = _to_numpy(scores)
+    p = _to_numpy(positives)
+    if s.shape != p.shape:
+        raise ValueError(f"scores has shape {s.shape} but positives has shape {p.shape}")
+    s = s.reshape(-1).astype(np.float64, copy=False)
+    if np.isnan(s).any():
+        raise ValueError(f"scores contains {int(np.isnan(s).sum())} NaN value(s)")
+    p = p.reshape(-1)
+    if p.dtype != np.bool_:
+        if p.size and not np.isin(p, (0, 1)).all():
+            raise ValueError(
+                f"positives must be boolean or 0/1, got values {np.unique(p)[:5].tolist()}"
+            )
+        p = p.astype(np.bool_)
+    return s, p
+
+
+def _check_both(n_pos: int, n_neg: int, task: str) -> None:
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(
+            f"{task}: needs positives and negatives, got {n_pos} positive(s) "
+            f"and {n_neg} negative(s)"
+        )
+
+
+def _exact_counts(
+    scores: np.ndarray, positives: np.ndarray, task: str = "positives"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative (tps, fps, thresholds) at each distinct score, highest first."""
+    order = np.argsort(scores, kind="stable")[::-1]
+    return _sorted_counts(scores[order], positives[order], task)
+
+
+def _sorted_counts(
+    s_desc: np.ndarray, p_desc: np.ndarray, task: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_pos = int(np.count_nonzero(p_desc))
+    _check_both(n_pos, p_desc.size - n_pos, task)
+    last = np.r_[np.flatnonzero(np.diff(s_desc)), s_desc.size - 1]
+    tps = np.cumsum(p_desc, dtype=np.int64)[last]
+    return tps, last + 1 - tps, s_desc[last]
+
+
+def _curve_metrics(tps: np.ndarray, fps: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
+    """AUROC, AP and FPR at ``tpr`` from cumulative counts at distinct thresholds."""
+    n_pos, n_neg = float(tps[-1]), float(fps[-1])
+    t = tps.astype(np.float64)
+    f = fps.astype(np.float64)
+    t_prev = np.r_[0.0, t[:-1]]
+    f_prev = np.r_[0.0, f[:-1]]
+    area = float(np.sum((f - f_prev) * (t + t_prev))) / (2.0 * n_pos * n_neg)
+    ap = float(np.sum((t - t_prev) / n_pos * (t / (t + f))))
+    hit = int(np.argmax(t / n_pos >= tpr))
+    return {"auroc": area, "ap": ap, "fpr95": float(f[hit] / n_neg)}
+
+
+def _best_f1_index(tps: np.ndarray, fps: np.ndarray) -> int:
+    """Index of the cut (flag thresholds ``0..k``) with the highest F1, first on ties."""
+    f1 = 2.0 * tps / (tps + fps + float(tps[-1]))
+    return int(np.argmax(f1))
+
+
+def _check_tpr(tpr: float) -> None:
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+
+
+# ------------------------------------------------------------------ exact functions
+def auroc(scores: ArrayLike, positives: ArrayLike) -> float:
+    """Area under the ROC curve (trapezoid rule, ties grouped), any shape, flattened."""
+    tps, fps, _ = _exact_counts(*_binary_inputs(scores, positives))
+    return _curve_metrics(tps, fps)["auroc"]
+
+
+def average_precision(scores: ArrayLike, positives: ArrayLike) -> float:
+    """Step-wise average precision, ``sum (R_n - R_{n-1}) P_n`` as in scikit-learn."""
+    tps, fps, _ = _exact_counts(*_binary_inputs(scores, positives))
+    return _curve_metrics(tps, fps)["ap"]
+
+
+def fpr_at_tpr(scores: ArrayLike, positives: ArrayLike, tpr: float = 0.95) -> float:
+    """False-positive rate at the first (highest) threshold whose TPR reaches ``tpr``."""
+    _check_tpr(tpr)
+    tps, fps, _ = _exact_counts(*_binary_inputs(scores, positives))
+    return _curve_metrics(tps, fps, tpr)["fpr95"]
+
+
+def _threshold_between(upper: float, lower: float) -> float:
+    """A value ``t`` with ``lower <= t < upper`` (the midpoint when representable)."""
+    mid = upper / 2.0 + lower / 2.0
+    return float(mid) if lower <= mid < upper else float(lower)
+
+
+def f1_optimal_threshold(scores: ArrayLike, positives: ArrayLike) -> float:
+    """Threshold ``t`` maximising the F1 score of the rule ``score > t``.
+
+    ``t`` lies halfway between the lowest flagged score and the highest unflagged one,
+    so ``score > t`` reproduces the optimal cut exactly on these data; ``-inf`` when
+    flagging every pixel is optimal.
+    """
+    tps, fps, thr = _exact_counts(*_binary_inputs(scores, positives))
+    k = _best_f1_index(tps, fps)
+    return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
+
+
+# ------------------------------------------------------------------ pooled evaluator
+class PixelEvaluator:
+    """Streaming pooled evaluator for OOD, IDM and CDD scores over many images.
+
+    Args:
+        num_classes: ``K``; labels ``0..K-1`` are the in-distribution classes.
+        score_range: ``None`` for exact curves (keeps one float64 score, one category
+            byte and one int32 prediction per valid pixel); ``(lo, hi)`` for fixed-bin
+            histograms whose memory is ``(2K + 2) * bins`` int64 counts whatever the
+            number of images. Scores outside the range are clamped into the end bins.
+            Bin ``i`` holds scores in ``(lo + i*w, lo + (i+1)*w]``, ``w = (hi-lo)/bins``.
+        bins: number of histogram bins (histogram mode only).
+        ignore_index: void label, left out of everything.
+        ood_index: label of out-of-distribution pixels.
+        unlabelled_index: in-distribution pixels without a class label.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        score_range: tuple[float, float] | None = None,
+        bins: int = 100_000,
+        ignore_index: int = IGNORE_INDEX,
+        ood_index: int = OOD_INDEX,
+        unlabelled_index: int = UNLABELLED_ID,
+    ) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        specials = (ignore_index, ood_index, unlabelled_index)
+        if len(set(specials)) != 3 or any(0 <= v < num_classes for v in specials):
+            raise ValueError(
+                "ignore_index, ood_index and unlabelled_index must be distinct and outside "
+                f"0..{num_classes - 1}, got {specials}"
+            )
+        if score_range is not None:
+            lo, hi = (float(v) for v in score_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(
+                    f"score_range must be finite (lo, hi) with lo < hi, got {score_range}"
+                )
+            if int(bins) < 1:
+                raise ValueError(f"bins must be >= 1, got {bins}")
+            self.score_range: tuple[float, float] | None = (lo, hi)
+        else:
+            self.score_range = None
+        self.num_classes = int(num_classes)
+        self.bins = int(bins)
+        self.ignore_index = ignore_index
+        self.ood_index = ood_index
+        self.unlabelled_index = unlabelled_index
+        self.reset()
+
+    # ---------------------------------------------------------------- accumulation
+    def reset(self) -> None:
+        """Forget every pixel seen so far."""
+        k = self.num_classes
+        self._confusion = np.zeros(k * k, dtype=np.int64)
+        empty = (np.zeros(0), np.zeros(0, np.uint8), np.zeros(0, np.int32))
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [empty]
+        self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # rows 0..K-1: correct by class; K..2K-1: wrong or OOD by prediction;
+        # 2K: unlabelled; 2K+1: OOD (also counted in the wrong-or-OOD rows).
+        self._hist = (
+            np.zeros((2 * k + 2) * self.bins, dtype=np.int64)
+            if self.score_range is not None
+            else None
+        )
+
+    def update(self, scores: ArrayLike, labels: ArrayLike, preds: ArrayLike) -> None:
+        """Add a batch: float ``scores``, int ``labels`` and int ``preds``, all ``(B, H, W)``.
+
+        Pixels labelled ``ignore_index`` are dropped first and may hold any score (NaN too).
+        """
+        s, y, p = _to_numpy(scores), _to_numpy(labels), _to_numpy(preds)
+        if s.shape != y.shape or p.shape != y.shape:
+            raise ValueError(
+                f"scores has shape {s.shape}, labels {y.shape} and preds {p.shape}; "
+                "all three must be equal (B, H, W)"
+            )
+        for name, arr in (("labels", y), ("preds", p)):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
+        k = self.num_classes
+        valid = y.reshape(-1) != self.ignore_index
+        y = y.reshape(-1)[valid].astype(np.int64)
+        p = p.reshape(-1)[valid].astype(np.int64)
+        s = s.reshape(-1)[valid].astype(np.float64)
+
+        is_class = (y >= 0) & (y < k)
+        is_ood = y == self.ood_index
+        is_unl = y == self.unlabelled_index
+        bad = ~(is_class | is_ood | is_unl)
+        if bad.any():
+            raise ValueError(
+                f"labels contain values {np.unique(y[bad])[:5].tolist()} that are neither "
+                f"a class 0..{k - 1} nor ignore/ood/unlabelled "
+                f"({self.ignore_index}/{self.ood_index}/{self.unlabelled_index})"
+            )
+        bad = (p < 0) | (p >= k)
+        if bad.any():
+            raise ValueError(
+                f"preds must be classes 0..{k - 1} on valid pixels, got values "
+                f"{np.unique(p[bad])[:5].tolist()}"
+            )
+        if np.isnan(s).any():
+            raise ValueError(f"scores contains {int(np.isnan(s).sum())} NaN value(s)")
+
+        code = np.full(y.shape, _CORRECT, dtype=np.uint8)
+        code[is_class & (p != y)] = _WRONG
+        code[is_ood] = _OOD
+        code[is_unl] = _UNLABELLED
+        self._confusion += np.bincount(y[is_class] * k + p[is_class], minlength=k * k)
+
+        if self._hist is None:
+            self._chunks.append((s, code, p.astype(np.int32)))
+            self._sorted = None
+        else:
+            b = self._bin_index(s)
+            row = np.where(code == _CORRECT, p, k + p)
+            row[is_unl] = 2 * k
+            idx = np.r_[row * self.bins + b, (2 * k + 1) * self.bins + b[is_ood]]
+            self._hist += np.bincount(idx, minlength=self._hist.size)
+
+    def _bin_index(self, s: np.ndarray) -> np.ndarray:
+        assert self.score_range is not None
+        lo, hi = self.score_range
+        x = (np.clip(s, lo, hi) - lo) * (self.bins / (hi - lo))
+        return np.clip(np.ceil(x).astype(np.int64) - 1, 0, self.bins - 1)
+
+    def _edges(self) -> np.ndarray:
+        """Lower edge of each bin; bin 0 takes everything clamped from below."""
+        assert self.score_range is not None
+        lo, hi = self.score_range
+        edges = lo + np.arange(self.bins, dtype=np.float64) * ((hi - lo) / self.bins)
+        edges[0] = -math.inf
+        return edges
+
+    # ---------------------------------------------------------------- curves
+    def _stored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stored exact pixels sorted by descending score: (scores, codes, preds)."""
+        if self._sorted is None:
+            s, code, pred = (np.concatenate(parts) for parts in zip(*self._chunks, strict=True))
+            order = np.argsort(s, kind="stable")[::-1]
+            self._sorted = (s[order], code[order], pred[order])
+            self._chunks = [self._sorted]
+        return self._sorted
+
+    def _hist_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(correct (K, bins), wrong-or-OOD by pred (K, bins), unlabelled, OOD (bins,))."""
+        assert self._hist is not None
+        k = self.num_classes
+        h = self._hist.reshape(2 * k + 2, self.bins)
+        return h[:k], h[k : 2 * k], h[2 * k], h[2 * k + 1]
+
+    def _task_counts(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cumulative (tps, fps, thresholds), highest score first; raises if degenerate."""
+        if task not in _TASK_CODES:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        members, pos_codes = _TASK_CODES[task]
+        if self._hist is None:
+            s, code, _ = self._stored()
+            keep = np.isin(code, members)
+            return _sorted_counts(s[keep], np.isin(code[keep], pos_codes), task)
+        correct, wrong_or_ood, unl, ood = self._hist_rows()
+        wrong = wrong_or_ood.sum(0) - ood
+        per_code = {_CORRECT: correct.sum(0), _WRONG: wrong, _OOD: ood, _UNLABELLED: unl}
+        pos = sum(per_code[c] for c in pos_codes)
+        neg = sum(per_code[c] for c in members if c not in pos_codes)
+        _check_both(int(pos.sum()), int(neg.sum()), task)
+        occupied = np.flatnonzero((pos + neg)[::-1])
+        tps, fps = np.cumsum(pos[::-1])[occupied], np.cumsum(neg[::-1])[occupied]
+        return tps, fps, self._edges()[::-1][occupied]
+
+    def compute(self, tpr: float = 0.95) -> dict[str, dict[str, float] | None]:
+        """``{task: {"auroc", "ap", "fpr95"}}`` as fractions for ``"ood"``, ``"idm"``, ``"cdd"``.
+
+        A task without positives or without negatives is ``None`` (logged as a warning).
+        ``"fpr95"`` is the FPR at ``tpr``.
+        """
+        _check_tpr(tpr)
+        out: dict[str, dict[str, float] | None] = {}
+        for task in TASKS:
+            try:
+                tps, fps, _ = self._task_counts(task)
+            except ValueError as err:
+                logger.warning("metrics for task %r not computed: %s", task, err)
+                out[task] = None
+                continue
+            out[task] = _curve_metrics(tps, fps, tpr)
+        return out
+
+    def threshold(self, task: str = "cdd") -> float:
+        """F1-optimal threshold of ``task`` for the rule ``score > t``.
+
+        Exact mode: halfway between the lowest flagged and highest unflagged score.
+        Histogram mode: the lower edge of the lowest flagged bin. ``-inf`` if flagging
+        everything is optimal.
+        """
+        tps, fps, thr = self._task_counts(task)
+        k = _best_f1_index(tps, fps)
+        if self._hist is not None:
+            return float(thr[k])
+        return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
+
+    # ---------------------------------------------------------------- segmentation
+    def miou(self) -> float:
+        """Mean IoU of preds vs labels over classes ``0..K-1`` present in either."""
+        k = self.num_classes
+        cm = self._confusion.reshape(k, k)
+        inter = np.diagonal(cm).astype(np.float64)
+        union = cm.sum(0) + cm.sum(1) - inter
+        if not (union > 0).any():
+            raise ValueError("miou: no pixel with a class label 0..K-1 was seen")
+        return float(np.mean(inter[union > 0] / union[union > 0]))
+
+    def open_miou(self, threshold: float) -> float:
+        """Open-mIoU over ``K + 1`` classes (the last is "reject").
+
+        Ground truth is reject where ``pred != label`` or the pixel is OOD; the
+        prediction is reject where ``score > threshold``. Unlabelled pixels are left out.
+        In histogram mode a bin is rejected when its lower edge is ``>= threshold``
+        (exact for thresholds from :meth:`threshold`, else up to one bin width off).
+        """
+        if math.isnan(threshold):
+            raise ValueError("threshold is NaN")
+        k = self.num_classes
+        if self._hist is None:
+            s, code, pred = self._stored()
+            keep = code != _UNLABELLED
+            s, code, pred = s[keep], code[keep], pred[keep].astype(np.int64)
+            key = (code != _CORRECT) * (2 * k) + (s > threshold) * k + pred
+            c = np.bincount(key, minlength=4 * k).reshape(4, k)
+            cor_keep, cor_rej, wro_keep, wro_rej = c[0], c[1], c[2], c[3]
+        else:
+            correct, wrong_or_ood, _, _ = self._hist_rows()
+            rej = self._edges() >= threshold
+            cor_keep, cor_rej = correct[:, ~rej].sum(1), correct[:, rej].sum(1)
+            wro_keep, wro_rej = wrong_or_ood[:, ~rej].sum(1), wrong_or_ood[:, rej].sum(1)
+        inter = np.r_[cor_keep, wro_rej.sum()].astype(np.float64)
+        union = np.r_[cor_keep + cor_rej + wro_keep, wro_rej.sum() + wro_keep.sum() + cor_rej.sum()]
+        if not (union > 0).any():
+            raise ValueError("open_miou: no pixel with a class label or OOD label was seen")
+        return float(np.mean(inter[union > 0] / union[union > 0]))
+
+
+# ------------------------------------------------------------------------ table
+_TASK_TITLES = {"ood": "OOD", "idm": "IDM", "cdd": "CDD"}
+_METRIC_TITLES = {"auroc": "AUROC", "ap": "AP", "fpr95": "FPR95"}
+_EXTRA_TITLES = {"miou": "mIoU", "open_miou": "Open-mIoU", "open_miou_oracle": "Open-mIoU (oracle)"}
+
+
+def _percent(value: Any, decimals: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100.0 * float(value):.{decimals}f}"
+
+
+def format_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    *,
+    tasks: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("auroc", "ap", "fpr95"),
+    extras: Sequence[str] = (),
+    decimals: int = 2,
+    method_header: str = "Method",
+) -> str:
+    """Markdown table, one row per method, values as percentages.
+
+    Args:
+        rows: ``{method: compute() output}``, optionally with extra top-level keys
+            holding fractions (e.g. ``"miou"``, ``"open_miou"``).
+        tasks: task columns to show; default every task of :data:`TASKS` that has
+            numbers in at least one row.
+        metrics: metric keys per task (FPR95: lower is better; the others higher).
+        extras: extra top-level keys to append as columns.
+        decimals: digits after the decimal point.
+
+    Missing or ``None`` values are shown as ``-``.
+    """
+    if tasks is None:
+        tasks = [t for t in TASKS if any(isinstance(r.get(t), Mapping) for r in rows.values())]
+    titles = [
+        f"{_TASK_TITLES.get(t, t)} {_METRIC_TITLES.get(m, m)}" for t in tasks for m in metrics
+    ]
+    header = [method_header, *titles, *(_EXTRA_TITLES.get(e, e) for e in extras)]
+    table = [header, ["---"] + ["--:"] * (len(header) - 1)]
+    for method, row in rows.items():
+        cells = [str(method).replace("|", "\\|")]
+        for t in tasks:
+            res = row.get(t) if isinstance(row.get(t), Mapping) else {}
+            cells += [_percent(res.get(m), decimals) for m in metrics]
+        table.append(cells + [_percent(row.get(e), decimals) for e in extras])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
