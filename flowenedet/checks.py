@@ -12,7 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_finite", "check_images", "check_labels", "unpack_batch"]
+__all__ = [
+    "check_finite",
+    "check_images",
+    "check_labels",
+    "check_logits",
+    "unpack_batch",
+]
 
 
 def check_images(images: Any, name: str = "images") -> Tensor:
@@ -59,6 +65,14 @@ def check_labels(
                 f"ignore_index={ignore_index}"
             )
     return labels.long()
+
+
+def check_logits(logits: Any, name: str = "logits") -> Tensor:
+    """``logits`` must be a tensor ``(B, K, h, w)``."""
+    if not isinstance(logits, Tensor) or logits.dim() != 4:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"{name} must have shape (B, K, h, w); got {shape}")
+    return logits
 
 
 def check_finite(tensor: Tensor, name: str) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import io
-from .checks import check_finite, check_images, check_labels, unpack_batch
+from . import distributed, io
+from .checkpoint import load_checkpoint
+from .checks import check_finite, check_images, check_labels, check_logits, unpack_batch
 from .energy import ClassStats, energy_inputs
 from .flow import EnergyFlow, miss_posterior, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
 from .postprocess import gaussian_smooth, resize, suppress_boundaries
-from .training import balanced_pixel_sample, hit_miss_loss, warmup_step_schedule
+from .training import balanced_pixel_sample, train_flow
 
 __all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
 
@@ -127,7 +128,10 @@ class FlowEneDet:
         )
         self.flow: EnergyFlow | None = None
         self.stats: Stats | None = None
-        self._tap = SegmenterTap(segmenter, feature_layer if variant == "C" else None)
+        self._tap = SegmenterTap(segmenter, self._tap_layer())
+
+    def _tap_layer(self) -> str | None:
+        return self.config.feature_layer if self.config.variant == "C" else None
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -140,21 +144,35 @@ class FlowEneDet:
         pixels_per_image: int = 1024,
         device: str | torch.device | None = None,
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 500,
+        resume: bool = False,
     ) -> FlowEneDet:
         """Estimate class statistics, then train the flow; returns ``self``.
 
         ``loader`` yields ``(images (B, 3, H, W), labels (B, H, W))`` or dicts with "image"
         and "label", from the segmenter's training distribution. One pass estimates the
         statistics; training then runs ``steps`` optimizer steps (one per batch, cycling
-        through the loader) or, if ``steps`` is None, ``epochs`` passes.
+        through the loader) or, if ``steps`` is None, ``epochs`` passes. With
+        ``checkpoint`` the training state is saved every ``checkpoint_every`` steps;
+        ``resume=True`` continues from it (same loader order and seed give the same
+        result as an uninterrupted fit). Under torch.distributed (torchrun) each process
+        passes its shard of the data: statistics are summed and gradients averaged.
         """
         device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
-
-        def batches() -> Iterator[LogitBatch]:
-            for batch in loader:
-                yield self._segment(*unpack_batch(batch), device=device)
-
-        return self._fit(batches, steps, epochs, lr, pixels_per_image, device, progress)
+        return self._fit(
+            lambda: iter(loader),
+            lambda batch: self._segment(*unpack_batch(batch), device=device),
+            device,
+            steps=steps,
+            epochs=epochs,
+            lr=lr,
+            pixels_per_image=pixels_per_image,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
 
     def fit_logits(
         self,
@@ -163,18 +181,14 @@ class FlowEneDet:
         features: Tensor | None = None,
         *,
         batch_size: int = 8,
-        steps: int | None = None,
-        epochs: int = 1,
-        lr: float = 1e-3,
-        pixels_per_image: int = 1024,
-        progress: bool = True,
+        **fit_options: Any,
     ) -> FlowEneDet:
         """Fit from logits computed elsewhere: ``logits`` ``(N, K, h, w)``, ``labels``
         ``(N, H, W)`` (resized to ``h, w`` by nearest neighbour), ``features``
-        ``(N, F, h', w')`` for FED-C."""
+        ``(N, F, h', w')`` for FED-C. ``fit_options`` as for :meth:`fit` (not device)."""
         if self.config.variant == "C" and features is None:
             raise ValueError("variant 'C' needs features; pass features= or use variant='U'")
-        logits = check_finite(_check_logits(logits), "logits")
+        logits = check_finite(check_logits(logits), "logits")
         labels = check_labels(
             labels, labels.shape[-2:], logits.shape[0], logits.shape[1], self.config.ignore_index
         )
@@ -183,38 +197,95 @@ class FlowEneDet:
                 f"features has {features.shape[0]} items but logits have {logits.shape[0]}"
             )
 
-        def batches() -> Iterator[LogitBatch]:
-            for i in range(0, logits.shape[0], batch_size):
-                chunk = slice(i, i + batch_size)
-                feats = None if features is None else features[chunk]
-                yield self._prepare(logits[chunk], labels[chunk], feats)
+        def prepare(index: int) -> LogitBatch:
+            chunk = slice(index, index + batch_size)
+            feats = None if features is None else features[chunk]
+            return self._prepare(logits[chunk], labels[chunk], feats)
 
-        return self._fit(batches, steps, epochs, lr, pixels_per_image, logits.device, progress)
+        starts = range(0, logits.shape[0], batch_size)
+        return self._fit(lambda: iter(starts), prepare, logits.device, **fit_options)
 
-    def _fit(self, batches, steps, epochs, lr, pixels_per_image, device, progress) -> FlowEneDet:
-        stats, num_batches = self._estimate_stats(batches(), progress)
-        mean, var = stats.finalize()
-        self.stats = Stats(mean, var)
-        total = steps if steps is not None else epochs * num_batches
+    def _fit(
+        self,
+        raw_batches: Callable[[], Iterator[Any]],
+        prepare: Callable[[Any], LogitBatch],
+        device: torch.device,
+        *,
+        steps: int | None = None,
+        epochs: int = 1,
+        lr: float = 1e-3,
+        pixels_per_image: int = 1024,
+        progress: bool = True,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 500,
+        resume: bool = False,
+    ) -> FlowEneDet:
+        if resume and checkpoint is not None and Path(checkpoint).exists():
+            state = load_checkpoint(checkpoint)
+            if steps is not None and steps != state.total_steps:
+                raise ValueError(
+                    f"checkpoint {checkpoint} is for a fit of {state.total_steps} steps; "
+                    f"this fit asks for {steps}"
+                )
+            self.config = DetectorConfig(**state.config)
+            self._tap = SegmenterTap(self.segmenter, self._tap_layer())
+            self.stats = Stats(state.extra["mean"], state.extra["var"])
+            self._build_flow(device)
+            total = state.total_steps
+        else:
+            stats, num_batches = self._estimate_stats(map(prepare, raw_batches()), progress)
+            self.stats = Stats(*stats.finalize())
+            total = steps if steps is not None else epochs * num_batches
         if total < 1:
             raise ValueError(f"steps must be at least 1; got {total}")
-        self._train(batches, total, lr, pixels_per_image, device, progress)
+        self.flow.to(device)
+        ignore = self.config.ignore_index
+
+        def pixels(raw: Any, generator: torch.Generator):
+            logits, labels, features = prepare(raw)
+            inputs = energy_inputs(logits, self.stats.mean, self.stats.var)
+            context = self.flow.context_encoder(inputs, features)
+            valid = labels != ignore
+            miss = (logits.argmax(1) != labels) & valid
+            picked = balanced_pixel_sample(valid, miss, pixels_per_image, generator).to(device)
+            z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
+            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
+            return z, c, miss.flatten()[picked]
+
+        train_flow(
+            self.flow,
+            itertools.chain.from_iterable(raw_batches() for _ in itertools.count()),
+            pixels,
+            total_steps=total,
+            lr=lr,
+            seed=self.config.seed,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            checkpoint_extra={"mean": self.stats.mean, "var": self.stats.var},
+            checkpoint_config=dataclasses.asdict(self.config),
+        )
         self.config.segmenter_fingerprint = segmenter_fingerprint(self.segmenter)
         return self
 
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
-        stats, num_batches, hits, misses = None, 0, 0, 0
-        for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not progress):
+        """One pass: class statistics and hit / miss counts, summed over all processes."""
+        stats, num_batches, counts = None, 0, torch.zeros(2, dtype=torch.float64)
+        show = progress and distributed.rank() == 0
+        for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not show):
             if stats is None:
                 stats = ClassStats(logits.shape[1])
             stats.update(logits, labels, self.config.ignore_index)
             valid = labels != self.config.ignore_index
             wrong = (logits.argmax(1) != labels) & valid
-            misses += int(wrong.sum())
-            hits += int(valid.sum()) - int(wrong.sum())
+            counts += torch.tensor([int(valid.sum()) - int(wrong.sum()), int(wrong.sum())])
             num_batches += 1
         if stats is None:
             raise ValueError("loader is empty: fit needs at least one batch")
+        for total in (stats.count, stats.total, stats.total_sq, counts):
+            total.copy_(distributed.all_reduce_sum(total))
+        hits, misses = int(counts[0]), int(counts[1])
         if hits == 0 or misses == 0:
             raise ValueError(
                 f"fit data has {hits} correctly and {misses} wrongly classified valid pixels; "
@@ -222,29 +293,6 @@ class FlowEneDet:
             )
         logger.info("fit data: %d correct, %d misclassified valid pixels", hits, misses)
         return stats, num_batches
-
-    def _train(self, batches, total, lr, pixels_per_image, device, progress) -> None:
-        generator = torch.Generator().manual_seed(self.config.seed)
-        flow = self.flow.to(device).train()
-        optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=1e-4)
-        schedule = warmup_step_schedule(optimizer, total)
-        stream = itertools.chain.from_iterable(batches() for _ in itertools.count())
-        bar = tqdm(range(total), desc="fitting flow", disable=not progress)
-        for _ in bar:
-            logits, labels, features = next(stream)
-            inputs, context = self._inputs_and_context(logits, features)
-            valid = labels != self.config.ignore_index
-            miss = (logits.argmax(1) != labels) & valid
-            picked = balanced_pixel_sample(valid, miss, pixels_per_image, generator).to(device)
-            z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
-            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
-            loss = hit_miss_loss(flow.component_log_prob(z, c), miss.flatten()[picked])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        flow.eval()
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -278,7 +326,7 @@ class FlowEneDet:
         """Scores from ``logits`` ``(B, K, h, w)`` (and ``features`` for FED-C), at ``size``
         (default: the logits' size)."""
         self._require_fitted()
-        logits, _, features = self._prepare(_check_logits(logits), None, features)
+        logits, _, features = self._prepare(check_logits(logits), None, features)
         size = tuple(size) if size is not None else tuple(logits.shape[-2:])
         posterior = self._posterior(logits, features)
         low_pred = logits.argmax(1)
@@ -378,10 +426,6 @@ class FlowEneDet:
                 hidden=cfg.hidden,
             ).to(device)
 
-    def _inputs_and_context(self, logits: Tensor, features: Tensor | None):
-        inputs = energy_inputs(logits, self.stats.mean, self.stats.var)
-        return inputs, self.flow.context_encoder(inputs, features)
-
     def _require_fitted(self) -> None:
         if self.flow is None or self.stats is None:
             raise RuntimeError("this FlowEneDet is not fitted: call fit(), or load() a saved one")
@@ -453,13 +497,6 @@ def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
             f"feature channels, but the segmenter's {cfg.feature_layer} has "
             f"{conv.out_channels} and {conv.in_channels}"
         )
-
-
-def _check_logits(logits: Any) -> Tensor:
-    if not isinstance(logits, Tensor) or logits.dim() != 4:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"logits must have shape (B, K, h, w); got {shape}")
-    return logits
 
 
 def _nearest(labels: Tensor, size: Sequence[int]) -> Tensor:

@@ -1,16 +1,28 @@
-"""The pieces of flow training: balanced pixel sampling, the hit / miss loss, the schedule.
+"""Flow training: balanced pixel sampling, the hit / miss loss, the schedule and the loop.
 
-Kept apart from the detector so the single-process, distributed and resumed fits share
-exactly the same arithmetic.
+Kept apart from the detector so single-process, distributed (torchrun) and resumed fits
+share exactly the same arithmetic.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import tqdm
 
-__all__ = ["balanced_pixel_sample", "hit_miss_loss", "warmup_step_schedule"]
+from . import distributed
+from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from .flow import EnergyFlow
+
+__all__ = ["balanced_pixel_sample", "hit_miss_loss", "train_flow", "warmup_step_schedule"]
+
+logger = logging.getLogger(__name__)
 
 
 def balanced_pixel_sample(
@@ -67,3 +79,88 @@ def warmup_step_schedule(
         return gamma if step >= decay else 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# (z (N, D), context (N, C), miss (N,)) for the pixels picked from one batch
+PixelBatch = tuple[Tensor, Tensor, Tensor]
+
+
+def train_flow(
+    flow: EnergyFlow,
+    batches: Iterator[Any],
+    pixels: Callable[[Any, torch.Generator], PixelBatch],
+    *,
+    total_steps: int,
+    lr: float,
+    seed: int,
+    progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    checkpoint_extra: dict[str, Tensor] | None = None,
+    checkpoint_config: dict[str, Any] | None = None,
+) -> None:
+    """Train ``flow`` for ``total_steps`` AdamW steps, one raw batch per step.
+
+    ``batches`` yields raw batches endlessly; ``pixels(batch, generator)`` turns one into
+    sampled pixels (it runs the segmenter, so batches skipped on resume cost nothing).
+    Under torch.distributed, parameters start from rank 0's, gradients are averaged and
+    only rank 0 writes checkpoints. With ``resume`` and an existing ``checkpoint`` the
+    flow, optimizer, schedule and step are restored and the first
+    ``step`` batches skipped, so the result equals an uninterrupted run.
+    """
+    rank = distributed.rank()
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = warmup_step_schedule(optimizer, total_steps)
+    start = 0
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint)
+        flow.load_state_dict(state.flow)
+        optimizer.load_state_dict(state.optimizer)
+        schedule.load_state_dict(state.schedule)
+        start = state.step
+        logger.info("resuming from %s at step %d of %d", checkpoint, start, total_steps)
+        for _ in range(start):
+            next(batches)
+    flow.train()
+    bar = tqdm(
+        range(start, total_steps),
+        initial=start,
+        total=total_steps,
+        desc="fitting flow",
+        disable=not progress or rank != 0,
+    )
+    for step in bar:
+        raw = next(batches)
+        # a generator per (seed, rank, step): resumed and distributed runs need no RNG state
+        step_seed = seed + 1_000_003 * step + 7_919 * rank
+        z, context, miss = pixels(raw, torch.Generator().manual_seed(step_seed))
+        if step == 0:  # data-dependent ActNorm initialisation, then rank 0's weights for all
+            with torch.no_grad():
+                flow.component_log_prob(z.detach(), context.detach())
+            if distributed.is_distributed():
+                distributed.broadcast_module(flow)
+                # context again, from the shared weights
+                z, context, miss = pixels(raw, torch.Generator().manual_seed(step_seed))
+        loss = hit_miss_loss(flow.component_log_prob(z, context), miss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(flow)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if checkpoint is not None and rank == 0 and (done % checkpoint_every == 0):
+            save_checkpoint(
+                checkpoint,
+                TrainingState(
+                    step=done,
+                    total_steps=total_steps,
+                    flow=flow.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    schedule=schedule.state_dict(),
+                    extra=checkpoint_extra or {},
+                    config=checkpoint_config or {},
+                ),
+            )
+    flow.eval()

@@ -1,0 +1,124 @@
+"""Resumable and distributed fitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from flowenedet import FlowEneDet
+from flowenedet import io as fio
+from flowenedet.checkpoint import load_checkpoint
+from flowenedet.training import balanced_pixel_sample, hit_miss_loss
+
+from .toy import ToySegmenter, make_scenes
+
+
+class CrashingLoader:
+    """Yields the batches of ``loader``; raises after ``crash_after`` batches in total."""
+
+    def __init__(self, loader, crash_after):
+        self.loader, self.left = loader, crash_after
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self.left == 0:
+                raise KeyboardInterrupt("simulated crash")
+            self.left -= 1
+            yield batch
+
+
+def test_resumed_fit_ends_with_the_same_weights(segmenter, train_loader, tmp_path):
+    checkpoint = tmp_path / "fit.ckpt.safetensors"
+    uninterrupted = FlowEneDet(segmenter).fit(train_loader, steps=10, progress=False)
+    crashing = CrashingLoader(train_loader, crash_after=len(train_loader) + 8)
+    with pytest.raises(KeyboardInterrupt):
+        FlowEneDet(segmenter).fit(
+            crashing, steps=10, checkpoint=checkpoint, checkpoint_every=3, progress=False
+        )
+    assert load_checkpoint(checkpoint).step == 6
+    resumed = FlowEneDet(segmenter).fit(
+        train_loader, steps=10, checkpoint=checkpoint, resume=True, progress=False
+    )
+    expected, got = uninterrupted.flow.state_dict(), resumed.flow.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert torch.equal(uninterrupted.stats.mean, resumed.stats.mean)
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(
+    segmenter, train_loader, tmp_path, monkeypatch
+):
+    checkpoint = tmp_path / "fit.ckpt.safetensors"
+    real_save, calls = fio.save_file, []
+
+    def save_then_crash(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            open(filename, "wb").write(b"partial")
+            raise OSError("power cut")
+        real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(fio, "save_file", save_then_crash)
+    with pytest.raises(OSError, match="power cut"):
+        FlowEneDet(segmenter, variant="U").fit(
+            train_loader, steps=6, checkpoint=checkpoint, checkpoint_every=2, progress=False
+        )
+    assert load_checkpoint(checkpoint).step == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.name]
+
+
+def test_resume_with_other_length_is_refused(segmenter, train_loader, tmp_path):
+    checkpoint = tmp_path / "c.safetensors"
+    FlowEneDet(segmenter, variant="U").fit(
+        train_loader[:2], steps=2, checkpoint=checkpoint, checkpoint_every=1, progress=False
+    )
+    with pytest.raises(ValueError, match="fit of 2 steps"):
+        FlowEneDet(segmenter, variant="U").fit(
+            train_loader[:2], steps=5, checkpoint=checkpoint, resume=True, progress=False
+        )
+
+
+def test_pixel_sampling_is_balanced_and_within_valid_pixels():
+    g = torch.Generator().manual_seed(0)
+    valid = torch.rand(2, 20, 20, generator=g) > 0.2
+    miss = torch.rand(2, 20, 20, generator=g) > 0.9
+    picked = balanced_pixel_sample(valid, miss, 40, g)
+    assert valid.flatten()[picked].all()
+    assert picked.unique().numel() == picked.numel()
+    assert (miss.flatten()[picked]).sum() == 40  # 20 misses per image are available
+    loss = hit_miss_loss(torch.tensor([[0.0, -5.0], [-5.0, 0.0]]), torch.tensor([False, True]))
+    assert loss.item() < 0.01
+
+
+def _distributed_fit(rank: int, world: int, init_file: str, weights: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    segmenter = ToySegmenter().eval()
+    segmenter.load_state_dict(load_file(weights))
+    images, labels = make_scenes(64, seed=5)
+    shard = [(images[i : i + 8], labels[i : i + 8]) for i in range(8 * rank, 64, 8 * world)]
+    det = FlowEneDet(segmenter).fit(shard, steps=4, progress=False)
+    if rank == 0:
+        det.save(out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_process_fit_matches_single_process_statistics(segmenter, tmp_path):
+    out, weights = tmp_path / "ddp.safetensors", tmp_path / "segmenter.safetensors"
+    save_file(segmenter.state_dict(), str(weights))
+    args = (2, str(tmp_path / "pg"), str(weights), str(out))
+    mp.spawn(_distributed_fit, args=args, nprocs=2, join=True)
+    images, labels = make_scenes(64, seed=5)
+    single = FlowEneDet(segmenter, variant="U").fit(
+        [(images[i : i + 8], labels[i : i + 8]) for i in range(0, 64, 8)],
+        steps=1,
+        progress=False,
+    )
+    loaded = FlowEneDet.load(out, segmenter)
+    assert torch.allclose(loaded.stats.mean, single.stats.mean, atol=1e-5)
+    assert torch.allclose(loaded.stats.var, single.stats.var, atol=1e-5)
+    scores = loaded.score(images[:2])
+    assert scores.idm.shape == (2, 32, 32) and torch.isfinite(scores.ood).all()
