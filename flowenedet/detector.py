@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,7 +272,7 @@ class FlowEneDet:
 
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
         """One pass: class statistics and hit / miss counts, summed over all processes."""
-        stats, num_batches, counts = None, 0, torch.zeros(2, dtype=torch.float64)
+        stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
         show = progress and distributed.rank() == 0
         for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not show):
             if stats is None:
@@ -279,19 +280,22 @@ class FlowEneDet:
             stats.update(logits, labels, self.config.ignore_index)
             valid = labels != self.config.ignore_index
             wrong = (logits.argmax(1) != labels) & valid
-            counts += torch.tensor([int(valid.sum()) - int(wrong.sum()), int(wrong.sum())])
-            num_batches += 1
+            counts += torch.tensor([int(valid.sum()) - int(wrong.sum()), int(wrong.sum()), 1])
         if stats is None:
             raise ValueError("loader is empty: fit needs at least one batch")
         for total in (stats.count, stats.total, stats.total_sq, counts):
             total.copy_(distributed.all_reduce_sum(total))
         hits, misses = int(counts[0]), int(counts[1])
+        # every process must run the same number of steps: the mean shard length
+        num_batches = math.ceil(counts[2].item() / distributed.world_size())
         if hits == 0 or misses == 0:
             raise ValueError(
                 f"fit data has {hits} correctly and {misses} wrongly classified valid pixels; "
                 "the detector learns from both, so it needs some of each"
             )
         logger.info("fit data: %d correct, %d misclassified valid pixels", hits, misses)
+        miss_rate = torch.tensor([hits, misses], dtype=torch.float32) / (hits + misses)
+        self.flow._distribution.log_weights.copy_(miss_rate.log())
         return stats, num_batches
 
     # ------------------------------------------------------------------ scoring

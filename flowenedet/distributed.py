@@ -9,12 +9,24 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["all_reduce_sum", "average_gradients", "broadcast_module", "is_distributed", "rank"]
+__all__ = [
+    "all_reduce_sum",
+    "average_gradients",
+    "broadcast_module",
+    "is_distributed",
+    "rank",
+    "world_size",
+]
 
 
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one process."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
 
 
 def rank() -> int:

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from nflows.distributions.base import Distribution
 from nflows.flows.base import Flow
-from nflows.nn.nets import ResidualNet
 from nflows.transforms import (
     ActNorm,
     AffineCouplingTransform,
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "ContextEncoder",
+    "CouplingNet",
     "EnergyFlow",
     "HitMissMixture",
     "miss_posterior",
@@ -42,7 +42,8 @@ class HitMissMixture(Distribution):
 
     Each component has a mean and a lower-triangular Cholesky factor ``L`` of its
     precision (``Sigma^-1 = L L^T``, positive diagonal). The mixture weights are a buffer
-    (the miss rate seen in training); the detector's posterior uses equal weights.
+    (hit and miss rates of the fit data, used by the marginal ``log_prob``); the
+    detector's posterior uses equal weights, as in the paper.
     """
 
     def __init__(self, features: int, separation: float = 1.0) -> None:
@@ -151,18 +152,24 @@ class ContextEncoder(nn.Module):
         return self.mix(F.gelu(hidden))
 
 
-def _coupling_net(context_channels: int, hidden: int):
-    def create(in_features: int, out_features: int) -> nn.Module:
-        return ResidualNet(
-            in_features,
-            out_features,
-            hidden_features=hidden,
-            context_features=context_channels,
-            num_blocks=1,
-            activation=F.gelu,
-        )
+class CouplingNet(nn.Module):
+    """Coupling parameters from the identity half ``(N, d)`` and the context ``(N, C)``.
 
-    return create
+    One hidden layer, ``gelu(W_x x + W_c c + b)``, then a zero-initialised output layer so
+    every coupling starts as the identity. The two input projections are added rather than
+    concatenated: the flow runs on every pixel of a map, and this is its inner loop.
+    """
+
+    def __init__(self, in_features: int, out_features: int, context_features: int, hidden: int):
+        super().__init__()
+        self.inputs = nn.Linear(in_features, hidden, bias=False)
+        self.context = nn.Linear(context_features, hidden)
+        self.out = nn.Linear(hidden, out_features)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, inputs: Tensor, context: Tensor) -> Tensor:
+        return self.out(F.gelu(self.inputs(inputs) + self.context(context)))
 
 
 class EnergyFlow(Flow):
@@ -193,7 +200,9 @@ class EnergyFlow(Flow):
             blocks += [
                 ActNorm(features),
                 LULinear(features, identity_init=True),
-                AffineCouplingTransform(mask, _coupling_net(context_channels, hidden)),
+                AffineCouplingTransform(
+                    mask, lambda i, o: CouplingNet(i, o, context_channels, hidden)
+                ),
             ]
         super().__init__(CompositeTransform(blocks), HitMissMixture(features))
         self.context_encoder = ContextEncoder(features, context_channels, feature_channels)

@@ -1,0 +1,150 @@
+"""Cost of the detector: segmenter alone vs segmenter + FlowEneDet scoring, in one process.
+
+A realistic segmenter (timm ResNet-50 backbone, FPN-style head, 19 classes, logits at
+1/4 resolution) with random weights (cost does not depend on the weights). The detector
+is fitted for a few steps on random data, which does not change its cost either.
+Median wall time over repeats after warm-up, and the peak memory each call adds above
+the memory in use before it (CPU: resident set size sampled every millisecond; GPU:
+``torch.cuda.max_memory_allocated``).
+
+    python benchmarks/overhead.py                      # 512x1024 on CPU
+    python benchmarks/overhead.py --device cuda --size 1024 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flowenedet import FlowEneDet
+
+
+class FPNSegmenter(nn.Module):
+    """timm backbone (strides 4..32) with an FPN-style decoder; logits at 1/4 resolution."""
+
+    def __init__(self, backbone: str = "resnet50", num_classes: int = 19, width: int = 128):
+        super().__init__()
+        self.backbone = timm.create_model(backbone, pretrained=False, features_only=True)
+        channels = self.backbone.feature_info.channels()[1:]  # strides 4, 8, 16, 32
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+        )
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(images)[1:]
+        merged = self.lateral[-1](features[-1])
+        for lateral, feature in zip(self.lateral[-2::-1], features[-2::-1], strict=True):
+            merged = lateral(feature) + F.interpolate(merged, size=feature.shape[-2:])
+        return self.classifier(self.fuse(merged))
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median seconds and median peak extra bytes of ``fn()`` over ``repeats`` calls."""
+    times, peaks = [], []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base, peak, running = _rss_bytes(), [0], [True]
+
+            def sample(peak=peak, running=running) -> None:
+                while running[0]:
+                    peak[0] = max(peak[0], _rss_bytes())
+                    time.sleep(0.001)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        if device.type == "cuda":
+            peaks.append(torch.cuda.max_memory_allocated() - base)
+        else:
+            running[0] = False
+            sampler.join()
+            peaks.append(max(peak[0], _rss_bytes()) - base)
+    return statistics.median(times), statistics.median(peaks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variant", default="C", choices=("C", "U"))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    segmenter = FPNSegmenter().to(device).eval()
+    h, w = args.size
+    fit_images = torch.rand(2, 3, 256, 512, device=device)
+    fit_labels = torch.randint(0, 19, (2, 256, 512), device=device)
+    det = FlowEneDet(segmenter, variant=args.variant).fit(
+        [(fit_images, fit_labels)], steps=3, progress=False
+    )
+    images = torch.rand(1, 3, h, w, device=device)
+
+    def segment_only() -> object:
+        with torch.no_grad():
+            return segmenter(images)
+
+    def segment_and_score() -> object:
+        return det.score(images)
+
+    for fn in (segment_only, segment_and_score):  # warm-up
+        fn()
+    # interleave the two so drifting machine load hits both alike
+    seg_t, seg_m, det_t, det_m = [], [], [], []
+    for _ in range(args.repeats):
+        t, m = measure(segment_only, device, 1)
+        seg_t.append(t), seg_m.append(m)
+        t, m = measure(segment_and_score, device, 1)
+        det_t.append(t), det_m.append(m)
+    seg_params = sum(p.numel() for p in segmenter.parameters())
+    det_params = sum(p.numel() for p in det.flow.parameters())
+    result = {
+        "device": str(device),
+        "size": [h, w],
+        "variant": args.variant,
+        "repeats": args.repeats,
+        "segmenter_seconds": statistics.median(seg_t),
+        "with_detector_seconds": statistics.median(det_t),
+        "time_ratio": statistics.median(det_t) / statistics.median(seg_t),
+        "segmenter_peak_mib": statistics.median(seg_m) / 2**20,
+        "with_detector_peak_mib": statistics.median(det_m) / 2**20,
+        "memory_ratio": statistics.median(det_m) / max(1, statistics.median(seg_m)),
+        "segmenter_params": seg_params,
+        "detector_params": det_params,
+        "param_ratio": det_params / seg_params,
+        "torch_threads": torch.get_num_threads(),
+    }
+    for key, value in result.items():
+        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
