@@ -215,6 +215,8 @@ class SML(Baseline):
             dilation 6) at logit resolution. Default ``True``, as in the SML paper and
             FlowEneDet's ``ood`` map; use ``False`` for the plain per-pixel score (e.g. in
             misclassification tables, where boundary errors must stay visible).
+        boundary_width, boundary_iterations, dilation: post-processing sizes, in logit
+            pixels (shrink them for small logit maps, as FlowEneDet's options allow).
         ignore_index: label value left out of the statistics.
     """
 
@@ -227,10 +229,15 @@ class SML(Baseline):
         var: Tensor | Sequence[float] | None = None,
         *,
         postprocess: bool = True,
+        boundary_width: int = BOUNDARY_WIDTH,
+        boundary_iterations: int = BOUNDARY_ITERATIONS,
+        dilation: int = SMOOTH_DILATION,
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__(segmenter)
         self.postprocess = postprocess
+        self.boundary = (boundary_width, boundary_iterations)
+        self.dilation = dilation
         self.ignore_index = ignore_index
         self.mean: Tensor | None = None
         self.var: Tensor | None = None
@@ -278,8 +285,8 @@ class SML(Baseline):
         scores = sml(logits, self.mean, self.var)
         if self.postprocess:
             pred = logits.argmax(dim=1)
-            scores = suppress_boundaries(scores, pred, BOUNDARY_WIDTH, BOUNDARY_ITERATIONS)
-            scores = gaussian_smooth(scores, SMOOTH_KERNEL, SMOOTH_SIGMA, SMOOTH_DILATION)
+            scores = suppress_boundaries(scores, pred, *self.boundary)
+            scores = gaussian_smooth(scores, SMOOTH_KERNEL, SMOOTH_SIGMA, self.dilation)
         return scores
 
 

@@ -354,6 +354,18 @@ class PixelEvaluator:
             out[task] = _curve_metrics(tps, fps, tpr)
         return out
 
+    def curve(self, task: str) -> dict[str, np.ndarray]:
+        """ROC and precision-recall curves of ``task``: arrays ``fpr``, ``tpr``,
+        ``precision``, ``recall`` over the distinct thresholds, highest first."""
+        tps, fps, _ = self._task_counts(task)
+        t, f = tps.astype(np.float64), fps.astype(np.float64)
+        return {
+            "fpr": f / f[-1],
+            "tpr": t / t[-1],
+            "precision": t / (t + f),
+            "recall": t / t[-1],
+        }
+
     def threshold(self, task: str = "cdd") -> float:
         """F1-optimal threshold of ``task`` for the rule ``score > t``.
 

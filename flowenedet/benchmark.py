@@ -1,0 +1,282 @@
+"""The embedded, offline benchmark: FlowEneDet against every baseline on the same pixels.
+
+Pipeline: generate scenes (:mod:`flowenedet.data.embedded`), run the shipped reference
+segmenter (:mod:`flowenedet.zoo`) once per split and keep its logits and decoder
+features, fit FED-U and FED-C on the train split's outputs (``fit_logits``), score every
+method on validation and test splits (clean and corrupted), and evaluate with
+:class:`flowenedet.metrics.PixelEvaluator`. Thresholds for the honest open-mIoU are
+calibrated on the validation split; the oracle one is tuned on the split itself.
+
+``run_demo`` is the quick tour behind ``flowenedet demo``; ``run_bench`` the full run
+behind ``flowenedet bench``. Needs the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import baselines, io
+from .detector import FlowEneDet
+from .hooks import SegmenterTap
+from .metrics import PixelEvaluator, format_table
+
+__all__ = ["BenchConfig", "SplitData", "run_bench", "run_demo"]
+
+logger = logging.getLogger(__name__)
+
+# Chosen on the validation split (docs/benchmarks.md): the reference segmenter's logits
+# are 24x24, so the reference release's sizes (boundary width 4, dilation 6, made for
+# 256x512 maps) would wipe out whole objects.
+SMALL_MAP_POSTPROCESS = {"boundary_width": 1, "boundary_iterations": 1, "ood_dilation": 1}
+FEATURE_LAYER = "classifier:input"
+CORRUPTIONS = (
+    "snow",
+    "fog",
+    "frost",
+    "motion_blur",
+    "gaussian_noise",
+    "brightness",
+    "contrast",
+    "jpeg_compression",
+)
+
+
+@dataclass
+class BenchConfig:
+    """Sizes of one benchmark run."""
+
+    train_scenes: int = 600
+    val_scenes: int = 150
+    test_scenes: int = 200
+    steps: int = 400
+    batch_size: int = 16
+    pixels_per_image: int = 256
+    seed: int = 0
+    mc_samples: int = 8
+    corruptions: Sequence[tuple[str, int]] = (("snow", 3),)
+    progress: bool = True
+
+
+@dataclass
+class SplitData:
+    """One split with the segmenter's outputs.
+
+    ``images`` uint8 ``(N, 3, S, S)``, ``labels`` ``(N, S, S)``, ``logits`` ``(N, K, h, w)``,
+    ``features`` ``(N, F, h, w)`` (the classifier's input).
+    """
+
+    name: str
+    images: Tensor
+    labels: Tensor
+    logits: Tensor
+    features: Tensor
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    pred: Tensor | None = None
+
+
+def load_split(
+    segmenter: nn.Module, split: str, num: int, cfg: BenchConfig, corruption=None, severity=0
+) -> SplitData:
+    """Generate a split and run the segmenter over it once, in batches."""
+    from .data.embedded import make_scenes
+
+    scenes = make_scenes(split, num, seed=cfg.seed, corruption=corruption, severity=severity)
+    name = split if corruption is None else f"{split}/{corruption}-{severity}"
+    tap = SegmenterTap(segmenter, FEATURE_LAYER)
+    logits, features = [], []
+    for start in tqdm(
+        range(0, num, cfg.batch_size), desc=f"segmenting {name}", disable=not cfg.progress
+    ):
+        batch = scenes.images[start : start + cfg.batch_size].float() / 255
+        out, feats = tap(batch)
+        logits.append(out)
+        features.append(feats)
+    return SplitData(name, scenes.images, scenes.labels, torch.cat(logits), torch.cat(features))
+
+
+def fit_detectors(
+    segmenter: nn.Module, train: SplitData, cfg: BenchConfig
+) -> dict[str, FlowEneDet]:
+    """FED-U and FED-C fitted on the train split's logits (and features)."""
+    detectors = {}
+    for variant in "UC":
+        logger.info("fitting FED-%s", variant)
+        detectors[f"FED-{variant}"] = FlowEneDet(
+            segmenter,
+            variant=variant,
+            feature_layer=FEATURE_LAYER,
+            seed=cfg.seed,
+            **SMALL_MAP_POSTPROCESS,
+        ).fit_logits(
+            train.logits,
+            train.labels,
+            train.features if variant == "C" else None,
+            batch_size=cfg.batch_size,
+            steps=cfg.steps,
+            pixels_per_image=cfg.pixels_per_image,
+            progress=cfg.progress,
+        )
+    return detectors
+
+
+def make_baselines(segmenter: nn.Module, detector: FlowEneDet, cfg: BenchConfig) -> dict:
+    """Every baseline, SML with the detector's class statistics."""
+    stats = {"mean": detector.stats.mean, "var": detector.stats.var}
+    post = {
+        "boundary_width": SMALL_MAP_POSTPROCESS["boundary_width"],
+        "boundary_iterations": SMALL_MAP_POSTPROCESS["boundary_iterations"],
+        "dilation": SMALL_MAP_POSTPROCESS["ood_dilation"],
+    }
+    return {
+        "MSP": baselines.MSP(segmenter),
+        "MaxLogit": baselines.MaxLogit(segmenter),
+        "Energy": baselines.Energy(segmenter),
+        "Entropy": baselines.Entropy(segmenter),
+        "SML": baselines.SML(segmenter, **stats, postprocess=False),
+        "SML+post": baselines.SML(segmenter, **stats, postprocess=True, **post),
+        "MC dropout": baselines.MCDropout(segmenter, samples=cfg.mc_samples),
+    }
+
+
+@torch.no_grad()
+def score_split(
+    split: SplitData, detectors: dict[str, FlowEneDet], methods: dict, cfg: BenchConfig
+) -> None:
+    """Fill ``split.scores`` (each ``(N, S, S)``) and ``split.pred``."""
+    size = tuple(split.labels.shape[-2:])
+    out: dict[str, list[Tensor]] = {}
+    preds = []
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)  # MC dropout masks
+    for start in tqdm(
+        range(0, len(split.labels), cfg.batch_size),
+        desc=f"scoring {split.name}",
+        disable=not cfg.progress,
+    ):
+        chunk = slice(start, start + cfg.batch_size)
+        logits, features = split.logits[chunk], split.features[chunk]
+        for name, det in detectors.items():
+            maps = det.score_logits(logits, features, size=size)
+            out.setdefault(f"{name} idm", []).append(maps.idm)
+            out.setdefault(f"{name} ood", []).append(maps.ood)
+        preds.append(maps.pred)
+        for name, method in methods.items():
+            if isinstance(method, baselines.MCDropout):
+                value = method.score(split.images[chunk].float() / 255)
+            else:
+                value = method.score_logits(logits, size=size)
+            out.setdefault(name, []).append(value)
+    torch.random.set_rng_state(generator_state)
+    split.scores = {name: torch.cat(parts) for name, parts in out.items()}
+    split.pred = torch.cat(preds)
+
+
+def evaluate_split(
+    split: SplitData, num_classes: int, thresholds: dict[str, float] | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Metrics of every method on ``split``; returns ``(rows, oracle thresholds)``.
+
+    ``thresholds`` (calibrated on validation) give the honest open-mIoU.
+    """
+    rows, oracle = {}, {}
+    for name, scores in split.scores.items():
+        evaluator = PixelEvaluator(num_classes)
+        evaluator.update(scores, split.labels, split.pred)
+        row: dict[str, Any] = dict(evaluator.compute())
+        row["miou"] = evaluator.miou()
+        oracle[name] = evaluator.threshold("cdd")
+        row["open_miou_oracle"] = evaluator.open_miou(oracle[name])
+        if thresholds is not None:
+            row["open_miou"] = evaluator.open_miou(thresholds[name])
+        rows[name] = row
+    return rows, oracle
+
+
+def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
+    from .zoo import load_reference_segmenter
+
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    segmenter = load_reference_segmenter()
+    num_classes = segmenter.num_classes
+    train = load_split(segmenter, "train", cfg.train_scenes, cfg)
+    detectors = fit_detectors(segmenter, train, cfg)
+    del train
+    methods = make_baselines(segmenter, detectors["FED-C"], cfg)
+    val = load_split(segmenter, "val", cfg.val_scenes, cfg)
+    score_split(val, detectors, methods, cfg)
+    _, thresholds = evaluate_split(val, num_classes)
+    results: dict[str, Any] = {"config": _jsonable(cfg), "splits": {}}
+    tests = [("test", None, 0), *[("test", c, s) for c, s in cfg.corruptions]]
+    for split_name, corruption, severity in tests:
+        split = load_split(segmenter, split_name, cfg.test_scenes, cfg, corruption, severity)
+        score_split(split, detectors, methods, cfg)
+        rows, _ = evaluate_split(split, num_classes, thresholds)
+        results["splits"][split.name] = rows
+        if figures and corruption is None:
+            from .plots import save_curves, save_panels
+
+            save_panels(split, out_dir / "scenes.png", detector="FED-C")
+            save_curves(split, num_classes, out_dir / "curves.png")
+    for name, det in detectors.items():
+        det.save(out_dir / f"{name.lower()}.safetensors")
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def tables(results: dict[str, Any]) -> str:
+    """One Markdown table per split."""
+    extras = ("miou", "open_miou", "open_miou_oracle")
+    parts = []
+    for split, rows in results["splits"].items():
+        parts.append(f"### {split}\n\n{format_table(rows, extras=extras)}\n")
+    return "\n".join(parts)
+
+
+def run_demo(out_dir: str | Path = "flowenedet-demo", cfg: BenchConfig | None = None) -> dict:
+    """The quick tour: fit FED-U/FED-C, score clean and snowy test scenes, print the table,
+    write ``scenes.png``, ``curves.png``, ``results.json`` and the detectors to ``out_dir``."""
+    cfg = cfg or BenchConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _run(cfg, out_dir, figures=True)
+    _write_json(out_dir / "results.json", results)
+    return results
+
+
+def run_bench(out_dir: str | Path = "flowenedet-bench", cfg: BenchConfig | None = None) -> dict:
+    """The full benchmark: every corruption at severities 1-4; ``results.json`` and
+    ``results.md`` in ``out_dir``."""
+    cfg = cfg or BenchConfig(
+        train_scenes=1000,
+        val_scenes=200,
+        test_scenes=300,
+        steps=800,
+        corruptions=tuple((c, s) for c in CORRUPTIONS for s in (1, 2, 3, 4)),
+    )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _run(cfg, out_dir, figures=True)
+    _write_json(out_dir / "results.json", results)
+    text = f"# flowenedet embedded benchmark\n\n{tables(results)}"
+    io.atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(text))
+    return results
+
+
+def _jsonable(cfg: BenchConfig) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    text = json.dumps(results, indent=2, default=float)
+    io.atomic_write(path, lambda tmp: tmp.write_text(text))

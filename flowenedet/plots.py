@@ -1,0 +1,96 @@
+"""Pictures of a benchmark split: scene panels and ROC / precision-recall curves.
+
+Uses matplotlib (installed with nflows) with the non-interactive Agg backend; files are
+written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .io import atomic_write
+from .labels import IGNORE_INDEX, OOD_INDEX
+from .metrics import PixelEvaluator
+
+if TYPE_CHECKING:
+    from .benchmark import SplitData
+
+__all__ = ["label_colours", "save_curves", "save_panels"]
+
+
+def label_colours(labels: torch.Tensor, num_classes: int) -> np.ndarray:
+    """RGB ``(H, W, 3)`` in [0, 1] for a label map: classes from a qualitative colormap,
+    OOD magenta, void black."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"](np.linspace(0, 1, 20))[:, :3]
+    values = labels.cpu().numpy()
+    rgb = palette[np.clip(values, 0, num_classes - 1) % 20]
+    rgb[values == OOD_INDEX] = (1.0, 0.0, 1.0)
+    rgb[values == IGNORE_INDEX] = (0.0, 0.0, 0.0)
+    return rgb
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_panels(split: SplitData, path: Path, *, detector: str = "FED-C", count: int = 4) -> Path:
+    """A row per scene: image, ground truth, prediction, IDM map, OOD map."""
+    plt = _figure()
+    num_classes = split.logits.shape[1]
+    has_ood = (split.labels == OOD_INDEX).flatten(1).any(1)
+    order = torch.cat([has_ood.nonzero().flatten(), (~has_ood).nonzero().flatten()])[:count]
+    columns = ("image", "ground truth", "prediction", f"{detector} IDM", f"{detector} OOD")
+    fig, axes = plt.subplots(len(order), 5, figsize=(12, 2.5 * len(order)), squeeze=False)
+    for row, index in enumerate(order.tolist()):
+        panels = (
+            split.images[index].permute(1, 2, 0).numpy(),
+            label_colours(split.labels[index], num_classes),
+            label_colours(split.pred[index], num_classes),
+            split.scores[f"{detector} idm"][index].numpy(),
+            split.scores[f"{detector} ood"][index].numpy(),
+        )
+        for col, (title, panel) in enumerate(zip(columns, panels, strict=True)):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="inferno", vmin=0, vmax=1) if col >= 3 else ax.imshow(panel)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title)
+    fig.suptitle(f"{split.name}: OOD in magenta, void in black; maps: bright = suspicious")
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood") -> Path:
+    """ROC and precision-recall curves of every method for ``task``."""
+    plt = _figure()
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(12, 5))
+    for name, scores in split.scores.items():
+        evaluator = PixelEvaluator(num_classes)
+        evaluator.update(scores, split.labels, split.pred)
+        curve = evaluator.curve(task)
+        style = "-" if name.startswith("FED") else "--"
+        roc.plot(curve["fpr"], curve["tpr"], style, label=name)
+        pr.plot(curve["recall"], curve["precision"], style, label=name)
+    roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC ({task})")
+    pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({task})")
+    roc.legend(fontsize=7)
+    fig.suptitle(split.name)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+    return path
