@@ -338,7 +338,7 @@ class FlowEneDet:
         idm = gaussian_smooth(posterior)
         ood = suppress_boundaries(posterior, low_pred, cfg.boundary_width, cfg.boundary_iterations)
         ood = gaussian_smooth(ood, kernel_size=7, sigma=1.0, dilation=cfg.ood_dilation)
-        pred = torch.cat([_upsampled_argmax(item[None], size) for item in logits])
+        pred = _upsampled_argmax(logits, size)
         return Scores(resize(idm, size).clamp(0, 1), resize(ood, size).clamp(0, 1), pred)
 
     def _posterior(self, logits: Tensor, features: Tensor | None) -> Tensor:
@@ -514,7 +514,26 @@ def _rescale(images: Tensor, scale: float) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
-def _upsampled_argmax(logits: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(logits.shape[-2:]) != tuple(size):
-        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-    return logits.argmax(1)
+def _upsampled_argmax(logits: Tensor, size: Sequence[int], group: int = 4) -> Tensor:
+    """``argmax`` of bilinearly upsampled ``logits`` ``(B, K, h, w)`` -> ``(B, *size)``.
+
+    Classes are upsampled ``group`` at a time with a running maximum, so a 2048x1024
+    prediction never holds all ``K`` upsampled channels at once. Ties go to the lower
+    class, as in ``torch.argmax``.
+    """
+    size = tuple(size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits.argmax(1)
+    best = pred = None
+    for first in range(0, logits.shape[1], group):
+        up = F.interpolate(
+            logits[:, first : first + group], size=size, mode="bilinear", align_corners=False
+        )
+        value, index = up.max(1)
+        if best is None:
+            best, pred = value, index
+        else:
+            better = value > best
+            best = torch.where(better, value, best)
+            pred = torch.where(better, index + first, pred)
+    return pred

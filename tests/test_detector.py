@@ -212,3 +212,12 @@ def test_unfitted_segmenter_of_other_width_is_refused_at_score(fitted):
     det._tap = type(det._tap)(other)
     with pytest.raises(ValueError, match="gives 5 classes"):
         det.score(torch.rand(1, 3, 32, 32))
+
+
+def test_prediction_upsampling_in_class_groups_equals_full_upsampling():
+    from flowenedet.detector import _upsampled_argmax
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 13, 17)
+    full = F.interpolate(logits, size=(52, 68), mode="bilinear", align_corners=False)
+    assert torch.equal(_upsampled_argmax(logits, (52, 68)), full.argmax(1))
