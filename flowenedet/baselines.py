@@ -17,15 +17,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checks import check_images, check_labels, unpack_batch
+from .checks import check_images, check_labels, check_logits, unpack_batch
 from .energy import ClassStats, free_energy, standardize
 from .hooks import SegmenterTap, segmenter_device
 from .labels import IGNORE_INDEX
-from .postprocess import gaussian_smooth, resize, suppress_boundaries
+from .postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
 
 __all__ = [
     "BASELINES",
@@ -55,37 +54,25 @@ SMOOTH_DILATION = 6
 
 
 # ---------------------------------------------------------------- pure score functions
-def _check_logits(logits: Any, name: str = "logits") -> Tensor:
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (B, K, h, w); got {type(logits).__name__}")
-    if logits.dim() != 4:
-        raise ValueError(f"{name} must have shape (B, K, h, w); got {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be a floating tensor; got dtype {logits.dtype}")
-    if logits.shape[1] < 2:
-        raise ValueError(f"{name} must have at least 2 classes (dim 1); got {tuple(logits.shape)}")
-    return logits.float()
-
-
 def msp(logits: Tensor) -> Tensor:
     """``1 - max_k softmax(l)_k``: scores ``(B, h, w)`` in ``[0, 1 - 1/K]``."""
-    logits = _check_logits(logits)
+    logits = check_logits(logits)
     return 1.0 - logits.softmax(dim=1).amax(dim=1)
 
 
 def max_logit(logits: Tensor) -> Tensor:
     """``-max_k l_k``: scores ``(B, h, w)``."""
-    return -_check_logits(logits).amax(dim=1)
+    return -check_logits(logits).amax(dim=1)
 
 
 def energy(logits: Tensor) -> Tensor:
     """Free energy ``-logsumexp_k l_k`` (temperature 1): scores ``(B, h, w)``."""
-    return free_energy(_check_logits(logits))
+    return free_energy(check_logits(logits))
 
 
 def entropy(logits: Tensor) -> Tensor:
     """Softmax entropy ``-sum_k p_k log p_k`` in nats: scores ``(B, h, w)`` in ``[0, log K]``."""
-    log_p = torch.log_softmax(_check_logits(logits), dim=1)
+    log_p = torch.log_softmax(check_logits(logits), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
@@ -95,7 +82,7 @@ def sml(logits: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     ``logits`` ``(B, K, h, w)``; ``mean`` and ``var`` ``(K,)`` as from
     :meth:`flowenedet.energy.ClassStats.finalize`. Returns scores ``(B, h, w)``.
     """
-    logits = _check_logits(logits)
+    logits = check_logits(logits)
     standardized = standardize(logits, torch.as_tensor(mean), torch.as_tensor(var))
     pred = logits.argmax(dim=1, keepdim=True)
     return -standardized.gather(1, pred)[:, 0]
@@ -131,7 +118,7 @@ class Baseline:
 
     def score_logits(self, logits: Tensor, size: Sequence[int] | None = None) -> Tensor:
         """Scores ``(B, h, w)`` from ``logits`` ``(B, K, h, w)``; resized to ``size`` if given."""
-        scores = self._score(_check_logits(logits))
+        scores = self._score(check_logits(logits))
         return scores if size is None else resize(scores, _check_size(size))
 
     def __call__(self, images: Tensor) -> Tensor:
@@ -258,7 +245,7 @@ class SML(Baseline):
             images, labels = unpack_batch(batch)
             images = check_images(images)
             logits, _ = self._tap(images.to(device))
-            logits = _check_logits(logits, "segmenter logits")
+            logits = check_logits(logits, "segmenter logits")
             labels = check_labels(
                 labels, images.shape[-2:], images.shape[0], logits.shape[1], self.ignore_index
             )
@@ -269,7 +256,7 @@ class SML(Baseline):
                     f"the segmenter gave {logits.shape[1]} classes but earlier batches "
                     f"had {stats.num_classes}"
                 )
-            labels = _nearest(labels.to(logits.device), logits.shape[-2:])
+            labels = resize_labels(labels.to(logits.device), logits.shape[-2:])
             stats.update(logits, labels, self.ignore_index)
         if stats is None:
             raise ValueError("loader yielded no batches")
@@ -349,7 +336,7 @@ class MCDropout(Baseline):
         """The score ``(B, h, w)`` from a stream of per-sample logits ``(B, K, h, w)``."""
         count, total_prob, total_entropy = 0, torch.zeros(()), torch.zeros(())
         for logits in samples:
-            log_p = torch.log_softmax(_check_logits(logits), dim=1)
+            log_p = torch.log_softmax(check_logits(logits), dim=1)
             p = log_p.exp()
             total_prob = total_prob + p
             total_entropy = total_entropy - (p * log_p).sum(dim=1)
@@ -398,10 +385,3 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
     if len(size) != 2 or any(int(s) != s or s <= 0 for s in size):
         raise ValueError(f"size must be two positive integers (H, W); got {tuple(size)}")
     return int(size[0]), int(size[1])
-
-
-def _nearest(labels: Tensor, size: Sequence[int]) -> Tensor:
-    """Nearest-neighbour resize of ``labels`` ``(B, H, W)`` to ``(B, *size)``."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()

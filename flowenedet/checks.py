@@ -68,11 +68,16 @@ def check_labels(
 
 
 def check_logits(logits: Any, name: str = "logits") -> Tensor:
-    """``logits`` must be a tensor ``(B, K, h, w)``."""
-    if not isinstance(logits, Tensor) or logits.dim() != 4:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must have shape (B, K, h, w); got {shape}")
-    return logits
+    """``logits`` must be a floating tensor ``(B, K, h, w)`` with ``K >= 2``; returns float32."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, K, h, w); got {type(logits).__name__}")
+    if logits.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, K, h, w); got {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor; got dtype {logits.dtype}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"{name} must have at least 2 classes (dim 1); got {tuple(logits.shape)}")
+    return logits.float()
 
 
 def check_finite(tensor: Tensor, name: str) -> Tensor:

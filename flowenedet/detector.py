@@ -26,7 +26,7 @@ from .checks import check_finite, check_images, check_labels, check_logits, unpa
 from .energy import ClassStats, energy_inputs
 from .flow import EnergyFlow, miss_posterior, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
-from .postprocess import gaussian_smooth, resize, suppress_boundaries
+from .postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
 from .training import balanced_pixel_sample, train_flow
 
 __all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
@@ -412,7 +412,7 @@ class FlowEneDet:
         else:
             features = None
         if labels is not None:
-            labels = _nearest(labels, logits.shape[-2:])
+            labels = resize_labels(labels, logits.shape[-2:])
         if self.flow is None:
             self._build_flow(logits.device)
         return logits.float(), labels, features
@@ -501,12 +501,6 @@ def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
             f"feature channels, but the segmenter's {cfg.feature_layer} has "
             f"{conv.out_channels} and {conv.in_channels}"
         )
-
-
-def _nearest(labels: Tensor, size: Sequence[int]) -> Tensor:
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
 def _rescale(images: Tensor, scale: float) -> Tensor:

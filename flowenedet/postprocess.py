@@ -13,6 +13,7 @@ __all__ = [
     "boundary_mask",
     "gaussian_smooth",
     "resize",
+    "resize_labels",
     "suppress_boundaries",
 ]
 
@@ -22,6 +23,14 @@ def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of integer ``labels`` ``(B, H, W)`` to ``(B, *size)``."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")
+    return resized[:, 0].long()
 
 
 def _gaussian_kernel(kernel_size: int, sigma: float, device: torch.device) -> Tensor:
