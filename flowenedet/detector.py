@@ -490,7 +490,7 @@ class FlowEneDet:
 def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
     """For a classifier-conv feature layer, check its channels match the saved detector."""
     cfg = detector.config
-    if cfg.feature_layer is None or not cfg.feature_layer.endswith(":input"):
+    if cfg.variant != "C" or cfg.feature_layer is None or not cfg.feature_layer.endswith(":input"):
         return
     conv = dict(segmenter.named_modules())[cfg.feature_layer.removesuffix(":input")]
     if isinstance(conv, nn.Conv2d) and (

@@ -103,3 +103,9 @@ def test_failed_write_keeps_the_previous_file(fitted, tmp_path, monkeypatch):
 def test_saving_an_unfitted_detector_is_refused(segmenter, tmp_path):
     with pytest.raises(RuntimeError, match="not fitted"):
         FlowEneDet(segmenter).save(tmp_path / "x.safetensors")
+
+
+def test_fed_u_with_a_named_feature_layer_round_trips(segmenter, train_loader, tmp_path):
+    det = FlowEneDet(segmenter, variant="U", feature_layer="classifier:input")
+    path = det.fit(train_loader[:2], steps=2, progress=False).save(tmp_path / "u.safetensors")
+    assert FlowEneDet.load(path, segmenter).config.variant == "U"

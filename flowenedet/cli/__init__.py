@@ -1,0 +1,55 @@
+"""The ``flowenedet`` command: ``fit``, ``score``, ``evaluate``, ``demo`` and ``bench``.
+
+``fit``, ``score`` and ``evaluate`` take the segmenter as ``--model package.module:factory``
+(plus optional ``--weights``), ``--model zoo`` or ``--timm NAME``; ``demo`` and ``bench``
+run the embedded benchmark on the shipped reference segmenter; see ``docs/cli.md``.
+Expected failures (a missing file, an import path that does not resolve, a detector that
+does not match the segmenter, a missing extra) print ``flowenedet: error: <message>`` and
+return a non-zero status instead of a traceback: 2 for usage, file and import errors, 1 for
+a mismatch or bad data.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .. import io
+from .dataset import build_dataset
+from .errors import CLIError
+from .parser import build_parser
+from .segmenter import load_segmenter
+
+__all__ = ["CLIError", "build_dataset", "build_parser", "load_segmenter", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (``--help`` raises ``SystemExit(0)``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise
+        return exit_.code if isinstance(exit_.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("flowenedet").setLevel(level)
+    try:
+        return args.handler(args)
+    except CLIError as error:
+        message, code = str(error), error.code
+    except (FileNotFoundError, io.FormatError) as error:
+        message, code = str(error), 2
+    except ValueError as error:
+        message, code = str(error), 1
+    except KeyboardInterrupt:
+        message, code = "interrupted", 130
+    logger.debug("details", exc_info=True)
+    print(f"flowenedet: error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,106 @@
+"""``flowenedet demo`` and ``flowenedet bench``: the embedded, offline benchmark
+(:mod:`flowenedet.benchmark`) from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .. import benchmark
+from ..benchmark import CORRUPTIONS, BenchConfig
+from .errors import CLIError
+
+__all__ = ["BENCH", "DEMO", "QUICK", "bench_config", "cmd_bench", "cmd_demo"]
+
+DEMO = BenchConfig()
+"""What ``flowenedet demo`` runs: the defaults of :class:`BenchConfig` (clean and snow-3)."""
+# The same sizes as run_bench's own default (benchmark.py does not export them).
+BENCH = BenchConfig(
+    train_scenes=1000,
+    val_scenes=200,
+    test_scenes=300,
+    steps=800,
+    corruptions=tuple((name, severity) for name in CORRUPTIONS for severity in (1, 2, 3, 4)),
+)
+"""What ``flowenedet bench`` runs: every corruption at severities 1-4."""
+QUICK = BenchConfig(
+    train_scenes=64,
+    val_scenes=32,
+    test_scenes=32,
+    steps=20,
+    corruptions=(("snow", 3), ("gaussian_noise", 3)),
+)
+"""``flowenedet bench --quick``: a smoke test of the whole pipeline, not a measurement."""
+DEMO_OUT, BENCH_OUT = "flowenedet-demo", "flowenedet-bench"
+SIZE_OPTIONS = ("train_scenes", "val_scenes", "test_scenes", "steps")
+BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotlib")
+"""Import names of the ``bench`` extra."""
+
+
+def bench_config(args: argparse.Namespace, preset: BenchConfig) -> BenchConfig:
+    """``preset`` with the sizes given on the command line, ``--seed`` and ``--no-progress``."""
+    sizes = {name: getattr(args, name) for name in SIZE_OPTIONS if getattr(args, name) is not None}
+    return dataclasses.replace(preset, seed=args.seed, progress=args.progress, **sizes)
+
+
+def _missing_extra(what: str, modules: list[str]) -> CLIError:
+    return CLIError(
+        f'{what} needs the bench extra: pip install "flowenedet[bench]" '
+        f"(missing module {', '.join(modules)})"
+    )
+
+
+def _signatures(folder: Path) -> dict[Path, tuple[int, int, int]]:
+    """``(inode, mtime, size)`` of every file below ``folder``; a rewritten file changes it
+    (files are written atomically, as new inodes)."""
+    if not folder.is_dir():
+        return {}
+    stats = ((path, path.stat()) for path in sorted(folder.rglob("*")) if path.is_file())
+    return {path: (st.st_ino, st.st_mtime_ns, st.st_size) for path, st in stats}
+
+
+def _run(
+    args: argparse.Namespace,
+    what: str,
+    run: Callable[[Path, BenchConfig], dict[str, Any]],
+    preset: BenchConfig,
+) -> int:
+    """Run ``run(out, cfg)``; print the tables, the files written and the time taken."""
+    cfg = bench_config(args, preset)
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:  # fail before minutes of work, not at the first scene or figure
+        raise _missing_extra(what, missing)
+    out = Path(args.out)
+    before = _signatures(out)
+    started = time.perf_counter()
+    try:
+        results = run(out, cfg)
+    except ImportError as error:
+        module = (error.name or "").partition(".")[0]
+        if module not in BENCH_MODULES:
+            raise
+        raise _missing_extra(what, [module]) from None
+    seconds = time.perf_counter() - started
+    written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
+    print(benchmark.tables(results))
+    print(f"wrote {len(written)} file(s):")
+    for path in written:
+        print(f"  {path}")
+    print(f"finished in {seconds:.1f} s")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Fit FED-U / FED-C on the embedded benchmark and compare them with every baseline."""
+    return _run(args, "the demo", benchmark.run_demo, DEMO)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The full embedded benchmark: every corruption at severities 1-4, tables as Markdown."""
+    preset = QUICK if args.quick else BENCH
+    return _run(args, "the benchmark", benchmark.run_bench, preset)

@@ -1,0 +1,103 @@
+"""The data of ``fit`` and ``evaluate``: ``--dataset`` / ``--root``, ``--folder`` /
+``--labels`` or the embedded benchmark, resized, normalised and batched."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import CLIError, json_object
+
+__all__ = ["build_dataset", "make_loader", "normalise"]
+
+
+def normalise(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
+    """``(images - mean) / std`` per RGB channel of ``(B, 3, H, W)``; ``None`` skips a step."""
+    if mean is not None:
+        images = images - torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
+    if std is not None:
+        images = images / torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    return images
+
+
+def _collate(
+    batch: list[tuple[Tensor, Tensor]], mean: Sequence[float] | None, std: Sequence[float] | None
+) -> tuple[Tensor, Tensor]:
+    """Stack ``(image (3, H, W), label (H, W))`` items; a clear error for mixed sizes."""
+    sizes = sorted({tuple(image.shape[-2:]) for image, _ in batch})
+    if len(sizes) > 1:
+        raise CLIError(
+            f"images of one batch have different sizes {sizes}; resize them with --size "
+            "or use --batch-size 1"
+        )
+    images = torch.stack([image for image, _ in batch])
+    return normalise(images, mean, std), torch.stack([label for _, label in batch])
+
+
+def _size(args: argparse.Namespace) -> int | tuple[int, int] | None:
+    if not args.size:
+        return None
+    if len(args.size) > 2:
+        raise CLIError(f"--size takes H W or one shorter side; got {args.size}")
+    return args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
+
+
+def _embedded(args: argparse.Namespace, split: str | None, size: Any) -> Dataset:
+    if isinstance(size, tuple) and size[0] != size[1]:
+        raise CLIError(f"--dataset embedded makes square scenes; got --size {size}")
+    side = size if isinstance(size, int) or size is None else size[0]
+    try:
+        from ..data import make_scenes
+    except ImportError as error:
+        raise CLIError(f"--dataset embedded needs the bench extra: {error}") from None
+    kw = {"corruption": getattr(args, "corruption", None)}
+    kw["severity"] = getattr(args, "severity", 0) or 0
+    return make_scenes(split, args.scenes, seed=args.seed, size=side or 96, **kw)
+
+
+def build_dataset(args: argparse.Namespace, split: str | None) -> Dataset:
+    """The dataset of ``--dataset`` / ``--root`` or ``--folder`` / ``--labels``."""
+    from ..data import DATASETS, load_dataset
+
+    size = _size(args)
+    if args.dataset == "embedded":
+        return _embedded(args, split, size)
+    extra = json_object(args.dataset_kwargs, "--dataset-kwargs")
+    if isinstance(extra.get("label_map"), dict):  # JSON keys are strings
+        extra["label_map"] = {int(raw): int(ours) for raw, ours in extra["label_map"].items()}
+    if size is not None:
+        extra["size"] = size
+    if args.folder:
+        if not args.labels:
+            raise CLIError("--folder needs --labels DIR: fit and evaluate need label maps")
+        extra |= {"labels": args.labels, "label_suffix": args.label_suffix}
+        name, root, split = "folder", args.folder, None
+    elif args.dataset:
+        if args.dataset not in DATASETS or args.dataset == "folder":
+            known = ", ".join(n for n in DATASETS if n != "folder")
+            raise CLIError(f"--dataset {args.dataset!r} is unknown; known: {known}, embedded")
+        if not args.root:
+            raise CLIError(f"--dataset {args.dataset} needs --root DIR")
+        if args.image_root:
+            extra["image_root"] = args.image_root
+        name, root = args.dataset, args.root
+    else:
+        raise CLIError("give the data with --dataset NAME --root DIR or --folder DIR")
+    if not Path(root).is_dir():
+        raise CLIError(f"{'--folder' if args.folder else '--root'} {root}: folder not found")
+    return load_dataset(name, root, split, **extra)
+
+
+def make_loader(dataset: Dataset, args: argparse.Namespace, **kw: Any) -> DataLoader:
+    """Batches of ``--batch-size`` normalised images ``(B, 3, H, W)`` and labels ``(B, H, W)``."""
+    collate = functools.partial(_collate, mean=args.mean, std=args.std)
+    return DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate, **kw
+    )

@@ -1,0 +1,133 @@
+"""``flowenedet evaluate``: the metric table of FlowEneDet and the baselines on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .. import io
+from ..baselines import make_baseline
+from ..hooks import SegmenterTap
+from ..metrics import PixelEvaluator, format_table
+from .dataset import build_dataset, make_loader
+from .errors import CLIError, require_file
+from .segmenter import load_detector, load_segmenter, select_device
+
+__all__ = ["BASELINE_ROWS", "DEFAULT_BASELINES", "cmd_evaluate"]
+
+DEFAULT_BASELINES = ("msp", "maxlogit", "energy", "entropy", "sml")
+BASELINE_ROWS = {
+    "msp": "MSP",
+    "maxlogit": "MaxLogit",
+    "energy": "Energy",
+    "entropy": "Entropy",
+    "sml": "SML",
+    "mcdropout": "MC dropout",
+}
+
+
+def _evaluator(name: str, k: int, bins: int | None) -> PixelEvaluator:
+    """Histogram mode for bounded scores when ``--histogram-bins`` is given, else exact."""
+    bounded = {"FED idm": 1.0, "FED ood": 1.0, "MSP": 1.0, "Entropy": math.log(k)}
+    if bins and name in bounded:
+        return PixelEvaluator(k, score_range=(0.0, bounded[name]), bins=bins)
+    return PixelEvaluator(k)
+
+
+def _summary(ev: PixelEvaluator, calibrated: float | None, has_classes: bool) -> dict[str, Any]:
+    row: dict[str, Any] = dict(ev.compute())
+    try:
+        tau = ev.threshold("cdd")
+    except ValueError:
+        tau = None
+    row["threshold"] = tau
+    if has_classes and tau is not None:
+        row["open_miou_oracle"] = ev.open_miou(tau)
+        if calibrated is not None:
+            row["open_miou"] = ev.open_miou(calibrated)
+    return row
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _calibrated_thresholds(path: str | None) -> dict[str, float]:
+    if path is None:
+        return {}
+    require_file(path, "--thresholds-from")
+    try:
+        methods = json.loads(Path(path).read_text())["methods"]
+        return {k: v["threshold"] for k, v in methods.items() if v.get("threshold") is not None}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CLIError(
+            f"--thresholds-from {path} is not a JSON written by evaluate: {error}"
+        ) from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Print the metric table (FlowEneDet and baselines) for a labelled dataset."""
+    require_file(args.detector, "--detector")
+    calibrated = _calibrated_thresholds(args.thresholds_from)
+    device = select_device(args.device)
+    split = args.split or ("test" if args.dataset == "embedded" else None)
+    dataset = build_dataset(args, split)
+    segmenter = load_segmenter(args, device)
+    detector = load_detector(args, segmenter)
+    k = detector.config.num_classes
+    baselines = {}
+    for key in args.baselines:
+        kw = {"mean": detector.stats.mean, "var": detector.stats.var} if key == "sml" else {}
+        baselines[BASELINE_ROWS[key]] = make_baseline(key, segmenter, **kw)
+    names = ["FED idm", "FED ood", *baselines]
+    evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
+    variant_c = detector.config.variant == "C"
+    tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
+    for images, labels in tqdm(
+        make_loader(dataset, args), desc="evaluating", disable=not args.progress
+    ):
+        images = images.to(device)
+        logits, features = tap(images)
+        size = tuple(images.shape[-2:])
+        if list(args.scales) == [1.0]:
+            maps = detector.score_logits(logits, features, size=size)
+        else:
+            maps = detector.score(images, scales=args.scales)
+        scores = {"FED idm": maps.idm, "FED ood": maps.ood}
+        for name, baseline in baselines.items():
+            multi = name == "MC dropout"
+            scores[name] = baseline.score(images) if multi else baseline.score_logits(logits, size)
+        for name, ev in evaluators.items():
+            ev.update(scores[name].float().cpu(), labels, maps.pred.cpu())
+    try:
+        miou = evaluators["FED idm"].miou()
+    except ValueError:  # anomaly-only labels: no class pixels
+        miou = None
+    rows = {n: _summary(ev, calibrated.get(n), miou is not None) for n, ev in evaluators.items()}
+    extras = ["open_miou_oracle", *(["open_miou"] if calibrated else [])]
+    print(format_table(rows, extras=extras if miou is not None else []))
+    print(f"\nsegmenter mIoU: {'-' if miou is None else f'{100 * miou:.2f}'} ({k} classes)")
+    print("F1-optimal CDD threshold (score > t is rejected):")
+    for name, row in rows.items():
+        print(f"  {name}: {'-' if row['threshold'] is None else format(row['threshold'], '.6g')}")
+        row["threshold"] = _finite(row["threshold"])  # strict JSON: -inf (reject all) -> null
+    if args.json:
+        report = {
+            "dataset": args.dataset or "folder",
+            "split": split,
+            "images": len(dataset),
+            "num_classes": k,
+            "miou": miou,
+            "scales": list(args.scales),
+            "histogram_bins": args.histogram_bins,
+            "methods": rows,
+        }
+        text = json.dumps(report, indent=2)
+        io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,83 @@
+"""``flowenedet fit``: fit a detector on a segmenter's training data, on one or more devices."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from ..detector import FlowEneDet
+from .dataset import build_dataset, make_loader
+from .errors import CLIError, json_object
+from .segmenter import load_segmenter, select_device
+
+__all__ = ["cmd_fit"]
+
+logger = logging.getLogger(__name__)
+
+
+def _start_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """Under torchrun (``WORLD_SIZE`` > 1) join the process group; returns rank, size, device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if rank != 0:
+        logging.getLogger("flowenedet").setLevel(logging.WARNING)
+    logger.info("distributed fit: rank %d of %d on %s", rank, world, device)
+    return rank, world, device
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit a detector on the segmenter's training data and write it as safetensors."""
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume needs --checkpoint PATH")
+    options = json_object(args.detector_kwargs, "--detector-kwargs")
+    rank, world, device = _start_distributed(select_device(args.device))
+    if rank == 0 and args.resume and not Path(args.checkpoint).is_file():
+        logger.warning("--resume: no checkpoint %s yet; starting from scratch", args.checkpoint)
+    try:
+        dataset = build_dataset(args, args.split or "train")
+        segmenter = load_segmenter(args, device)
+        # One seeded shuffle, the same order on every pass: the statistics pass and the
+        # training passes agree, so --resume skips exactly the batches already used.
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
+        loader = make_loader(dataset, args, sampler=sampler, pin_memory=device.type == "cuda")
+        options |= {"variant": args.variant, "seed": args.seed}
+        if args.num_classes is not None:
+            options["num_classes"] = args.num_classes
+        if args.feature_layer:
+            options["feature_layer"] = args.feature_layer
+        try:
+            detector = FlowEneDet(segmenter, **options)
+        except TypeError as error:
+            raise CLIError(f"--detector-kwargs: {error}") from None
+        detector.fit(
+            loader,
+            steps=args.steps,
+            epochs=args.epochs,
+            lr=args.lr,
+            pixels_per_image=args.pixels_per_image,
+            device=device,
+            progress=args.progress and rank == 0,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+        )
+        if rank == 0:
+            path = detector.save(args.out)
+            print(f"wrote {path} ({detector!r}, {len(dataset)} training images)")
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,254 @@
+"""The ``flowenedet`` argument parser: every subcommand's options, help and example."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..baselines import BASELINES
+from ..benchmark import BenchConfig
+from .bench import BENCH, BENCH_OUT, DEMO, DEMO_OUT, QUICK, cmd_bench, cmd_demo
+from .evaluate import DEFAULT_BASELINES, cmd_evaluate
+from .fit import cmd_fit
+from .score import cmd_score
+
+__all__ = ["COMMANDS", "build_parser", "positive_int"]
+
+Option = tuple[str, dict[str, Any]]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _rgb(help_: str) -> dict[str, Any]:
+    return {"type": float, "nargs": 3, "metavar": ("R", "G", "B"), "help": help_}
+
+
+SEED: Option = (
+    "--seed",
+    {"type": int, "default": 0, "metavar": "N", "help": "random seed (default 0)"},
+)
+MODEL_OPTIONS: list[Option] = [
+    ("--model", {"metavar": "SPEC", "help": "'package.module:factory', 'file.py:factory' or zoo"}),
+    (
+        "--model-kwargs",
+        {"metavar": "JSON", "help": "factory arguments, e.g. '{\"num_classes\": 19}'"},
+    ),
+    ("--timm", {"metavar": "NAME", "help": "the zoo architecture with this timm backbone"}),
+    ("--num-classes", {"type": int, "metavar": "K", "help": "classes (needed with --timm)"}),
+    ("--weights", {"metavar": "FILE", "help": "state dict, .safetensors or .pt/.pth"}),
+    ("--device", {"help": "default: cuda if available, else cpu"}),
+    ("--mean", _rgb("subtract from the [0, 1] RGB images")),
+    ("--std", _rgb("then divide by this")),
+]
+DATA_OPTIONS: list[Option] = [
+    ("--dataset", {"metavar": "NAME", "help": "a flowenedet.data.DATASETS name, or embedded"}),
+    ("--root", {"metavar": "DIR", "help": "dataset root in its official layout"}),
+    ("--split", {"help": "default: train (fit), the dataset's default (evaluate)"}),
+    ("--image-root", {"metavar": "DIR", "help": "Fishyscapes: root of the base images"}),
+    ("--dataset-kwargs", {"metavar": "JSON", "help": "more arguments of the dataset class"}),
+    ("--folder", {"metavar": "DIR", "help": "a folder of images instead of --dataset"}),
+    ("--labels", {"metavar": "DIR", "help": "label maps <image stem><suffix> for --folder"}),
+    ("--label-suffix", {"default": ".png", "metavar": "SUFFIX", "help": "default: .png"}),
+    (
+        "--scenes",
+        {"type": int, "default": 500, "metavar": "N", "help": "embedded: number of scenes (500)"},
+    ),
+    ("--size", {"type": int, "nargs": "+", "metavar": "N", "help": "resize: H W or shorter side"}),
+    ("--batch-size", {"type": int, "metavar": "N", "help": "default: 8 (fit), 1 (evaluate)"}),
+    (
+        "--workers",
+        {"type": int, "default": 0, "metavar": "N", "help": "data loading processes (default 0)"},
+    ),
+    SEED,
+]
+DETECTOR_OPTIONS: list[Option] = [
+    ("--detector", {"required": True, "metavar": "FILE", "help": "written by flowenedet fit"}),
+    (
+        "--scales",
+        {
+            "type": float,
+            "nargs": "+",
+            "default": [1.0],
+            "metavar": "S",
+            "help": "test-time scales averaged (default 1.0)",
+        },
+    ),
+    ("--no-segmenter-check", {"action": "store_true", "help": "accept changed segmenter weights"}),
+]
+FIT_OPTIONS: list[Option] = [
+    ("--out", {"required": True, "metavar": "FILE", "help": "the detector .safetensors"}),
+    ("--variant", {"choices": ("C", "U"), "default": "C", "help": "default: C"}),
+    (
+        "--feature-layer",
+        {"metavar": "NAME", "help": "FED-C features (default: the classifier's input)"},
+    ),
+    ("--detector-kwargs", {"metavar": "JSON", "help": "more DetectorConfig fields"}),
+    (
+        "--steps",
+        {"type": int, "metavar": "N", "help": "optimizer steps (default: --epochs passes)"},
+    ),
+    ("--epochs", {"type": int, "default": 1, "metavar": "N", "help": "default: 1"}),
+    ("--lr", {"type": float, "default": 1e-3, "help": "default: 1e-3"}),
+    ("--pixels-per-image", {"type": int, "default": 1024, "metavar": "N", "help": "default: 1024"}),
+    ("--checkpoint", {"metavar": "FILE", "help": "write training checkpoints here"}),
+    ("--checkpoint-every", {"type": int, "default": 500, "metavar": "N", "help": "default: 500"}),
+    ("--resume", {"action": "store_true", "help": "continue from --checkpoint if it exists"}),
+]
+SCORE_OPTIONS: list[Option] = [
+    ("inputs", {"nargs": "+", "metavar": "IMAGE_OR_FOLDER"}),
+    ("--out", {"required": True, "metavar": "DIR", "help": "output folder"}),
+    ("--format", {"nargs": "+", "choices": ("png", "npy"), "default": ["png", "npy"]}),
+    (
+        "--colormap",
+        {"default": "inferno", "metavar": "NAME", "help": "matplotlib colormap (default inferno)"},
+    ),
+    ("--alpha", {"type": float, "default": 0.6, "help": "overlay opacity at score 1"}),
+    ("--recursive", {"action": "store_true", "help": "look for images in subfolders too"}),
+    SEED,
+]
+EVALUATE_OPTIONS: list[Option] = [
+    ("--corruption", {"metavar": "NAME", "help": "embedded: an imagecorruptions name"}),
+    ("--severity", {"type": int, "default": 0, "metavar": "K", "help": "embedded: 1..4"}),
+    (
+        "--baselines",
+        {
+            "nargs": "*",
+            "choices": list(BASELINES),
+            "default": list(DEFAULT_BASELINES),
+            "metavar": "NAME",
+            "help": f"of {', '.join(BASELINES)}",
+        },
+    ),
+    ("--histogram-bins", {"type": int, "metavar": "N", "help": "histogram metrics (see below)"}),
+    ("--thresholds-from", {"metavar": "JSON", "help": "evaluate JSON of a validation split"}),
+    ("--json", {"metavar": "FILE", "help": "also write the results as JSON"}),
+]
+
+
+def _run_options(out: str, preset: BenchConfig, quick: BenchConfig | None = None) -> list[Option]:
+    """``demo`` / ``bench``: output folder and sizes, whose defaults come from ``preset``."""
+
+    def sized(flag: str, what: str) -> Option:
+        field = flag[2:].replace("-", "_")
+        default = f"default {getattr(preset, field)}"
+        if quick is not None:
+            default += f", {getattr(quick, field)} with --quick"
+        return flag, {"type": positive_int, "metavar": "N", "help": f"{what} ({default})"}
+
+    options = [
+        ("--out", {"default": out, "metavar": "DIR", "help": f"output folder (default {out})"}),
+        sized("--steps", "optimizer steps of each detector"),
+        sized("--train-scenes", "scenes the detectors are fitted on"),
+        sized("--val-scenes", "scenes the thresholds are calibrated on"),
+        sized("--test-scenes", "scenes per test split"),
+        SEED,
+    ]
+    if quick is not None:
+        help_ = "fewer scenes, steps and corruptions: a smoke test, not a measurement"
+        options.append(("--quick", {"action": "store_true", "help": help_}))
+    return options
+
+
+EXAMPLES = {
+    "fit": """Example:
+  flowenedet fit --model mypkg.models:deeplab --weights deeplab.pth \\
+      --dataset cityscapes --root /data/cityscapes --size 512 1024 --steps 20000 \\
+      --out deeplab_fed.safetensors --checkpoint fit.ckpt --resume
+  torchrun --nproc_per_node=4 -m flowenedet fit ...   # the same on 4 GPUs (DDP)
+  flowenedet fit --model zoo --dataset embedded --scenes 2000 --out digits_fed.safetensors""",
+    "score": """Example:
+  flowenedet score --model mypkg.models:deeplab --weights deeplab.pth \\
+      --detector deeplab_fed.safetensors --out maps/ street.png more_images/
+writes maps/street_{idm,ood,overlay}.png (heat maps) and maps/street_{idm,ood}.npy
+(float16 (H, W) in [0, 1]) for every image.""",
+    "evaluate": """Example:
+  flowenedet evaluate --model mypkg.models:deeplab --weights deeplab.pth \\
+      --detector deeplab_fed.safetensors --dataset fishyscapes_laf \\
+      --root /data/fs_lostandfound --image-root /data/lost_and_found --json fs_laf.json
+Pooled curves are exact unless --histogram-bins N is given: then the bounded scores
+(FED idm / ood, MSP, Entropy) use N-bin histograms (constant memory) and the unbounded
+baselines (MaxLogit, Energy, SML, MC dropout) stay exact.""",
+    "demo": f"""Example:
+  flowenedet demo
+  flowenedet demo --out tour --steps 800 --train-scenes 1000
+fits FED-U and FED-C to the shipped reference segmenter, scores clean and snowy test
+scenes with them and every baseline, prints the tables and writes {DEMO_OUT}/
+scenes.png, curves.png, results.json, fed-u.safetensors and fed-c.safetensors.
+Needs the bench extra: pip install "flowenedet[bench]".""",
+    "bench": f"""Example:
+  flowenedet bench --out results/
+  flowenedet bench --quick --no-progress   # a smoke test of the pipeline
+writes what demo writes plus results.md (the tables) to {BENCH_OUT}/; the test
+scenes are scored clean and under every corruption at severities 1-4.
+Needs the bench extra: pip install "flowenedet[bench]".""",
+}
+Group = tuple[str, list[Option]]
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], list[Group], dict[str, Any]]] = {
+    "fit": (
+        cmd_fit,
+        [
+            ("segmenter", MODEL_OPTIONS),
+            ("data", DATA_OPTIONS),
+            ("detector and training", FIT_OPTIONS),
+        ],
+        {"batch_size": 8},
+    ),
+    "score": (
+        cmd_score,
+        [("segmenter", MODEL_OPTIONS), ("scoring", DETECTOR_OPTIONS), ("output", SCORE_OPTIONS)],
+        {},
+    ),
+    "evaluate": (
+        cmd_evaluate,
+        [
+            ("segmenter", MODEL_OPTIONS),
+            ("data", DATA_OPTIONS),
+            ("scoring", DETECTOR_OPTIONS),
+            ("evaluation", EVALUATE_OPTIONS),
+        ],
+        {"batch_size": 1},
+    ),
+    "demo": (cmd_demo, [("run", _run_options(DEMO_OUT, DEMO))], {}),
+    "bench": (cmd_bench, [("run", _run_options(BENCH_OUT, BENCH, QUICK))], {}),
+}
+"""``name: (handler, [(group title, options)], parser defaults)``; the handler's docstring
+gives the command's summary."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``flowenedet`` argument parser with its subcommands (see :data:`COMMANDS`)."""
+    parser = argparse.ArgumentParser(
+        prog="flowenedet", description="Misclassification and OOD maps for frozen segmenters."
+    )
+    parser.add_argument("--version", action="version", version=f"flowenedet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for name, (handler, groups, defaults) in COMMANDS.items():
+        summary = handler.__doc__.splitlines()[0]
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.set_defaults(handler=handler, **defaults)
+        for title, options in groups:
+            group = command.add_argument_group(title)
+            for flag, kwargs in options:
+                group.add_argument(flag, **kwargs)
+        command.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+        command.add_argument(
+            "--no-progress", dest="progress", action="store_false", help="no progress bars"
+        )
+    return parser

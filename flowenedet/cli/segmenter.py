@@ -1,0 +1,154 @@
+"""The segmenter and detector of a command: ``--model`` / ``--timm``, ``--weights``,
+``--device`` and ``--detector``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import io
+from ..detector import FlowEneDet
+from .errors import CLIError, json_object, require_file
+
+__all__ = ["load_detector", "load_segmenter", "select_device"]
+
+logger = logging.getLogger(__name__)
+
+
+def import_factory(spec: str) -> Callable[..., Any]:
+    """``package.module:name`` (or ``path/file.py:name``) -> the callable it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise CLIError(f"--model must look like 'package.module:factory'; got {spec!r}")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise CLIError(f"--model {spec}: file {path} not found")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path:  # console scripts do not see the working directory
+            sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise CLIError(
+                f"--model {spec}: cannot import module {module_name!r}: {error}"
+            ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        what = "has no attribute" if factory is None else "has a non-callable"
+        raise CLIError(f"--model {spec}: module {module_name!r} {what} {attr!r}")
+    return factory
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A state dict from ``.safetensors`` or a weights-only ``torch.load`` (never pickle)."""
+    require_file(str(path), "--weights")
+    from safetensors.torch import load_file
+
+    try:
+        if path.suffix == ".safetensors":
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors and unpickling errors have many types
+        raise CLIError(
+            f"--weights {path} cannot be read as a plain state dict (safetensors, or torch.load "
+            f"with weights_only=True): {error}"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CLIError(f"--weights {path} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):  # saved from DDP
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _build(args: argparse.Namespace) -> nn.Module:
+    """The (not yet loaded) segmenter of ``--timm``, ``--model zoo`` or ``--model SPEC``."""
+    kwargs = json_object(args.model_kwargs, "--model-kwargs")
+    if args.timm and args.model:
+        raise CLIError("give the segmenter with --model or with --timm, not both")
+    if args.timm:
+        if args.num_classes is None:
+            raise CLIError("--timm needs --num-classes K")
+        from ..zoo import DigitSegmenter
+
+        return DigitSegmenter(backbone=args.timm, num_classes=args.num_classes, **kwargs)
+    if args.model == "zoo":
+        from .. import zoo
+
+        return zoo.build_reference_segmenter() if args.weights else zoo.load_reference_segmenter()
+    if not args.model:
+        raise CLIError(
+            "give the segmenter with --model package.module:factory, --model zoo or --timm"
+        )
+    factory = import_factory(args.model)
+    try:
+        return factory(**kwargs)
+    except TypeError as error:
+        raise CLIError(f"--model {args.model}: calling it with {kwargs} failed: {error}") from None
+
+
+def load_segmenter(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """Build the segmenter of ``--model`` / ``--timm``, load ``--weights``, eval mode."""
+    torch.manual_seed(args.seed)  # a randomly initialised model is the same in every command
+    model = _build(args)
+    if not isinstance(model, nn.Module):
+        raise CLIError(
+            f"--model {args.model} returned {type(model).__name__}, not a torch nn.Module"
+        )
+    if args.weights:
+        state = read_state_dict(Path(args.weights))
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise CLIError(f"--weights {args.weights} do not fit the model: {error}") from None
+    elif args.timm:
+        logger.warning("--timm %s without --weights: the segmenter has random weights", args.timm)
+    return model.to(device).eval()
+
+
+def select_device(name: str | None) -> torch.device:
+    """``--device``, default ``cuda`` when available, else ``cpu``."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as error:
+        raise CLIError(
+            f"--device {name!r} is not a device (cpu, cuda, cuda:1, ...): {error}"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def load_detector(args: argparse.Namespace, segmenter: nn.Module) -> FlowEneDet:
+    """The detector of ``--detector``, checked against ``segmenter``."""
+    try:
+        return FlowEneDet.load(
+            args.detector, segmenter, check_segmenter=not args.no_segmenter_check
+        )
+    except FileNotFoundError:
+        raise CLIError(f"--detector {args.detector}: file not found") from None
+    except io.FormatError as error:
+        raise CLIError(f"--detector: {error}") from None
+    except ValueError as error:
+        raise CLIError(
+            f"--detector {args.detector} does not match the segmenter: {error}", 1
+        ) from None

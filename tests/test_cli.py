@@ -1,0 +1,496 @@
+"""The ``flowenedet`` command: fit / score / evaluate end to end on a tiny folder dataset;
+demo / bench options, errors and (with the shipped weights) a tiny demo run."""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from flowenedet import FlowEneDet
+from flowenedet.baselines import MSP
+from flowenedet.cli import main
+from flowenedet.data import FolderDataset
+
+from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
+
+FACTORY = "cli_toy_models:build"
+# A small flow (fast on 2 CPU cores) and post-processing sized for 16 x 16 logits.
+SMALL = json.dumps(
+    {
+        "num_blocks": 2,
+        "hidden": 16,
+        "boundary_width": 1,
+        "boundary_iterations": 1,
+        "ood_dilation": 1,
+    }
+)
+BASELINE_ROWS = {"MSP", "MaxLogit", "Energy", "Entropy", "SML"}
+
+
+def _write_folder(root: Path, images: torch.Tensor, labels: torch.Tensor) -> tuple[Path, Path]:
+    """PNG images and single-channel label PNGs named alike, as a user would have them."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rgb = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for i in range(len(rgb)):
+        Image.fromarray(rgb[i]).save(root / "images" / f"frame{i}.png")
+        Image.fromarray(labels[i].numpy().astype(np.uint8), mode="L").save(
+            root / "labels" / f"frame{i}.png"
+        )
+    return root / "images", root / "labels"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tensors here are tiny: extra threads only add contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def ws(one_thread, tmp_path_factory, segmenter):
+    """A workspace: factory module, weights files, train / test folders and a fitted detector."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "cli_toy_models.py").write_text(
+        "from tests.toy import ToySegmenter\n\n\n"
+        "def build(num_classes=4):\n    return ToySegmenter(num_classes)\n"
+    )
+    state = {k: v.clone() for k, v in segmenter.state_dict().items()}
+    save_file(state, str(root / "toy.safetensors"))
+    torch.save({"model": state, "epoch": 3}, root / "toy.pt")
+    other = copy.deepcopy(state)
+    other["classifier.bias"] += 0.5
+    save_file(other, str(root / "other.safetensors"))
+    train = _write_folder(root / "train", *make_scenes(16, seed=21))
+    test = _write_folder(root / "test", *make_scenes(6, seed=22, ood=True))
+    paths = {"root": root, "train": train, "test": test, "det": root / "det.safetensors"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(root))
+        argv = ["fit", "--model", FACTORY, "--model-kwargs", '{"num_classes": 4}']
+        argv += ["--weights", str(root / "toy.safetensors"), "--folder", str(train[0])]
+        argv += ["--labels", str(train[1]), "--steps", "12", "--batch-size", "8"]
+        argv += ["--pixels-per-image", "256", "--detector-kwargs", SMALL]
+        code = main([*argv, "--out", str(paths["det"]), "--no-progress", "--device", "cpu"])
+        assert code == 0
+        yield paths
+
+
+def _model(ws, weights: str = "toy.safetensors") -> list[str]:
+    return ["--model", FACTORY, "--weights", str(ws["root"] / weights), "--device", "cpu"]
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fit_writes_a_detector_the_library_loads_for_that_segmenter(ws, segmenter):
+    det = FlowEneDet.load(ws["det"], segmenter)
+    assert det.config.variant == "C"
+    assert det.config.num_classes == NUM_CLASSES
+    assert det.config.num_blocks == 2  # --detector-kwargs reached the detector
+    assert det.config.feature_layer == "classifier:input"
+
+
+def test_score_writes_heat_maps_and_float16_maps_equal_to_the_library(ws, segmenter, capsys):
+    out = ws["root"] / "maps"
+    argv = ["score", str(ws["test"][0]), "--detector", str(ws["det"]), "--out", str(out)]
+    code, stdout, _ = _run(capsys, [*argv, *_model(ws, "toy.pt"), "--no-progress"])
+    assert code == 0, stdout
+    assert "6 image(s)" in stdout
+    det = FlowEneDet.load(ws["det"], segmenter)
+    images = torch.stack([image for image, _ in FolderDataset(ws["test"][0])])
+    expected = det.score(images)
+    for i in range(6):
+        for kind in ("idm", "ood"):
+            array = np.load(out / f"frame{i}_{kind}.npy")
+            assert array.dtype == np.float16 and array.shape == (32, 32)
+            reference = getattr(expected, kind)[i].numpy()
+            np.testing.assert_allclose(array.astype(np.float32), reference, atol=2e-3)
+        for kind in ("idm", "ood", "overlay"):
+            with Image.open(out / f"frame{i}_{kind}.png") as png:
+                assert png.size == (32, 32) and png.mode == "RGB"
+
+
+def test_score_npy_only_for_single_files(ws, capsys):
+    out = ws["root"] / "npy_only"
+    files = [str(ws["test"][0] / "frame0.png"), str(ws["test"][0] / "frame3.png")]
+    argv = ["score", *files, "--detector", str(ws["det"]), "--out", str(out)]
+    code, _, _ = _run(capsys, [*argv, *_model(ws), "--format", "npy", "--no-progress"])
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {f"frame{i}_{k}.npy" for i in (0, 3) for k in ("idm", "ood")}
+
+
+@pytest.fixture(scope="module")
+def test_data(ws, segmenter):
+    dataset = FolderDataset(ws["test"][0], labels=ws["test"][1])
+    images = torch.stack([image for image, _ in dataset])
+    labels = torch.stack([label for _, label in dataset])
+    return images, labels
+
+
+def _evaluate(ws, capsys, *extra: str) -> tuple[int, str, str]:
+    argv = ["evaluate", "--detector", str(ws["det"]), "--folder", str(ws["test"][0])]
+    argv += ["--labels", str(ws["test"][1]), *_model(ws), "--no-progress", *extra]
+    return _run(capsys, argv)
+
+
+def test_evaluate_prints_the_table_and_writes_json(ws, segmenter, test_data, capsys):
+    path = ws["root"] / "results.json"
+    code, stdout, _ = _evaluate(ws, capsys, "--json", str(path))
+    assert code == 0
+    for text in ("OOD AUROC", "IDM AP", "CDD FPR95", "Open-mIoU (oracle)", "FED ood", "SML"):
+        assert text in stdout
+    report = json.loads(path.read_text())
+    assert set(report["methods"]) == {"FED idm", "FED ood"} | BASELINE_ROWS
+    assert report["images"] == 6 and report["num_classes"] == NUM_CLASSES
+    for row in report["methods"].values():
+        for task in ("ood", "idm", "cdd"):
+            assert set(row[task]) == {"auroc", "ap", "fpr95"}
+            assert all(0.0 <= v <= 1.0 for v in row[task].values())
+        assert 0.0 <= row["open_miou_oracle"] <= 1.0
+    # The numbers are those of the maps, pooled over all pixels (checked with scikit-learn).
+    images, labels = test_data
+    ood, valid = (labels == OOD_LABEL).flatten(), (labels != 255).flatten()
+    maps = FlowEneDet.load(ws["det"], segmenter).score(images)
+    msp = MSP(segmenter).score(images)
+    for name, scores in (("FED ood", maps.ood), ("MSP", msp)):
+        flat = scores.flatten()[valid].numpy()
+        result = report["methods"][name]["ood"]
+        assert result["auroc"] == pytest.approx(roc_auc_score(ood[valid], flat), abs=1e-6)
+        assert result["ap"] == pytest.approx(average_precision_score(ood[valid], flat), abs=1e-6)
+    known = (labels < NUM_CLASSES).flatten()
+    iou = [
+        ((maps.pred.flatten() == c) & (labels.flatten() == c)).sum()
+        / (((maps.pred.flatten() == c) & known) | (labels.flatten() == c)).sum()
+        for c in range(NUM_CLASSES)
+    ]
+    assert report["miou"] == pytest.approx(float(torch.stack(iou).mean()), abs=1e-6)
+
+
+def test_evaluate_histogram_mode_matches_exact_for_bounded_scores(ws, capsys, tmp_path):
+    exact, binned = tmp_path / "exact.json", tmp_path / "binned.json"
+    assert _evaluate(ws, capsys, "--json", str(exact), "--baselines", "msp", "energy")[0] == 0
+    argv = ["--json", str(binned), "--baselines", "msp", "energy", "--histogram-bins", "20000"]
+    assert _evaluate(ws, capsys, *argv)[0] == 0
+    exact, binned = (json.loads(p.read_text())["methods"] for p in (exact, binned))
+    for name in ("FED idm", "FED ood", "MSP", "Energy"):
+        for task in ("ood", "idm"):
+            assert binned[name][task]["ap"] == pytest.approx(exact[name][task]["ap"], abs=1e-3)
+    assert binned["Energy"] == exact["Energy"]  # unbounded: always exact
+
+
+def test_evaluate_with_thresholds_from_a_validation_run(ws, capsys, tmp_path):
+    val = tmp_path / "val.json"
+    assert _evaluate(ws, capsys, "--json", str(val), "--baselines")[0] == 0
+    thresholds = {k: v["threshold"] for k, v in json.loads(val.read_text())["methods"].items()}
+    out = tmp_path / "test.json"
+    code, stdout, _ = _evaluate(ws, capsys, "--thresholds-from", str(val), "--json", str(out))
+    assert code == 0 and "Open-mIoU |" in stdout
+    methods = json.loads(out.read_text())["methods"]
+    for name in thresholds:  # same data, so calibrated and oracle thresholds coincide
+        assert methods[name]["open_miou"] == pytest.approx(methods[name]["open_miou_oracle"])
+    assert "open_miou" not in methods["MSP"]  # no calibrated threshold for it in val.json
+
+
+def test_fit_with_a_timm_backbone(ws, capsys, segmenter):
+    out = ws["root"] / "timm_det.safetensors"
+    argv = ["fit", "--timm", "resnet10t", "--num-classes", "4", "--variant", "U"]
+    argv += ["--folder", str(ws["train"][0]), "--labels", str(ws["train"][1])]
+    argv += ["--steps", "3", "--pixels-per-image", "64", "--out", str(out), "--no-progress"]
+    code, stdout, _ = _run(capsys, [*argv, "--device", "cpu"])
+    assert code == 0 and str(out) in stdout
+    from flowenedet.zoo import DigitSegmenter
+
+    det = FlowEneDet.load(out, DigitSegmenter("resnet10t", num_classes=4), check_segmenter=False)
+    assert det.config.variant == "U" and det.config.num_classes == 4
+
+
+def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
+    det, root = str(ws["det"]), ws["root"]
+    score = ["score", str(ws["test"][0]), "--out", str(root / "x")]
+    fit = ["fit", *_model(ws), "--folder", str(ws["train"][0]), "--labels", str(ws["train"][1])]
+    (root / "broken.safetensors").write_bytes(b"not a detector at all")
+    return {
+        "missing detector": (
+            [*score, "--detector", str(root / "nope.safetensors"), *_model(ws)],
+            2,
+            "nope.safetensors",
+        ),
+        "missing weights": (
+            [*score, "--detector", det, "--model", FACTORY, "--weights", str(root / "w.pt")],
+            2,
+            "w.pt",
+        ),
+        "missing input": (
+            ["score", str(root / "no_such_dir"), "--out", "x", "--detector", det, *_model(ws)],
+            2,
+            "no_such_dir",
+        ),
+        "missing data folder": (
+            [*fit[:-3], str(root / "gone"), *fit[-2:], "--out", str(root / "d.safetensors")],
+            2,
+            "gone",
+        ),
+        "unknown module": (
+            [*score, "--detector", det, "--model", "no_such_pkg.models:build"],
+            2,
+            "no_such_pkg",
+        ),
+        "unknown factory": (
+            [*score, "--detector", det, "--model", "cli_toy_models:nope"],
+            2,
+            "nope",
+        ),
+        "bad model kwargs": (
+            [*score, "--detector", det, *_model(ws), "--model-kwargs", "{num_classes: 4}"],
+            2,
+            "--model-kwargs",
+        ),
+        "corrupted detector": (
+            [*score, "--detector", str(root / "broken.safetensors"), *_model(ws)],
+            2,
+            "broken.safetensors",
+        ),
+        "other segmenter": (
+            [*score, "--detector", det, *_model(ws, "other.safetensors")],
+            1,
+            "different segmenter",
+        ),
+        "resume without checkpoint": (
+            [*fit, "--out", str(root / "d.safetensors"), "--resume"],
+            2,
+            "--checkpoint",
+        ),
+        "missing required option": ([*fit], 2, "--out"),
+        "unknown dataset": (
+            ["evaluate", "--detector", det, *_model(ws), "--dataset", "nope", "--root", "x"],
+            2,
+            "nope",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing detector",
+        "missing weights",
+        "missing input",
+        "missing data folder",
+        "unknown module",
+        "unknown factory",
+        "bad model kwargs",
+        "corrupted detector",
+        "other segmenter",
+        "resume without checkpoint",
+        "missing required option",
+        "unknown dataset",
+    ],
+)
+def test_expected_errors_give_a_message_and_exit_status_not_a_traceback(ws, capsys, case):
+    argv, status, needle = _error_cases(ws)[case]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(ws["root"]))
+        code, stdout, stderr = _run(capsys, argv)
+    assert code == status
+    assert "error:" in stderr and needle in stderr
+    assert "Traceback" not in stderr + stdout
+
+
+@pytest.mark.parametrize("command", ["fit", "score", "evaluate", "demo", "bench"])
+def test_help_of_every_subcommand_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "Example" in out and f"flowenedet {command}" in out
+
+
+def test_python_dash_m_runs_the_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["flowenedet", "evaluate", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("flowenedet", run_name="__main__")
+    assert exit_.value.code == 0 and "--histogram-bins" in capsys.readouterr().out
+
+
+def test_an_interrupted_fit_resumes_to_the_same_detector(ws, capsys, monkeypatch):
+    import flowenedet.training as training
+
+    root = ws["root"] / "resume"
+    argv = ["fit", *_model(ws), "--folder", str(ws["train"][0]), "--labels", str(ws["train"][1])]
+    argv += ["--variant", "U", "--steps", "6", "--batch-size", "4", "--pixels-per-image", "64"]
+    argv += ["--detector-kwargs", SMALL, "--no-progress"]
+    assert main([*argv, "--out", str(root / "straight.safetensors")]) == 0
+
+    losses, real_loss = [], training.hit_miss_loss
+
+    def interrupted_at_step_5(*args):
+        losses.append(1)
+        if len(losses) == 5:
+            raise KeyboardInterrupt
+        return real_loss(*args)
+
+    resumable = [*argv, "--checkpoint", str(root / "fit.ckpt"), "--checkpoint-every", "2"]
+    resumable += ["--out", str(root / "resumed.safetensors")]
+    monkeypatch.setattr(training, "hit_miss_loss", interrupted_at_step_5)
+    assert main(resumable) == 130
+    assert (root / "fit.ckpt").is_file() and not (root / "resumed.safetensors").exists()
+    monkeypatch.setattr(training, "hit_miss_loss", real_loss)
+    assert main([*resumable, "--resume"]) == 0
+    capsys.readouterr()
+    straight = load_file(str(root / "straight.safetensors"))
+    resumed = load_file(str(root / "resumed.safetensors"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+# ------------------------------------------------------------------------ demo / bench
+REFERENCE_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "digits.safetensors"
+FAKE_ROWS = {"FED-C ood": {"ood": {"auroc": 0.9, "ap": 0.5, "fpr95": 0.2}, "miou": 0.8}}
+EXTRA_MESSAGE = 'needs the bench extra: pip install "flowenedet[bench]"'
+
+
+@pytest.fixture
+def fake_runs(monkeypatch, tmp_path):
+    """run_demo / run_bench replaced by stand-ins that record their arguments, write one
+    file and return one table; the working directory is an empty temporary folder."""
+    from flowenedet import benchmark
+
+    calls = []
+
+    def stand_in(kind):
+        def run(out_dir, cfg):
+            calls.append((kind, Path(out_dir), cfg))
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "results.json").write_text("{}")
+            return {"splits": {"test": FAKE_ROWS}}
+
+        return run
+
+    monkeypatch.setattr(benchmark, "run_demo", stand_in("demo"))
+    monkeypatch.setattr(benchmark, "run_bench", stand_in("bench"))
+    monkeypatch.chdir(tmp_path)
+    return calls
+
+
+def _sizes(cfg) -> tuple[int, int, int, int]:
+    return cfg.train_scenes, cfg.val_scenes, cfg.test_scenes, cfg.steps
+
+
+def test_demo_defaults_and_output(fake_runs, capsys):
+    Path("flowenedet-demo").mkdir()
+    Path("flowenedet-demo/old.txt").write_text("from an earlier run")
+    code, stdout, _ = _run(capsys, ["demo"])
+    assert code == 0
+    [(kind, out, cfg)] = fake_runs
+    assert kind == "demo" and out == Path("flowenedet-demo")
+    assert _sizes(cfg) == (600, 150, 200, 400)
+    assert list(cfg.corruptions) == [("snow", 3)] and cfg.seed == 0 and cfg.progress
+    assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
+    assert str(Path("flowenedet-demo") / "results.json") in stdout
+    assert "old.txt" not in stdout  # only the files this run wrote are listed
+    assert "finished in" in stdout and " s" in stdout
+
+
+def test_demo_options_reach_the_benchmark_config(fake_runs, capsys):
+    argv = ["demo", "--out", "tour", "--steps", "7", "--train-scenes", "30"]
+    argv += ["--val-scenes", "10", "--test-scenes", "20", "--seed", "3", "--no-progress"]
+    assert _run(capsys, argv)[0] == 0
+    [(_, out, cfg)] = fake_runs
+    assert out == Path("tour") and _sizes(cfg) == (30, 10, 20, 7)
+    assert cfg.seed == 3 and not cfg.progress
+
+
+def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
+    assert _run(capsys, ["bench"])[0] == 0
+    assert _run(capsys, ["bench", "--quick"])[0] == 0
+    assert _run(capsys, ["bench", "--quick", "--steps", "5", "--out", "smoke"])[0] == 0
+    (_, out, full), (_, _, quick), (_, smoke_out, smoke) = fake_runs
+    assert out == Path("flowenedet-bench") and _sizes(full) == (1000, 200, 300, 800)
+    corruptions = {"snow", "fog", "frost", "motion_blur", "gaussian_noise"}
+    corruptions |= {"brightness", "contrast", "jpeg_compression"}
+    assert sorted(full.corruptions) == sorted((c, s) for c in corruptions for s in (1, 2, 3, 4))
+    assert all(q < f for q, f in zip(_sizes(quick), _sizes(full), strict=True))
+    assert 1 <= len(quick.corruptions) < len(full.corruptions)
+    assert smoke_out == Path("smoke") and smoke.steps == 5
+    assert smoke.train_scenes == quick.train_scenes  # the rest stays quick
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["demo", "--steps", "0"], "--steps"),
+        (["bench", "--test-scenes", "-3"], "--test-scenes"),
+        (["demo", "--train-scenes", "many"], "--train-scenes"),
+        (["demo", "--quick"], "--quick"),
+    ],
+)
+def test_demo_and_bench_refuse_bad_options(fake_runs, capsys, argv, needle):
+    code, _, stderr = _run(capsys, argv)
+    assert code == 2 and needle in stderr and not fake_runs
+
+
+@pytest.mark.parametrize("command, what", [("demo", "the demo"), ("bench", "the benchmark")])
+def test_a_missing_bench_extra_is_reported_before_any_work(
+    fake_runs, capsys, monkeypatch, command, what
+):
+    monkeypatch.setitem(sys.modules, "skimage", None)  # as if scikit-image were not installed
+    code, stdout, stderr = _run(capsys, [command])
+    assert code == 2 and not fake_runs
+    assert f"flowenedet: error: {what} {EXTRA_MESSAGE}" in stderr and "skimage" in stderr
+    assert "Traceback" not in stderr + stdout and not Path(f"flowenedet-{command}").exists()
+
+
+def test_a_bench_module_missing_during_the_run_is_reported(fake_runs, capsys, monkeypatch):
+    from flowenedet import benchmark
+
+    def needs_mlxtend(out_dir, cfg):
+        raise ModuleNotFoundError("No module named 'mlxtend.data'", name="mlxtend.data")
+
+    monkeypatch.setattr(benchmark, "run_demo", needs_mlxtend)
+    code, _, stderr = _run(capsys, ["demo"])
+    assert code == 2 and f"the demo {EXTRA_MESSAGE}" in stderr and "mlxtend" in stderr
+
+    def broken(out_dir, cfg):  # not the extra: a real bug must not be disguised as one
+        raise ModuleNotFoundError("No module named 'flowenedet.nope'", name="flowenedet.nope")
+
+    monkeypatch.setattr(benchmark, "run_demo", broken)
+    with pytest.raises(ModuleNotFoundError, match=r"flowenedet\.nope"):
+        main(["demo"])
+
+
+def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
+    if not REFERENCE_WEIGHTS.is_file():
+        pytest.skip("the reference weights flowenedet/zoo/digits.safetensors are not there yet")
+    from flowenedet.zoo import load_reference_segmenter
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--train-scenes", "32", "--val-scenes", "8"]
+    code, stdout, _ = _run(capsys, [*argv, "--test-scenes", "8", "--steps", "3", "--no-progress"])
+    assert code == 0
+    files = ["curves.png", "fed-c.safetensors", "fed-u.safetensors", "results.json", "scenes.png"]
+    assert sorted(p.name for p in out.iterdir()) == files
+    assert all(str(out / name) in stdout for name in files)
+    assert "### test\n" in stdout and "### test/snow-3" in stdout and "| MC dropout |" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["train_scenes"] == 32 and results["config"]["steps"] == 3
+    assert set(results["splits"]) == {"test", "test/snow-3"}
+    # The detector written is usable with the shipped segmenter.
+    det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
+    assert det.config.variant == "C" and det.config.num_classes == 11
