@@ -406,9 +406,10 @@ class FlowEneDet:
                     f"detector was built for feature_channels={cfg.feature_channels}"
                 )
             features = pool_feature_channels(features, cfg.pooled_channels)
-            features = F.interpolate(
-                features, size=logits.shape[-2:], mode="bilinear", align_corners=False
-            )
+            if features.shape[-2:] != logits.shape[-2:]:
+                features = F.interpolate(
+                    features, size=logits.shape[-2:], mode="bilinear", align_corners=False
+                )
         else:
             features = None
         if labels is not None:
