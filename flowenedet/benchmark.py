@@ -37,7 +37,12 @@ logger = logging.getLogger(__name__)
 # Chosen on the validation split (docs/benchmarks.md): the reference segmenter's logits
 # are 24x24, so the reference release's sizes (boundary width 4, dilation 6, made for
 # 256x512 maps) would wipe out whole objects.
-SMALL_MAP_POSTPROCESS = {"boundary_width": 1, "boundary_iterations": 1, "ood_dilation": 1}
+SMALL_MAP_POSTPROCESS = {
+    "boundary_width": 1,
+    "boundary_iterations": 1,
+    "ood_dilation": 1,
+    "smooth_kernel": 1,
+}
 FEATURE_LAYER = "classifier:input"
 CORRUPTIONS = (
     "snow",
@@ -215,8 +220,8 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
     methods = make_baselines(segmenter, detectors["FED-C"], cfg)
     val = load_split(segmenter, "val", cfg.val_scenes, cfg)
     score_split(val, detectors, methods, cfg)
-    _, thresholds = evaluate_split(val, num_classes)
-    results: dict[str, Any] = {"config": _jsonable(cfg), "splits": {}}
+    val_rows, thresholds = evaluate_split(val, num_classes)
+    results: dict[str, Any] = {"config": _jsonable(cfg), "splits": {"val": val_rows}}
     tests = [("test", None, 0), *[("test", c, s) for c, s in cfg.corruptions]]
     for split_name, corruption, severity in tests:
         split = load_split(segmenter, split_name, cfg.test_scenes, cfg, corruption, severity)

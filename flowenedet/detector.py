@@ -78,6 +78,7 @@ class DetectorConfig:
     boundary_width: int = 4
     boundary_iterations: int = 4
     ood_dilation: int = 6
+    smooth_kernel: int = 7
     chunk_pixels: int = 1 << 16
     seed: int = 0
     segmenter_fingerprint: str | None = None
@@ -335,9 +336,9 @@ class FlowEneDet:
         posterior = self._posterior(logits, features)
         low_pred = logits.argmax(1)
         cfg = self.config
-        idm = gaussian_smooth(posterior)
+        idm = gaussian_smooth(posterior, kernel_size=cfg.smooth_kernel)
         ood = suppress_boundaries(posterior, low_pred, cfg.boundary_width, cfg.boundary_iterations)
-        ood = gaussian_smooth(ood, kernel_size=7, sigma=1.0, dilation=cfg.ood_dilation)
+        ood = gaussian_smooth(ood, kernel_size=cfg.smooth_kernel, dilation=cfg.ood_dilation)
         pred = _upsampled_argmax(logits, size)
         return Scores(resize(idm, size).clamp(0, 1), resize(ood, size).clamp(0, 1), pred)
 
