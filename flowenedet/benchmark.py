@@ -60,14 +60,14 @@ CORRUPTIONS = (
 class BenchConfig:
     """Sizes of one benchmark run."""
 
-    train_scenes: int = 600
-    val_scenes: int = 150
-    test_scenes: int = 200
-    steps: int = 400
+    train_scenes: int = 400
+    val_scenes: int = 100
+    test_scenes: int = 150
+    steps: int = 300
     batch_size: int = 16
     pixels_per_image: int = 256
     seed: int = 0
-    mc_samples: int = 8
+    mc_samples: int = 4
     corruptions: Sequence[tuple[str, int]] = (("snow", 3),)
     progress: bool = True
 
