@@ -389,23 +389,11 @@ class FlowEneDet:
         """Validate and align a batch; builds the flow on the first batch it sees."""
         cfg = self.config
         check_finite(logits, "logits")
-        if cfg.num_classes is None:
-            cfg.num_classes = logits.shape[1]
-        elif logits.shape[1] != cfg.num_classes:
-            raise ValueError(
-                f"the segmenter gives {logits.shape[1]} classes but the detector is for "
-                f"num_classes={cfg.num_classes}"
-            )
+        self._adopt("num_classes", logits.shape[1], "classes")
         if cfg.variant == "C":
             if features is None:
                 raise ValueError("variant 'C' needs decoder features; pass features=")
-            if cfg.feature_channels is None:
-                cfg.feature_channels = features.shape[1]
-            elif features.shape[1] != cfg.feature_channels:
-                raise ValueError(
-                    f"the segmenter's features have {features.shape[1]} channels but the "
-                    f"detector was built for feature_channels={cfg.feature_channels}"
-                )
+            self._adopt("feature_channels", features.shape[1], "feature channels")
             features = pool_feature_channels(features, cfg.pooled_channels)
             if features.shape[-2:] != logits.shape[-2:]:
                 features = F.interpolate(
@@ -418,6 +406,16 @@ class FlowEneDet:
         if self.flow is None:
             self._build_flow(logits.device)
         return logits.float(), labels, features
+
+    def _adopt(self, field: str, value: int, what: str) -> None:
+        """Take a size from the first batch; later batches (and segmenters) must agree."""
+        current = getattr(self.config, field)
+        if current is None:
+            setattr(self.config, field, value)
+        elif value != current:
+            raise ValueError(
+                f"the segmenter gives {value} {what} but the detector is for {field}={current}"
+            )
 
     def _build_flow(self, device: torch.device) -> None:
         cfg = self.config
