@@ -1,0 +1,165 @@
+"""The reference segmenter of the embedded benchmark: a timm backbone with a light FPN head.
+
+``DigitSegmenter`` maps images in [0, 1] ``(B, 3, H, W)`` to logits ``(B, K, H/4, W/4)``
+(not upsampled). The decoder ends in ``dropout -> classifier``, where ``classifier`` is a
+``Conv2d(hidden, K, 1)``: FlowEneDet's FED-C reads the classifier's input as decoder
+features, and the dropout makes MC dropout a meaningful baseline. The trained weights for
+the 11 classes of :mod:`flowenedet.data.embedded` ship with the package as safetensors
+(``digits.safetensors``) and load without pickle or network.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowenedet import io
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "REFERENCE_ARCHITECTURE",
+    "WEIGHTS_FILE",
+    "DigitSegmenter",
+    "build_reference_segmenter",
+    "load_reference_segmenter",
+    "reference_card",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "flowenedet-segmenter"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "digits.safetensors"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+REFERENCE_ARCHITECTURE: dict[str, Any] = {
+    "backbone": "resnet10t",
+    "out_indices": [1, 2, 3],
+    "hidden": 64,
+    "num_classes": 11,
+    "dropout": 0.1,
+    "backbone_kwargs": {"channels": [32, 64, 128, 256], "stem_width": 16},
+}
+"""Keyword arguments of :class:`DigitSegmenter` for the shipped model: a half-width
+ResNet-10-T (timm ``resnet10t`` with ``channels=(32, 64, 128, 256)``) cut after its
+third stage, so it uses features at strides 4, 8 and 16."""
+
+
+class DigitSegmenter(nn.Module):
+    """timm backbone (``features_only``) + FPN-style decoder + dropout + 1x1 classifier.
+
+    Args:
+        backbone: a timm model name; created with ``pretrained=False`` (nothing downloads).
+        out_indices: backbone stages to use, finest first; logits come out at the stride of
+            the finest one (4 for the reference ``resnet10t`` stages 1, 2, 3).
+        hidden: channels of the decoder (and of the features the classifier reads).
+        num_classes: number of classes ``K``.
+        dropout: probability of the dropout layer in front of the classifier.
+        backbone_kwargs: extra keyword arguments of ``timm.create_model`` (e.g. the
+            ``channels`` and ``stem_width`` of a timm ResNet).
+
+    Forward: images float ``(B, 3, H, W)`` in [0, 1] (normalised inside) -> logits
+    ``(B, K, ceil(H/4), ceil(W/4))``; ``stride`` holds the output stride (4).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet10t",
+        out_indices: Sequence[int] = (1, 2, 3),
+        hidden: int = 64,
+        num_classes: int = 11,
+        dropout: float = 0.1,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.backbone = timm.create_model(
+            backbone,
+            pretrained=False,
+            features_only=True,
+            out_indices=tuple(out_indices),
+            **dict(backbone_kwargs or {}),
+        )
+        channels = self.backbone.feature_info.channels()
+        self.stride = int(self.backbone.feature_info.reduction()[0])
+        self.lateral = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in channels)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Conv2d(hidden, num_classes, 1)
+        self.num_classes = num_classes
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def features(self, images: Tensor) -> Tensor:
+        """Decoder features ``(B, hidden, H/4, W/4)``: the classifier's input in eval mode."""
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(
+                "images must be float (B, 3, H, W) in [0, 1]; got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
+        feats = self.backbone((images - self.mean) / self.std)
+        x = self.lateral[-1](feats[-1])
+        for lateral, feat in zip(self.lateral[-2::-1], feats[-2::-1], strict=True):
+            x = lateral(feat) + F.interpolate(
+                x, size=feat.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return self.fuse(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, K, H/4, W/4)`` for images ``(B, 3, H, W)`` in [0, 1]."""
+        return self.classifier(self.dropout(self.features(images)))
+
+
+def build_reference_segmenter() -> DigitSegmenter:
+    """An untrained segmenter with the architecture of the shipped weights (random init)."""
+    return DigitSegmenter(**copy.deepcopy(REFERENCE_ARCHITECTURE))
+
+
+def _read_weights() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    resource = importlib.resources.files(__package__) / WEIGHTS_FILE
+    if not resource.is_file():
+        raise FileNotFoundError(
+            f"the reference weights {WEIGHTS_FILE} are missing from {__package__}; reinstall "
+            "flowenedet or train them with `python -m benchmarks.train_segmenter`"
+        )
+    with importlib.resources.as_file(resource) as path:
+        return io.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+
+
+def reference_card() -> dict[str, Any]:
+    """The header of the shipped weights: architecture, training command, seed, metrics."""
+    return _read_weights()[1]
+
+
+def load_reference_segmenter(device: str | torch.device = "cpu") -> DigitSegmenter:
+    """The trained reference segmenter for :mod:`flowenedet.data.embedded`, in eval mode.
+
+    Loads ``digits.safetensors`` shipped inside the package (no pickle, no network).
+    """
+    tensors, card = _read_weights()
+    architecture = card.get("architecture")
+    if not isinstance(architecture, Mapping):
+        raise io.FormatError(f"{WEIGHTS_FILE} has no architecture in its header")
+    model = DigitSegmenter(**architecture)
+    model.load_state_dict(tensors, strict=True)
+    logger.debug("loaded reference segmenter (%s)", architecture)
+    return model.to(device).eval()

@@ -1,0 +1,142 @@
+"""The reference segmenter: shipped weights, output layout, quality and real mistakes."""
+
+from __future__ import annotations
+
+import importlib.resources
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from flowenedet.data.embedded import NUM_CLASSES, make_scenes
+from flowenedet.hooks import SegmenterTap, find_classifier, frozen
+from flowenedet.zoo import (
+    REFERENCE_ARCHITECTURE,
+    DigitSegmenter,
+    build_reference_segmenter,
+    load_reference_segmenter,
+    reference_card,
+)
+
+WEIGHTS = importlib.resources.files("flowenedet.zoo") / "digits.safetensors"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_reference_segmenter()
+
+
+@pytest.fixture(scope="module")
+def clean_test():
+    return make_scenes("test", 32, seed=0)
+
+
+def _predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(images)
+    size = images.shape[-2:]
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(1)
+
+
+def test_weights_load_without_network_and_match_the_file(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the reference segmenter tried to open a network socket")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model = load_reference_segmenter()
+    assert isinstance(model, DigitSegmenter)
+    assert not model.training
+    with importlib.resources.as_file(WEIGHTS) as path, safe_open(str(path), "pt") as f:
+        stored = {name: f.get_tensor(name) for name in f.keys()}
+    state = model.state_dict()
+    assert set(stored) == set(state)
+    for name, tensor in stored.items():
+        assert torch.equal(state[name], tensor), name
+
+
+def test_weights_file_is_at_most_10_mb_and_header_documents_the_training():
+    assert WEIGHTS.is_file()
+    with importlib.resources.as_file(WEIGHTS) as path:
+        assert path.stat().st_size <= 10 * 2**20
+    card = reference_card()
+    assert card["architecture"] == REFERENCE_ARCHITECTURE
+    assert card["training_command"].startswith("python -m benchmarks.train_segmenter")
+    assert isinstance(card["seed"], int)
+    clean = card["metrics"]["clean_test"]
+    assert {"pixel_accuracy", "miou", "error_share"} <= set(clean)
+    assert clean["error_share"] >= 0.01
+
+
+def test_output_is_logits_at_a_quarter_of_the_input_resolution(model):
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    assert model(images).shape == (2, NUM_CLASSES, 24, 24)
+    assert model(torch.rand(1, 3, 64, 128)).shape == (1, NUM_CLASSES, 16, 32)
+
+
+def test_images_must_be_float_rgb(model):
+    with pytest.raises(ValueError, match="images must be float"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(1, 1, 64, 64\)"):
+        model(torch.zeros(1, 1, 64, 64))
+
+
+def test_clean_test_quality_is_useful_but_not_perfect(model, clean_test):
+    pred = _predict(model, clean_test.to_float())
+    labels = clean_test.labels
+    valid = labels < NUM_CLASSES  # in-distribution, not void, not OOD
+    wrong = (pred != labels) & valid
+    error_share = wrong.sum().item() / valid.sum().item()
+    digits = valid & (labels > 0)
+    digit_accuracy = ((pred == labels) & digits).sum().item() / digits.sum().item()
+    # Always predicting background would give ~95 % pixel accuracy but 0 % on digits.
+    assert 0.01 <= error_share <= 0.05
+    assert digit_accuracy > 0.6
+    shipped = reference_card()["metrics"]["clean_test"]["error_share"]
+    assert abs(error_share - shipped) < 0.02  # 32 scenes vs the 500 of the card
+
+
+def test_a_corrupted_test_split_gives_more_errors(model, clean_test):
+    noisy = make_scenes("test", 32, seed=0, corruption="gaussian_noise", severity=3)
+    labels = clean_test.labels
+    valid = labels < NUM_CLASSES
+    errors = [
+        ((_predict(model, s.to_float()) != labels) & valid).sum().item()
+        for s in (clean_test, noisy)
+    ]
+    assert errors[1] > 1.5 * errors[0]
+
+
+def test_forward_leaves_the_model_unchanged(model, clean_test):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = clean_test.to_float()[:4]
+    first = model(images)
+    second = model(images)
+    assert torch.equal(first, second)  # eval mode: dropout off, batch norm frozen
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_classifier_is_found_and_mc_dropout_varies(model, clean_test):
+    images = clean_test.to_float()[:2]
+    assert find_classifier(model, images) == "classifier"
+    logits, features = SegmenterTap(model, "classifier:input")(images)
+    assert features.shape == (2, REFERENCE_ARCHITECTURE["hidden"], 24, 24)
+    with frozen(model, dropout=True):
+        torch.manual_seed(0)
+        a, b = model(images), model(images)
+    assert not torch.equal(a, b)
+    assert torch.allclose(logits, model(images))
+    assert not model.training
+
+
+def test_build_gives_the_same_architecture_untrained():
+    torch.manual_seed(0)
+    fresh = build_reference_segmenter()
+    shipped = load_reference_segmenter().state_dict()
+    state = fresh.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in shipped.items()}
+    assert not torch.equal(state["classifier.weight"], shipped["classifier.weight"])
