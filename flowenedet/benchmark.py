@@ -60,10 +60,10 @@ CORRUPTIONS = (
 class BenchConfig:
     """Sizes of one benchmark run."""
 
-    train_scenes: int = 400
-    val_scenes: int = 100
-    test_scenes: int = 150
-    steps: int = 300
+    train_scenes: int = 300
+    val_scenes: int = 80
+    test_scenes: int = 120
+    steps: int = 200
     batch_size: int = 16
     pixels_per_image: int = 256
     seed: int = 0
