@@ -40,7 +40,9 @@ def main() -> None:
     maps = det.score(images[:2])  # 2. score
     det.save("timm_detector.safetensors")  # 3. save (FlowEneDet.load(path, model) loads)
 
-    print(f"idm {tuple(maps.idm.shape)}, ood {tuple(maps.ood.shape)}, pred {tuple(maps.pred.shape)}")
+    print(
+        f"idm {tuple(maps.idm.shape)}, ood {tuple(maps.ood.shape)}, pred {tuple(maps.pred.shape)}"
+    )
     print(f"features hooked at {det.config.feature_layer!r}")
     print(FlowEneDet.load("timm_detector.safetensors", model))
 
