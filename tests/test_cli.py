@@ -400,7 +400,7 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert code == 0
     [(kind, out, cfg)] = fake_runs
     assert kind == "demo" and out == Path("flowenedet-demo")
-    assert _sizes(cfg) == (600, 150, 200, 400)
+    assert _sizes(cfg) == (300, 80, 120, 200)  # the sizes docs/benchmarks.md reports
     assert list(cfg.corruptions) == [("snow", 3)] and cfg.seed == 0 and cfg.progress
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert str(Path("flowenedet-demo") / "results.json") in stdout
@@ -490,7 +490,7 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert "### test\n" in stdout and "### test/snow-3" in stdout and "| MC dropout |" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["train_scenes"] == 32 and results["config"]["steps"] == 3
-    assert set(results["splits"]) == {"test", "test/snow-3"}
+    assert set(results["splits"]) == {"val", "test", "test/snow-3"}
     # The detector written is usable with the shipped segmenter.
     det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
     assert det.config.variant == "C" and det.config.num_classes == 11
