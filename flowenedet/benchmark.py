@@ -30,7 +30,7 @@ from .detector import FlowEneDet
 from .hooks import SegmenterTap
 from .metrics import PixelEvaluator, format_table
 
-__all__ = ["BenchConfig", "SplitData", "run_bench", "run_demo"]
+__all__ = ["FULL_BENCH", "BenchConfig", "SplitData", "run_bench", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,16 @@ class BenchConfig:
     mc_samples: int = 4
     corruptions: Sequence[tuple[str, int]] = (("snow", 3),)
     progress: bool = True
+
+
+FULL_BENCH = BenchConfig(
+    train_scenes=1000,
+    val_scenes=200,
+    test_scenes=300,
+    steps=800,
+    corruptions=tuple((c, s) for c in CORRUPTIONS for s in (1, 2, 3, 4)),
+)
+"""What :func:`run_bench` (``flowenedet bench``) runs: every corruption at severities 1-4."""
 
 
 @dataclass
@@ -262,13 +272,7 @@ def run_demo(out_dir: str | Path = "flowenedet-demo", cfg: BenchConfig | None = 
 def run_bench(out_dir: str | Path = "flowenedet-bench", cfg: BenchConfig | None = None) -> dict:
     """The full benchmark: every corruption at severities 1-4; ``results.json`` and
     ``results.md`` in ``out_dir``."""
-    cfg = cfg or BenchConfig(
-        train_scenes=1000,
-        val_scenes=200,
-        test_scenes=300,
-        steps=800,
-        corruptions=tuple((c, s) for c in CORRUPTIONS for s in (1, 2, 3, 4)),
-    )
+    cfg = cfg or FULL_BENCH
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _run(cfg, out_dir, figures=True)

@@ -12,21 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import benchmark
-from ..benchmark import CORRUPTIONS, BenchConfig
+from ..benchmark import FULL_BENCH, BenchConfig
 from .errors import CLIError
 
 __all__ = ["BENCH", "DEMO", "QUICK", "bench_config", "cmd_bench", "cmd_demo"]
 
 DEMO = BenchConfig()
 """What ``flowenedet demo`` runs: the defaults of :class:`BenchConfig` (clean and snow-3)."""
-# The same sizes as run_bench's own default (benchmark.py does not export them).
-BENCH = BenchConfig(
-    train_scenes=1000,
-    val_scenes=200,
-    test_scenes=300,
-    steps=800,
-    corruptions=tuple((name, severity) for name in CORRUPTIONS for severity in (1, 2, 3, 4)),
-)
+BENCH = FULL_BENCH
 """What ``flowenedet bench`` runs: every corruption at severities 1-4."""
 QUICK = BenchConfig(
     train_scenes=64,
