@@ -55,36 +55,32 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def measure(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """Median seconds and median peak extra bytes of ``fn()`` over ``repeats`` calls."""
-    times, peaks = [], []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base, peak, running = _rss_bytes(), [0], [True]
+def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Seconds and peak extra bytes of one call of ``fn()``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base, peak, running = _rss_bytes(), [0], [True]
 
-            def sample(peak=peak, running=running) -> None:
-                while running[0]:
-                    peak[0] = max(peak[0], _rss_bytes())
-                    time.sleep(0.001)
+        def sample() -> None:
+            while running[0]:
+                peak[0] = max(peak[0], _rss_bytes())
+                time.sleep(0.001)
 
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        if device.type == "cuda":
-            peaks.append(torch.cuda.max_memory_allocated() - base)
-        else:
-            running[0] = False
-            sampler.join()
-            peaks.append(max(peak[0], _rss_bytes()) - base)
-    return statistics.median(times), statistics.median(peaks)
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if device.type == "cuda":
+        return seconds, torch.cuda.max_memory_allocated() - base
+    running[0] = False
+    sampler.join()
+    return seconds, max(peak[0], _rss_bytes()) - base
 
 
 def main() -> None:
@@ -118,9 +114,9 @@ def main() -> None:
     # interleave the two so drifting machine load hits both alike
     seg_t, seg_m, det_t, det_m = [], [], [], []
     for _ in range(args.repeats):
-        t, m = measure(segment_only, device, 1)
+        t, m = measure(segment_only, device)
         seg_t.append(t), seg_m.append(m)
-        t, m = measure(segment_and_score, device, 1)
+        t, m = measure(segment_and_score, device)
         det_t.append(t), det_m.append(m)
     seg_params = sum(p.numel() for p in segmenter.parameters())
     det_params = sum(p.numel() for p in det.flow.parameters())

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmenterTap", "find_classifier", "frozen", "logits_of"]
+__all__ = ["SegmenterTap", "find_classifier", "frozen", "logits_of", "segmenter_device"]
 
 
 def logits_of(output: Any) -> Tensor:
