@@ -23,19 +23,25 @@ from tqdm.auto import tqdm
 from . import distributed, io
 from .checkpoint import load_checkpoint
 from .checks import check_finite, check_images, check_labels, check_logits, unpack_batch
-from .energy import ClassStats, energy_inputs
-from .flow import EnergyFlow, miss_posterior, pool_feature_channels
+from .energy import INPUT_SETS, ClassStats, flow_inputs, free_energy, standardize
+from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
-from .postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
-from .training import balanced_pixel_sample, train_flow
+from .postprocess import (
+    gaussian_smooth,
+    resize,
+    resize_labels,
+    suppress_boundaries,
+    upsampled_argmax,
+)
+from .training import balanced_pixel_sample, miss_targets, train_flow
 
 __all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "flowenedet-detector"
-FORMAT_VERSION = 1
-LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at logit size, features
+FORMAT_VERSION = 2  # 2: input sets, soft targets and the ood map's energy term
+LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at input size, features
 
 
 @dataclass
@@ -43,9 +49,12 @@ class Scores:
     """Per-pixel maps at input resolution, higher = more suspicious.
 
     Attributes:
-        idm: ``(B, H, W)`` in [0, 1], misclassification map (plain Gaussian smoothing).
-        ood: ``(B, H, W)`` in [0, 1], out-of-distribution map (boundary suppression and
-            dilated smoothing).
+        idm: ``(B, H, W)`` in [0, 1], the flow's posterior ``p(miss | z)`` (plain Gaussian
+            smoothing): the misclassification map.
+        ood: ``(B, H, W)`` in [0, 1], out-of-distribution map: the posterior's log-odds
+            plus ``ood_energy_weight`` times the standardised free energy (each on the
+            scale of the fit data), through a sigmoid, with boundary suppression and
+            dilated smoothing.
         pred: ``(B, H, W)`` int64, the segmenter's predicted classes.
     """
 
@@ -56,10 +65,19 @@ class Scores:
 
 @dataclass(frozen=True)
 class Stats:
-    """Per-class mean and variance ``(K,)`` of the max logit over correct training pixels."""
+    """What the detector measured on its fit data besides the flow's weights.
+
+    Attributes:
+        mean, var: ``(K,)``, per-class mean and variance of the max logit over correctly
+            classified training pixels (SML statistics).
+        ood_scale: ``(4,)``, mean and standard deviation of the flow's log-odds, then of the
+            standardised free energy, over the fit data's valid pixels; they put the two
+            terms of the ``ood`` map on one scale.
+    """
 
     mean: Tensor
     var: Tensor
+    ood_scale: Tensor
 
 
 @dataclass
@@ -67,6 +85,7 @@ class DetectorConfig:
     """Everything needed to rebuild a detector; stored in the safetensors header."""
 
     variant: str = "C"
+    inputs: str = "rich"
     num_classes: int | None = None
     feature_layer: str | None = None
     feature_channels: int | None = None
@@ -79,6 +98,7 @@ class DetectorConfig:
     boundary_iterations: int = 4
     ood_dilation: int = 6
     smooth_kernel: int = 7
+    ood_energy_weight: float = 1.0
     chunk_pixels: int = 1 << 16
     seed: int = 0
     segmenter_fingerprint: str | None = None
@@ -95,7 +115,10 @@ class FlowEneDet:
     Args:
         segmenter: any ``nn.Module`` mapping images ``(B, 3, H, W)`` to logits
             ``(B, K, h, w)`` (tensor, dict with "out", tuple, or ``.logits``). Never changed.
-        variant: ``"C"`` (flow conditioned on decoder features) or ``"U"`` (energy only).
+        variant: ``"C"`` (flow conditioned on decoder features) or ``"U"`` (logits only).
+        inputs: the flow's per-pixel inputs: ``"rich"`` (energy pair plus four confidence
+            measures, the default) or ``"energy"`` (the paper's pair); see
+            :data:`flowenedet.energy.INPUT_SETS`.
         feature_layer: submodule whose output gives the decoder features for FED-C; by
             default the input of the classifier conv is found automatically.
         num_classes: ``K``, checked against the logits if given.
@@ -108,6 +131,7 @@ class FlowEneDet:
         segmenter: nn.Module,
         *,
         variant: str = "C",
+        inputs: str = "rich",
         feature_layer: str | None = None,
         num_classes: int | None = None,
         ignore_index: int = 255,
@@ -117,12 +141,15 @@ class FlowEneDet:
             raise TypeError(f"segmenter must be a torch.nn.Module; got {type(segmenter).__name__}")
         if variant not in ("C", "U"):
             raise ValueError(f"variant must be 'C' or 'U'; got {variant!r}")
+        if inputs not in INPUT_SETS:
+            raise ValueError(f"inputs must be one of {sorted(INPUT_SETS)}; got {inputs!r}")
         unknown = set(config) - {f.name for f in dataclasses.fields(DetectorConfig)}
         if unknown:
             raise TypeError(f"unknown FlowEneDet options: {sorted(unknown)}")
         self.segmenter = segmenter
         self.config = DetectorConfig(
             variant=variant,
+            inputs=inputs,
             feature_layer=feature_layer,
             num_classes=num_classes,
             ignore_index=ignore_index,
@@ -231,12 +258,12 @@ class FlowEneDet:
                 )
             self.config = DetectorConfig(**state.config)
             self._tap = SegmenterTap(self.segmenter, self._tap_layer())
-            self.stats = Stats(state.extra["mean"], state.extra["var"])
+            mean, var = state.extra["mean"], state.extra["var"]
             self._build_flow(device)
             total = state.total_steps
         else:
             stats, num_batches = self._estimate_stats(map(prepare, raw_batches()), progress)
-            self.stats = Stats(*stats.finalize())
+            mean, var = stats.finalize()
             total = steps if steps is not None else epochs * num_batches
         if total < 1:
             raise ValueError(f"steps must be at least 1; got {total}")
@@ -245,11 +272,11 @@ class FlowEneDet:
 
         def pixels(raw: Any, generator: torch.Generator):
             logits, labels, features = prepare(raw)
-            inputs = energy_inputs(logits, self.stats.mean, self.stats.var)
+            inputs = flow_inputs(logits, mean, var, self.config.inputs)
             context = self.flow.context_encoder(inputs, features)
-            valid = labels != ignore
-            miss = (logits.argmax(1) != labels) & valid
-            picked = balanced_pixel_sample(valid, miss, pixels_per_image, generator).to(device)
+            valid, miss = miss_targets(logits, labels, ignore)
+            picked = balanced_pixel_sample(valid, miss > 0, pixels_per_image, generator)
+            picked = picked.to(device)
             z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
             c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
             return z, c, miss.flatten()[picked]
@@ -265,36 +292,60 @@ class FlowEneDet:
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
             resume=resume,
-            checkpoint_extra={"mean": self.stats.mean, "var": self.stats.var},
+            checkpoint_extra={"mean": mean, "var": var},
             checkpoint_config=dataclasses.asdict(self.config),
         )
+        ood_scale = self._measure_ood_scale(prepare(next(raw_batches())), mean, var)
+        self.stats = Stats(mean, var, ood_scale)
         self.config.segmenter_fingerprint = segmenter_fingerprint(self.segmenter)
         return self
+
+    @torch.no_grad()
+    def _measure_ood_scale(self, batch: LogitBatch, mean: Tensor, var: Tensor) -> Tensor:
+        """:attr:`Stats.ood_scale` from the valid pixels of one fit batch (of every
+        process's first batch under torch.distributed)."""
+        logits, labels, features = batch
+        valid, _ = miss_targets(logits, labels, self.config.ignore_index)
+        inputs = flow_inputs(logits, mean, var, self.config.inputs)
+        terms = [self._log_odds(inputs, features), free_energy(standardize(logits, mean, var))]
+        sums = [valid.sum()]
+        for term in terms:
+            values = term[valid].double()
+            sums += [values.sum(), values.square().sum()]
+        sums = distributed.all_reduce_sum(torch.stack(sums).double().cpu())
+        count = sums[0].clamp_min(1)
+        scale = []
+        for total, total_sq in (sums[1:3], sums[3:5]):
+            centre = total / count
+            scale += [centre, (total_sq / count - centre**2).clamp_min(1e-12).sqrt()]
+        return torch.stack(scale).float()
 
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
         """One pass: class statistics and hit / miss counts, summed over all processes."""
         stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
         show = progress and distributed.rank() == 0
+        ignore = self.config.ignore_index
         for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not show):
             if stats is None:
                 stats = ClassStats(logits.shape[1])
-            stats.update(logits, labels, self.config.ignore_index)
-            valid = labels != self.config.ignore_index
-            wrong = (logits.argmax(1) != labels) & valid
-            counts += torch.tensor([int(valid.sum()) - int(wrong.sum()), int(wrong.sum()), 1])
+            stats.update(logits, resize_labels(labels, logits.shape[-2:]), ignore)
+            valid, miss = miss_targets(logits, labels, ignore)
+            wrong = float(miss[valid].sum())
+            counts += torch.tensor([float(valid.sum()) - wrong, wrong, 1], dtype=torch.float64)
         if stats is None:
             raise ValueError("loader is empty: fit needs at least one batch")
         for total in (stats.count, stats.total, stats.total_sq, counts):
             total.copy_(distributed.all_reduce_sum(total))
-        hits, misses = int(counts[0]), int(counts[1])
+        hits, misses = float(counts[0]), float(counts[1])
         # every process must run the same number of steps: the mean shard length
         num_batches = math.ceil(counts[2].item() / distributed.world_size())
         if hits == 0 or misses == 0:
             raise ValueError(
-                f"fit data has {hits} correctly and {misses} wrongly classified valid pixels; "
+                f"fit data has {hits:.0f} correctly and {misses:.0f} wrongly classified valid "
+                "pixels (at logit resolution); "
                 "the detector learns from both, so it needs some of each"
             )
-        logger.info("fit data: %d correct, %d misclassified valid pixels", hits, misses)
+        logger.info("fit data: %.0f correct, %.0f misclassified valid pixels", hits, misses)
         miss_rate = torch.tensor([hits, misses], dtype=torch.float32) / (hits + misses)
         self.flow._distribution.log_weights.copy_(miss_rate.log())
         return stats, num_batches
@@ -333,23 +384,30 @@ class FlowEneDet:
         self._require_fitted()
         logits, _, features = self._prepare(check_logits(logits), None, features)
         size = tuple(size) if size is not None else tuple(logits.shape[-2:])
-        posterior = self._posterior(logits, features)
+        cfg, stats = self.config, self.stats
+        log_odds = self._log_odds(flow_inputs(logits, stats.mean, stats.var, cfg.inputs), features)
+        idm = gaussian_smooth(torch.sigmoid(log_odds), kernel_size=cfg.smooth_kernel)
+        ood_logit = (log_odds - stats.ood_scale[0]) / stats.ood_scale[1]
+        if cfg.ood_energy_weight:
+            energy = free_energy(standardize(logits, stats.mean, stats.var))
+            energy = (energy - stats.ood_scale[2]) / stats.ood_scale[3]
+            ood_logit = ood_logit + cfg.ood_energy_weight * energy
         low_pred = logits.argmax(1)
-        cfg = self.config
-        idm = gaussian_smooth(posterior, kernel_size=cfg.smooth_kernel)
-        ood = suppress_boundaries(posterior, low_pred, cfg.boundary_width, cfg.boundary_iterations)
+        ood = suppress_boundaries(
+            torch.sigmoid(ood_logit), low_pred, cfg.boundary_width, cfg.boundary_iterations
+        )
         ood = gaussian_smooth(ood, kernel_size=cfg.smooth_kernel, dilation=cfg.ood_dilation)
-        pred = _upsampled_argmax(logits, size)
+        pred = upsampled_argmax(logits, size)
         return Scores(resize(idm, size).clamp(0, 1), resize(ood, size).clamp(0, 1), pred)
 
-    def _posterior(self, logits: Tensor, features: Tensor | None) -> Tensor:
-        """``p(miss | z)`` ``(B, h, w)``, computed in bands of rows to bound memory."""
-        inputs = energy_inputs(logits, self.stats.mean, self.stats.var)
+    def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
+        """``log p(z | miss) - log p(z | hit)`` ``(B, h, w)`` for flow inputs ``(B, D, h, w)``,
+        computed in bands of rows to bound memory."""
         encoder = self.flow.context_encoder
         padded = encoder.pad(inputs)
         batch, _, h, w = inputs.shape
         rows = max(1, self.config.chunk_pixels // (batch * w))
-        out = torch.empty(batch, h, w, device=logits.device)
+        out = torch.empty(batch, h, w, device=inputs.device)
         for top in range(0, h, rows):
             bottom = min(h, top + rows)
             band = padded[:, :, top : bottom + 2 * encoder.halo]
@@ -358,7 +416,8 @@ class FlowEneDet:
             z = inputs[:, :, top:bottom].permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
             c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])
             log_probs = self.flow.component_log_prob(z, c)
-            out[:, top:bottom] = miss_posterior(log_probs).reshape(batch, bottom - top, w)
+            log_odds = log_probs[:, MISS] - log_probs[:, HIT]
+            out[:, top:bottom] = log_odds.reshape(batch, bottom - top, w)
         return out
 
     # ------------------------------------------------------------------ plumbing
@@ -401,8 +460,6 @@ class FlowEneDet:
                 )
         else:
             features = None
-        if labels is not None:
-            labels = resize_labels(labels, logits.shape[-2:])
         if self.flow is None:
             self._build_flow(logits.device)
         return logits.float(), labels, features
@@ -423,7 +480,7 @@ class FlowEneDet:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.flow = EnergyFlow(
-                features=2,
+                features=INPUT_SETS[cfg.inputs][1],
                 context_channels=cfg.context_channels,
                 feature_channels=pooled,
                 num_blocks=cfg.num_blocks,
@@ -439,7 +496,7 @@ class FlowEneDet:
         """Write the detector (flow weights, statistics, config) as safetensors, atomically."""
         self._require_fitted()
         tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()}
-        tensors |= {"stats.mean": self.stats.mean, "stats.var": self.stats.var}
+        tensors |= {f"stats.{name}": value for name, value in vars(self.stats).items()}
         config = dataclasses.asdict(self.config)
         return io.save_file_atomic(
             path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=config
@@ -475,7 +532,9 @@ class FlowEneDet:
         except RuntimeError as error:
             raise io.FormatError(f"{path} does not hold weights of this flow: {error}") from error
         detector.flow.eval()
-        detector.stats = Stats(tensors["stats.mean"], tensors["stats.var"])
+        detector.stats = Stats(
+            **{k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
+        )
         return detector
 
     def __repr__(self) -> str:
@@ -506,28 +565,3 @@ def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
 def _rescale(images: Tensor, scale: float) -> Tensor:
     size = [max(1, round(s * scale)) for s in images.shape[-2:]]
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-
-def _upsampled_argmax(logits: Tensor, size: Sequence[int], group: int = 4) -> Tensor:
-    """``argmax`` of bilinearly upsampled ``logits`` ``(B, K, h, w)`` -> ``(B, *size)``.
-
-    Classes are upsampled ``group`` at a time with a running maximum, so a 2048x1024
-    prediction never holds all ``K`` upsampled channels at once. Ties go to the lower
-    class, as in ``torch.argmax``.
-    """
-    size = tuple(size)
-    if tuple(logits.shape[-2:]) == size:
-        return logits.argmax(1)
-    best = pred = None
-    for first in range(0, logits.shape[1], group):
-        up = F.interpolate(
-            logits[:, first : first + group], size=size, mode="bilinear", align_corners=False
-        )
-        value, index = up.max(1)
-        if best is None:
-            best, pred = value, index
-        else:
-            better = value > best
-            best = torch.where(better, value, best)
-            pred = torch.where(better, index + first, pred)
-    return pred

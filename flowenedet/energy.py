@@ -7,7 +7,12 @@ Notation: logits ``l`` of shape ``(B, K, h, w)``; labels ``y`` of shape ``(B, h,
 2. Standardised logits ``lt_k = (l_k - mu_k) / sqrt(var_k)``; free energy
    ``E = -logsumexp_k(lt_k)``.
 3. Inputs ``z = [log p_in, log p_out]`` with ``log p_in = log sigmoid(-E)`` and
-   ``log p_out = log sigmoid(E)``, both computed with softplus, never via exp/log.
+   ``log p_out = log sigmoid(E)``, both computed with softplus, never via exp/log (the
+   paper's input set, ``"energy"``).
+4. The ``"rich"`` input set (the default, chosen on the embedded benchmark's validation
+   split, see docs/benchmarks.md) appends four confidence measures of the same logits:
+   the standardised max logit, the softmax entropy, the log max softmax probability and
+   the margin between the two largest logits.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ClassStats", "energy_inputs", "free_energy", "standardize"]
+__all__ = [
+    "INPUT_SETS",
+    "ClassStats",
+    "energy_inputs",
+    "flow_inputs",
+    "free_energy",
+    "rich_inputs",
+    "standardize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +122,31 @@ def energy_inputs(logits: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     log_p_in = -F.softplus(energy)  # log sigmoid(-E)
     log_p_out = -F.softplus(-energy)  # log sigmoid(E) = log(1 - p_in)
     return torch.stack([log_p_in, log_p_out], dim=1)
+
+
+def rich_inputs(logits: Tensor, mean: Tensor, var: Tensor) -> Tensor:
+    """The energy pair plus four confidence measures, shape ``(B, 6, h, w)``, float32.
+
+    Channels: ``log p_in``, ``log p_out`` (as :func:`energy_inputs`), the standardised max
+    logit of the predicted class, the softmax entropy, the log max softmax probability and
+    the margin between the two largest logits.
+    """
+    pair = energy_inputs(logits, mean, var)
+    logits = logits.float()
+    standardized_max = standardize(logits, mean, var).gather(1, logits.argmax(1, keepdim=True))
+    log_p = logits.log_softmax(dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1, keepdim=True)
+    top2 = logits.topk(2, dim=1).values
+    margin = top2[:, :1] - top2[:, 1:]
+    return torch.cat([pair, standardized_max, entropy, log_p.amax(1, keepdim=True), margin], 1)
+
+
+INPUT_SETS = {"energy": (energy_inputs, 2), "rich": (rich_inputs, 6)}
+"""Name -> (function, number of channels) of the flow's per-pixel input sets."""
+
+
+def flow_inputs(logits: Tensor, mean: Tensor, var: Tensor, kind: str = "rich") -> Tensor:
+    """The flow's inputs ``(B, D, h, w)`` of input set ``kind`` (see :data:`INPUT_SETS`)."""
+    if kind not in INPUT_SETS:
+        raise ValueError(f"unknown input set {kind!r}; choose one of {sorted(INPUT_SETS)}")
+    return INPUT_SETS[kind][0](logits, mean, var)

@@ -5,6 +5,8 @@ All functions take and return score maps of shape ``(B, h, w)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,6 +17,7 @@ __all__ = [
     "resize",
     "resize_labels",
     "suppress_boundaries",
+    "upsampled_argmax",
 ]
 
 
@@ -92,3 +95,28 @@ def suppress_boundaries(maps: Tensor, pred: Tensor, width: int = 4, iterations: 
         filled = boundary & (count > 0)
         out = torch.where(filled, total / count.clamp_min(1), out)
     return out
+
+
+def upsampled_argmax(logits: Tensor, size: Sequence[int], group: int = 4) -> Tensor:
+    """``argmax`` of bilinearly upsampled ``logits`` ``(B, K, h, w)`` -> ``(B, *size)``.
+
+    Classes are upsampled ``group`` at a time with a running maximum, so a 2048x1024
+    prediction never holds all ``K`` upsampled channels at once. Ties go to the lower
+    class, as in ``torch.argmax``.
+    """
+    size = tuple(size)
+    if tuple(logits.shape[-2:]) == size:
+        return logits.argmax(1)
+    best = pred = None
+    for first in range(0, logits.shape[1], group):
+        up = F.interpolate(
+            logits[:, first : first + group], size=size, mode="bilinear", align_corners=False
+        )
+        value, index = up.max(1)
+        if best is None:
+            best, pred = value, index
+        else:
+            better = value > best
+            best = torch.where(better, value, best)
+            pred = torch.where(better, index + first, pred)
+    return pred

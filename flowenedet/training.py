@@ -1,4 +1,4 @@
-"""Flow training: balanced pixel sampling, the hit / miss loss, the schedule and the loop.
+"""Flow training: hit / miss targets, balanced pixel sampling, the loss, schedule and loop.
 
 Kept apart from the detector so single-process, distributed (torchrun) and resumed fits
 share exactly the same arithmetic.
@@ -19,8 +19,15 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .flow import EnergyFlow
+from .postprocess import upsampled_argmax
 
-__all__ = ["balanced_pixel_sample", "hit_miss_loss", "train_flow", "warmup_step_schedule"]
+__all__ = [
+    "balanced_pixel_sample",
+    "hit_miss_loss",
+    "miss_targets",
+    "train_flow",
+    "warmup_step_schedule",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +56,44 @@ def balanced_pixel_sample(
     return torch.cat(chosen)
 
 
+def miss_targets(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Per logit pixel: does it cover valid labels, and which share of them is wrong.
+
+    ``logits`` ``(B, K, h, w)``, ``labels`` ``(B, H, W)`` at any resolution (usually the
+    input's). The prediction is the argmax of the bilinearly upsampled logits, exactly as
+    it is scored; each logit pixel's target is the fraction of the valid label pixels in
+    its cell that this prediction gets wrong. Nearest-neighbour labels would instead teach
+    the flow a coarse error map that misses the thin band of errors along every predicted
+    boundary, which dominates misclassification at full resolution.
+
+    Returns ``valid`` ``(B, h, w)`` bool and ``miss`` ``(B, h, w)`` float in [0, 1].
+    """
+    low = tuple(logits.shape[-2:])
+    pred = upsampled_argmax(logits, labels.shape[-2:])
+    valid = labels != ignore_index
+    wrong = (pred != labels) & valid
+    if tuple(labels.shape[-2:]) == low:
+        return valid, wrong.float()
+    valid_share = F.adaptive_avg_pool2d(valid[:, None].float(), low)[:, 0]
+    wrong_share = F.adaptive_avg_pool2d(wrong[:, None].float(), low)[:, 0]
+    return valid_share > 0, wrong_share / valid_share.clamp_min(1e-12)
+
+
 def hit_miss_loss(component_log_prob: Tensor, miss: Tensor) -> Tensor:
     """Class-balanced cross-entropy of ``softmax_m log p(z | m)`` against ``miss``.
 
-    ``component_log_prob`` ``(N, 2)``, ``miss`` ``(N,)`` bool. Hits and misses each
-    contribute half of the loss (when both are present), whatever their counts.
+    ``component_log_prob`` ``(N, 2)``; ``miss`` ``(N,)``, bool or a share in [0, 1] (soft
+    targets from :func:`miss_targets`). The miss term is averaged with weights ``miss``,
+    the hit term with weights ``1 - miss``, and each contributes half of the loss (when
+    both are present), whatever their totals; for bool targets this is the mean over
+    misses plus the mean over hits, halved.
     """
-    per_pixel = F.cross_entropy(component_log_prob, miss.long(), reduction="none")
-    parts = [per_pixel[miss].mean()] if miss.any() else []
-    if (~miss).any():
-        parts.append(per_pixel[~miss].mean())
-    return torch.stack(parts).mean()
+    log_posterior = component_log_prob.log_softmax(dim=1)
+    weights = torch.stack([1.0 - miss.float(), miss.float()], dim=1)  # (N, 2): hit, miss
+    totals = weights.sum(0)
+    present = totals > 0
+    per_class = -(weights * log_posterior).sum(0)[present] / totals[present]
+    return per_class.mean()
 
 
 def warmup_step_schedule(

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from flowenedet import FlowEneDet
 from flowenedet.baselines import MSP
 from flowenedet.metrics import auroc
+from flowenedet.postprocess import upsampled_argmax
 
 from .toy import NUM_CLASSES, OOD_LABEL, ToySegmenter, make_scenes
 
@@ -107,6 +108,29 @@ def test_fit_accepts_dict_batches_and_fit_logits(segmenter, train_loader):
     )
 
 
+def test_papers_energy_pair_is_available_as_input_set(segmenter, train_loader):
+    det = FlowEneDet(segmenter, variant="U", inputs="energy")
+    det.fit(train_loader[:2], steps=2, progress=False)
+    assert det.flow.context_encoder.spatial.in_channels == 2
+    assert det.score(train_loader[0][0]).idm.shape == (16, 32, 32)
+
+
+def test_ood_map_without_energy_term_ranks_pixels_as_the_posterior(fitted, segmenter):
+    det = copy.copy(fitted["C"])
+    det.config = copy.copy(det.config)
+    det.config.ood_energy_weight = 0.0
+    det.config.boundary_width = 0  # no post-processing: the two maps differ only in the
+    det.config.smooth_kernel = 1  # energy term and a monotone rescaling of the log-odds
+    images, _ = make_scenes(2, seed=8)
+    logits, features = det._tap(images)
+    scores = det.score_logits(logits, features)
+    order = scores.idm.flatten().argsort()
+    assert (scores.ood.flatten()[order].diff() >= -1e-6).all()
+    det.config.ood_energy_weight = 1.0
+    with_energy = det.score_logits(logits, features).ood.flatten()[order]
+    assert not (with_energy.diff() >= -1e-6).all()
+
+
 def test_fitting_is_reproducible(segmenter, train_loader):
     a = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
     b = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
@@ -164,9 +188,8 @@ def test_empty_loader_is_refused(fresh):
 
 def test_fit_data_without_errors_is_refused(fresh, segmenter):
     images, _ = make_scenes(4, seed=1)
-    with torch.no_grad():
-        low_res_pred = segmenter(images).argmax(1, keepdim=True).float()
-    perfect = F.interpolate(low_res_pred, size=(32, 32), mode="nearest")[:, 0].long()
+    with torch.no_grad():  # labels that agree with the prediction the detector scores
+        perfect = upsampled_argmax(segmenter(images), images.shape[-2:])
     with pytest.raises(ValueError, match="0 wrongly classified"):
         fresh.fit([(images, perfect)], steps=1, progress=False)
 
@@ -186,6 +209,8 @@ def test_wrong_number_of_classes_is_refused(segmenter):
 def test_unknown_variant_and_options_are_refused(segmenter):
     with pytest.raises(ValueError, match="variant"):
         FlowEneDet(segmenter, variant="X")
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        FlowEneDet(segmenter, inputs="logits")
     with pytest.raises(TypeError, match="unknown FlowEneDet options"):
         FlowEneDet(segmenter, hiden=4)
     with pytest.raises(TypeError, match=r"nn\.Module"):
@@ -215,9 +240,8 @@ def test_unfitted_segmenter_of_other_width_is_refused_at_score(fitted):
 
 
 def test_prediction_upsampling_in_class_groups_equals_full_upsampling():
-    from flowenedet.detector import _upsampled_argmax
 
     torch.manual_seed(0)
     logits = torch.randn(2, 19, 13, 17)
     full = F.interpolate(logits, size=(52, 68), mode="bilinear", align_corners=False)
-    assert torch.equal(_upsampled_argmax(logits, (52, 68)), full.argmax(1))
+    assert torch.equal(upsampled_argmax(logits, (52, 68)), full.argmax(1))

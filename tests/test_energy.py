@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from flowenedet.energy import ClassStats, energy_inputs
+from flowenedet.energy import ClassStats, energy_inputs, flow_inputs, rich_inputs
 
 
 def test_energy_inputs_match_hand_computation():
@@ -32,6 +32,31 @@ def test_energy_inputs_are_finite_for_huge_logits(magnitude):
 def test_energy_inputs_reject_wrong_statistics_shape():
     with pytest.raises(ValueError, match="mean and var must have shape"):
         energy_inputs(torch.zeros(1, 3, 2, 2), torch.zeros(4), torch.ones(4))
+
+
+def test_rich_inputs_match_hand_computation():
+    logits = torch.tensor([2.0, 0.0, -1.0]).view(1, 3, 1, 1)
+    mean = torch.tensor([1.0, 0.0, 0.0])
+    var = torch.tensor([4.0, 1.0, 0.25])
+    probs = [math.exp(v) / sum(math.exp(u) for u in (2.0, 0.0, -1.0)) for v in (2.0, 0.0, -1.0)]
+    z = rich_inputs(logits, mean, var)[0, :, 0, 0]
+    assert z.shape == (6,)
+    assert torch.equal(z[:2], energy_inputs(logits, mean, var)[0, :, 0, 0])
+    assert z[2].item() == pytest.approx((2 - 1) / 2)  # standardised logit of class 0
+    assert z[3].item() == pytest.approx(-sum(p * math.log(p) for p in probs), rel=1e-6)
+    assert z[4].item() == pytest.approx(math.log(probs[0]), rel=1e-6)
+    assert z[5].item() == pytest.approx(2.0)  # margin to the runner-up
+
+
+def test_rich_inputs_are_finite_for_huge_logits():
+    logits = torch.full((2, 4, 3, 3), 1e3)
+    logits[:, 0] = -1e3
+    assert torch.isfinite(rich_inputs(logits, torch.zeros(4), torch.ones(4))).all()
+
+
+def test_unknown_input_set_is_refused():
+    with pytest.raises(ValueError, match="unknown input set 'logits'"):
+        flow_inputs(torch.zeros(1, 3, 2, 2), torch.zeros(3), torch.ones(3), "logits")
 
 
 def test_class_stats_stream_equals_one_pass():

@@ -6,7 +6,7 @@ import torch
 
 from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
-from flowenedet.detector import FORMAT
+from flowenedet.detector import FORMAT, FORMAT_VERSION
 
 from .toy import NUM_CLASSES, ToySegmenter, make_scenes
 
@@ -27,9 +27,18 @@ def test_file_is_plain_safetensors_with_a_header(fitted, tmp_path):
     path = fitted["C"].save(tmp_path / "det.safetensors")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-        assert meta["format"] == FORMAT and meta["format_version"] == "1"
+        assert meta["format"] == FORMAT and meta["format_version"] == str(FORMAT_VERSION)
         assert '"variant": "C"' in meta["config"]
         assert f.get_tensor("stats.mean").shape == (NUM_CLASSES,)
+        assert f.get_tensor("stats.ood_scale").shape == (4,)
+
+
+def test_detector_of_an_older_format_is_refused(fitted, segmenter, tmp_path):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    tensors, config = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    fio.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION - 1, config=config)
+    with pytest.raises(FormatError, match="version"):
+        FlowEneDet.load(path, segmenter)
 
 
 def test_segmenter_with_other_classes_is_refused(fitted, tmp_path):

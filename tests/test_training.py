@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from flowenedet import FlowEneDet
 from flowenedet import io as fio
 from flowenedet.checkpoint import load_checkpoint
-from flowenedet.training import balanced_pixel_sample, hit_miss_loss
+from flowenedet.training import balanced_pixel_sample, hit_miss_loss, miss_targets
 
 from .toy import ToySegmenter, make_scenes
 
@@ -90,6 +90,38 @@ def test_pixel_sampling_is_balanced_and_within_valid_pixels():
     assert (miss.flatten()[picked]).sum() == 40  # 20 misses per image are available
     loss = hit_miss_loss(torch.tensor([[0.0, -5.0], [-5.0, 0.0]]), torch.tensor([False, True]))
     assert loss.item() < 0.01
+
+
+def test_miss_targets_are_the_wrong_share_of_each_cells_valid_labels():
+    # one class-0 logit pixel and one class-1 logit pixel; bilinear upsampling of a 1x2 map
+    # to 2x4 keeps each class on its own half
+    logits = torch.tensor([[5.0, -5.0], [-5.0, 5.0]]).view(1, 2, 1, 2)
+    labels = torch.tensor([[[0, 1, 1, 1], [255, 0, 255, 255]]])
+    valid, miss = miss_targets(logits, labels, ignore_index=255)
+    assert valid.tolist() == [[[True, True]]]
+    # left cell: valid labels 0, 1, 0 -> 1 of 3 wrong; right cell: two valid labels, both right
+    assert miss[0, 0].tolist() == pytest.approx([1 / 3, 0.0])
+
+
+def test_miss_targets_at_logit_resolution_are_hard():
+    logits = torch.tensor([[5.0, -5.0], [-5.0, 5.0]]).view(1, 2, 1, 2)
+    valid, miss = miss_targets(logits, torch.tensor([[[1, 255]]]), ignore_index=255)
+    assert valid.tolist() == [[[True, False]]] and miss.tolist() == [[[1.0, 0.0]]]
+
+
+def test_soft_loss_weights_each_pixel_by_its_miss_share():
+    log_probs = torch.tensor([[0.0, -1.0], [-2.0, 0.5], [0.3, 0.1]])
+    log_post = log_probs.log_softmax(1)
+    hard = torch.tensor([False, True, False])
+    # 0/1 targets: mean over misses plus mean over hits, halved
+    expected = 0.5 * (-log_post[1, 1] - (log_post[0, 0] + log_post[2, 0]) / 2)
+    assert hit_miss_loss(log_probs, hard).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert hit_miss_loss(log_probs, hard.float()).item() == pytest.approx(expected.item(), rel=1e-6)
+    share = torch.tensor([0.0, 0.75, 0.25])
+    miss_term = -(0.75 * log_post[1, 1] + 0.25 * log_post[2, 1]) / 1.0
+    hit_term = -(log_post[0, 0] + 0.25 * log_post[1, 0] + 0.75 * log_post[2, 0]) / 2.0
+    soft = hit_miss_loss(log_probs, share).item()
+    assert soft == pytest.approx(0.5 * (miss_term + hit_term).item(), rel=1e-6)
 
 
 def _distributed_fit(rank: int, world: int, init_file: str, weights: str, out: str) -> None:
