@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import baselines, metrics
 from .detector import DetectorConfig, FlowEneDet, Scores, Stats
-from .energy import ClassStats, energy_inputs
+from .energy import ClassStats, energy_inputs, flow_inputs
 from .io import FormatError
 from .labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
 from .metrics import PixelEvaluator
@@ -32,5 +32,6 @@ __all__ = [
     "__version__",
     "baselines",
     "energy_inputs",
+    "flow_inputs",
     "metrics",
 ]
