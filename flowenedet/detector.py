@@ -342,8 +342,7 @@ class FlowEneDet:
         if hits == 0 or misses == 0:
             raise ValueError(
                 f"fit data has {hits:.0f} correctly and {misses:.0f} wrongly classified valid "
-                "pixels (at logit resolution); "
-                "the detector learns from both, so it needs some of each"
+                "pixels; the detector learns from both, so it needs some of each"
             )
         logger.info("fit data: %.0f correct, %.0f misclassified valid pixels", hits, misses)
         miss_rate = torch.tensor([hits, misses], dtype=torch.float32) / (hits + misses)

@@ -488,6 +488,7 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == files
     assert all(str(out / name) in stdout for name in files)
     assert "### test\n" in stdout and "### test/snow-3" in stdout and "| MC dropout |" in stdout
+    assert "FED-C beats every baseline on" in stdout and "of 2 test splits" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["train_scenes"] == 32 and results["config"]["steps"] == 3
     assert set(results["splits"]) == {"val", "test", "test/snow-3"}

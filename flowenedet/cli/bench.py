@@ -81,6 +81,7 @@ def _run(
     seconds = time.perf_counter() - started
     written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
     print(benchmark.tables(results))
+    print(f"### Quality bar\n\n{benchmark.quality_bar(results)}\n")
     print(f"wrote {len(written)} file(s):")
     for path in written:
         print(f"  {path}")
