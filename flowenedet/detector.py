@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import distributed, io
 from .checkpoint import load_checkpoint
 from .checks import check_finite, check_images, check_labels, check_logits, unpack_batch
-from .energy import INPUT_SETS, ClassStats, flow_inputs, free_energy, standardize
+from .energy import INPUT_SETS, ClassStats, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
 from .postprocess import (
@@ -307,7 +307,7 @@ class FlowEneDet:
         logits, labels, features = batch
         valid, _ = miss_targets(logits, labels, self.config.ignore_index)
         inputs = flow_inputs(logits, mean, var, self.config.inputs)
-        terms = [self._log_odds(inputs, features), free_energy(standardize(logits, mean, var))]
+        terms = [self._log_odds(inputs, features), _energy_of(inputs)]
         sums = [valid.sum()]
         for term in terms:
             values = term[valid].double()
@@ -384,11 +384,12 @@ class FlowEneDet:
         logits, _, features = self._prepare(check_logits(logits), None, features)
         size = tuple(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
-        log_odds = self._log_odds(flow_inputs(logits, stats.mean, stats.var, cfg.inputs), features)
+        inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
+        log_odds = self._log_odds(inputs, features)
         idm = gaussian_smooth(torch.sigmoid(log_odds), kernel_size=cfg.smooth_kernel)
         ood_logit = (log_odds - stats.ood_scale[0]) / stats.ood_scale[1]
         if cfg.ood_energy_weight:
-            energy = free_energy(standardize(logits, stats.mean, stats.var))
+            energy = _energy_of(inputs)
             energy = (energy - stats.ood_scale[2]) / stats.ood_scale[3]
             ood_logit = ood_logit + cfg.ood_energy_weight * energy
         low_pred = logits.argmax(1)
@@ -402,6 +403,7 @@ class FlowEneDet:
     def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
         """``log p(z | miss) - log p(z | hit)`` ``(B, h, w)`` for flow inputs ``(B, D, h, w)``,
         computed in bands of rows to bound memory."""
+        self.flow.refresh_linear_caches()
         encoder = self.flow.context_encoder
         padded = encoder.pad(inputs)
         batch, _, h, w = inputs.shape
@@ -559,6 +561,12 @@ def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
             f"feature channels, but the segmenter's {cfg.feature_layer} has "
             f"{conv.out_channels} and {conv.in_channels}"
         )
+
+
+def _energy_of(inputs: Tensor) -> Tensor:
+    """The standardised free energy ``E`` ``(B, h, w)`` from flow inputs ``(B, D, h, w)``
+    whose first channels are ``log sigmoid(-E)``, ``log sigmoid(E)``: their difference."""
+    return inputs[:, 1] - inputs[:, 0]
 
 
 def _rescale(images: Tensor, scale: float) -> Tensor:

@@ -133,12 +133,16 @@ def rich_inputs(logits: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     """
     pair = energy_inputs(logits, mean, var)
     logits = logits.float()
-    standardized_max = standardize(logits, mean, var).gather(1, logits.argmax(1, keepdim=True))
-    log_p = logits.log_softmax(dim=1)
-    entropy = -(log_p.exp() * log_p).sum(dim=1, keepdim=True)
-    top2 = logits.topk(2, dim=1).values
-    margin = top2[:, :1] - top2[:, 1:]
-    return torch.cat([pair, standardized_max, entropy, log_p.amax(1, keepdim=True), margin], 1)
+    top2, top_class = logits.topk(2, dim=1)  # (B, 2, h, w) each
+    top, top_class = top2[:, :1], top_class[:, :1]
+    std = var.to(logits.device, torch.float32).clamp_min(MIN_VARIANCE).sqrt()
+    standardized_max = (top - mean.to(logits.device, torch.float32)[top_class]) / std[top_class]
+    log_partition = torch.logsumexp(logits, dim=1, keepdim=True)
+    # entropy = -sum_k p_k log p_k = log Z - sum_k p_k l_k
+    entropy = log_partition - (logits.softmax(dim=1) * logits).sum(dim=1, keepdim=True)
+    log_max_prob = top - log_partition
+    margin = top - top2[:, 1:]
+    return torch.cat([pair, standardized_max, entropy, log_max_prob, margin], dim=1)
 
 
 INPUT_SETS = {"energy": (energy_inputs, 2), "rich": (rich_inputs, 6)}

@@ -202,13 +202,26 @@ class EnergyFlow(Flow):
             mask[i % 2 :: 2] = -1  # alternate which half is transformed
             blocks += [
                 ActNorm(features),
-                LULinear(features, identity_init=True),
+                # in eval mode the LU product is cached: see refresh_linear_caches
+                LULinear(features, using_cache=True, identity_init=True),
                 AffineCouplingTransform(
                     mask, lambda i, o: CouplingNet(i, o, context_channels, hidden)
                 ),
             ]
         super().__init__(CompositeTransform(blocks), HitMissMixture(features))
         self.context_encoder = ContextEncoder(features, context_channels, feature_channels)
+
+    def refresh_linear_caches(self) -> None:
+        """Drop the eval-mode caches of the LU-factorised linear layers.
+
+        In eval mode each ``LULinear`` multiplies by a cached ``W = L U`` instead of by
+        ``U`` then ``L`` (half its per-pixel cost). nflows drops the cache only on
+        ``train()``; calling this before scoring also covers weights loaded or moved in
+        eval mode, so a stale matrix is never used.
+        """
+        for module in self.modules():
+            if isinstance(module, LULinear):
+                module.cache.invalidate()
 
     def component_log_prob(self, inputs: Tensor, context: Tensor) -> Tensor:
         """Class-conditional ``log p(z | m)`` for ``inputs`` ``(N, D)``, ``context`` ``(N, C)``.

@@ -362,7 +362,10 @@ def test_an_interrupted_fit_resumes_to_the_same_detector(ws, capsys, monkeypatch
 
 # ------------------------------------------------------------------------ demo / bench
 REFERENCE_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "digits.safetensors"
-FAKE_ROWS = {"FED-C ood": {"ood": {"auroc": 0.9, "ap": 0.5, "fpr95": 0.2}, "miou": 0.8}}
+FAKE_ROW = {task: {"auroc": 0.9, "ap": 0.5, "fpr95": 0.2} for task in ("ood", "idm", "cdd")} | {
+    "miou": 0.8
+}
+FAKE_ROWS = {"FED-C idm": FAKE_ROW, "FED-C ood": FAKE_ROW, "MSP": FAKE_ROW}
 EXTRA_MESSAGE = 'needs the bench extra: pip install "flowenedet[bench]"'
 
 
@@ -400,7 +403,7 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert code == 0
     [(kind, out, cfg)] = fake_runs
     assert kind == "demo" and out == Path("flowenedet-demo")
-    assert _sizes(cfg) == (300, 80, 120, 200)  # the sizes docs/benchmarks.md reports
+    assert _sizes(cfg) == (300, 80, 120, 400)  # the sizes docs/benchmarks.md reports
     assert list(cfg.corruptions) == [("snow", 3)] and cfg.seed == 0 and cfg.progress
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert str(Path("flowenedet-demo") / "results.json") in stdout

@@ -131,6 +131,18 @@ def test_ood_map_without_energy_term_ranks_pixels_as_the_posterior(fitted, segme
     assert not (with_energy.diff() >= -1e-6).all()
 
 
+def test_scores_follow_flow_weights_loaded_in_eval_mode(segmenter, train_loader):
+    # the LU layers cache their matrix in eval mode; scoring must never use a stale one
+    a = FlowEneDet(segmenter, variant="U", seed=1).fit(train_loader[:2], steps=3, progress=False)
+    b = FlowEneDet(segmenter, variant="U", seed=2).fit(train_loader[:2], steps=3, progress=False)
+    images = train_loader[2][0]
+    before = a.score(images).idm
+    a.flow.load_state_dict(b.flow.state_dict())  # a.flow stays in eval mode
+    after = a.score(images).idm
+    assert not torch.equal(before, after)
+    assert torch.equal(after, b.score(images).idm)
+
+
 def test_fitting_is_reproducible(segmenter, train_loader):
     a = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
     b = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
