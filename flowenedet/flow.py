@@ -29,6 +29,7 @@ __all__ = [
     "ContextEncoder",
     "CouplingNet",
     "EnergyFlow",
+    "FlooredActNorm",
     "HitMissMixture",
     "miss_posterior",
     "pool_feature_channels",
@@ -155,6 +156,29 @@ class ContextEncoder(nn.Module):
         return self.mix(F.gelu(hidden))
 
 
+class FlooredActNorm(ActNorm):
+    """nflows' ``ActNorm`` whose data-dependent initialisation floors each feature's
+    standard deviation at ``min_std``.
+
+    A feature that is constant over the first batch (an untrained segmenter, a channel
+    that saturates) would otherwise get an infinite scale, or one of 1e7 that turns the
+    loss into noise; with the floor it is only centred.
+    """
+
+    def __init__(self, features: int, min_std: float = 1e-2) -> None:
+        super().__init__(features)
+        self.min_std = min_std
+
+    def _initialize(self, inputs: Tensor) -> None:
+        if inputs.dim() == 4:
+            inputs = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
+        with torch.no_grad():
+            std = inputs.std(dim=0).clamp_min(self.min_std)
+            self.log_scale.data = -std.log()
+            self.shift.data = -inputs.mean(dim=0) / std
+            self.initialized.data = torch.tensor(True, dtype=torch.bool)
+
+
 class CouplingNet(nn.Module):
     """Coupling parameters from the identity half ``(N, d)`` and the context ``(N, C)``.
 
@@ -201,7 +225,7 @@ class EnergyFlow(Flow):
             mask = torch.ones(features)
             mask[i % 2 :: 2] = -1  # alternate which half is transformed
             blocks += [
-                ActNorm(features),
+                FlooredActNorm(features),
                 # in eval mode the LU product is cached: see refresh_linear_caches
                 LULinear(features, using_cache=True, identity_init=True),
                 AffineCouplingTransform(

@@ -143,6 +143,18 @@ def test_scores_follow_flow_weights_loaded_in_eval_mode(segmenter, train_loader)
     assert torch.equal(after, b.score(images).idm)
 
 
+def test_a_segmenter_with_constant_outputs_still_gets_finite_scores():
+    # an untrained model: every pixel has the same logits, so some flow inputs are
+    # exactly constant over the first batch (zero spread for ActNorm's initialisation)
+    logits = torch.tensor([0.3, -0.1, 0.2]).view(1, 3, 1, 1).expand(4, 3, 8, 8).contiguous()
+    labels = torch.randint(0, 3, (4, 32, 32), generator=torch.Generator().manual_seed(0))
+    det = FlowEneDet(torch.nn.Identity(), variant="U").fit_logits(
+        logits, labels, steps=3, progress=False
+    )
+    maps = det.score_logits(logits, size=(32, 32))
+    assert torch.isfinite(maps.idm).all() and torch.isfinite(maps.ood).all()
+
+
 def test_fitting_is_reproducible(segmenter, train_loader):
     a = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
     b = FlowEneDet(segmenter, seed=3).fit(train_loader[:2], steps=4, progress=False)
