@@ -28,8 +28,10 @@ import torch
 from flowenedet import FlowEneDet
 from flowenedet.benchmark import (
     FEATURE_LAYER,
+    QUALITY_BAR,
     SMALL_MAP_POSTPROCESS,
     BenchConfig,
+    best_baseline,
     evaluate_split,
     load_split,
     make_baselines,
@@ -37,14 +39,6 @@ from flowenedet.benchmark import (
 )
 from flowenedet.postprocess import resize_labels
 from flowenedet.zoo import load_reference_segmenter
-
-COLUMNS = (
-    ("idm", "idm", "ap"),
-    ("ood", "ood", "ap"),
-    ("ood", "ood", "fpr95"),
-    ("cdd", "ood", "ap"),
-)
-"""(task, FlowEneDet map, metric) of each column."""
 
 
 def main() -> None:
@@ -96,18 +90,15 @@ def main() -> None:
         score_split(split, detectors, baselines, cfg)
         rows, _ = evaluate_split(split, segmenter.num_classes)
         print(f"\n### {split.name} ({cfg.val_scenes} scenes)\n")
-        titles = [
-            f"{task.upper()} {metric.upper()} ({fed_map})" for task, fed_map, metric in COLUMNS
-        ]
+        titles = [f"{t.upper()} {metric.upper()} ({m})" for t, metric, m in QUALITY_BAR]
         print("| FED-C | " + " | ".join(titles) + " |")
-        print("| --- |" + " --: |" * len(COLUMNS))
+        print("| --- |" + " --: |" * len(QUALITY_BAR))
         for name in detectors:
-            cells = [f"{100 * rows[f'{name} {m}'][t][metric]:.2f}" for t, m, metric in COLUMNS]
+            cells = [f"{100 * rows[f'{name} {m}'][t][metric]:.2f}" for t, metric, m in QUALITY_BAR]
             print(f"| {name} | " + " | ".join(cells) + " |")
-        best = []
-        for task, _, metric in COLUMNS:
-            sign = -1 if metric == "fpr95" else 1
-            winner = max(baselines, key=lambda b: sign * rows[b][task][metric])
+        best, baseline_rows = [], {name: rows[name] for name in baselines}
+        for task, metric, _ in QUALITY_BAR:
+            winner = best_baseline(baseline_rows, task, metric)
             best.append(f"{100 * rows[winner][task][metric]:.2f} {winner}")
         print("| best baseline | " + " | ".join(best) + " |")
 
