@@ -1,7 +1,7 @@
 """FlowEneDet: wrap a frozen segmenter, fit the energy flow, score IDM / OOD maps, save / load.
 
 This module only orchestrates; the arithmetic lives in ``energy``, ``flow``, ``training``
-and ``postprocess``, model access in ``hooks`` and storage in ``io``.
+and ``postprocess``, model access in ``hooks``, the saved state and file format in ``storage``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,29 +17,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from . import distributed, io
+from . import io, storage
 from .checkpoint import load_checkpoint
 from .checks import check_finite, check_images, check_labels, check_logits, unpack_batch
-from .energy import INPUT_SETS, ClassStats, flow_inputs
+from .energy import INPUT_SETS, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
 from .postprocess import (
     gaussian_smooth,
     resize,
-    resize_labels,
     suppress_boundaries,
     upsampled_argmax,
 )
-from .training import balanced_pixel_sample, miss_targets, train_flow
+from .storage import DetectorConfig, Stats, read_detector, segmenter_fingerprint, write_detector
+from .training import (
+    balanced_pixel_sample,
+    fit_statistics,
+    miss_targets,
+    pooled_mean_std,
+    train_flow,
+)
 
 __all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "flowenedet-detector"
-FORMAT_VERSION = 2  # 2: input sets, soft targets and the ood map's energy term
 LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at input size, features
 
 
@@ -61,52 +63,6 @@ class Scores:
     idm: Tensor
     ood: Tensor
     pred: Tensor
-
-
-@dataclass(frozen=True)
-class Stats:
-    """What the detector measured on its fit data besides the flow's weights.
-
-    Attributes:
-        mean, var: ``(K,)``, per-class mean and variance of the max logit over correctly
-            classified training pixels (SML statistics).
-        ood_scale: ``(4,)``, mean and standard deviation of the flow's log-odds, then of the
-            standardised free energy, over the fit data's valid pixels; they put the two
-            terms of the ``ood`` map on one scale.
-    """
-
-    mean: Tensor
-    var: Tensor
-    ood_scale: Tensor
-
-
-@dataclass
-class DetectorConfig:
-    """Everything needed to rebuild a detector; stored in the safetensors header."""
-
-    variant: str = "C"
-    inputs: str = "rich"
-    num_classes: int | None = None
-    feature_layer: str | None = None
-    feature_channels: int | None = None
-    ignore_index: int = 255
-    pooled_channels: int = 32
-    context_channels: int = 32
-    num_blocks: int = 8
-    hidden: int = 32
-    boundary_width: int = 4
-    boundary_iterations: int = 4
-    ood_dilation: int = 6
-    smooth_kernel: int = 7
-    ood_energy_weight: float = 1.0
-    chunk_pixels: int = 1 << 16
-    seed: int = 0
-    segmenter_fingerprint: str | None = None
-
-
-def segmenter_fingerprint(segmenter: nn.Module) -> str:
-    """SHA-256 of the segmenter's parameter and buffer names, shapes and values."""
-    return io.tensor_checksum(segmenter.state_dict())
 
 
 class FlowEneDet:
@@ -210,29 +166,46 @@ class FlowEneDet:
         features: Tensor | None = None,
         *,
         batch_size: int = 8,
+        stats_items: int | None = None,
         **fit_options: Any,
     ) -> FlowEneDet:
         """Fit from logits computed elsewhere: ``logits`` ``(N, K, h, w)``, ``labels``
-        ``(N, H, W)`` (resized to ``h, w`` by nearest neighbour), ``features``
-        ``(N, F, h', w')`` for FED-C. ``fit_options`` as for :meth:`fit` (not device)."""
+        ``(N, H, W)`` at input resolution, ``features`` ``(N, F, h', w')`` for FED-C.
+
+        ``stats_items=n`` takes the class statistics (and the hit / miss prior) from the
+        first ``n`` items only, while the flow trains on all: for clean data followed by
+        augmented copies, so the statistics describe the segmenter's own training
+        distribution. ``fit_options`` as for :meth:`fit` (not device).
+        """
         if self.config.variant == "C" and features is None:
             raise ValueError("variant 'C' needs features; pass features= or use variant='U'")
         logits = check_finite(check_logits(logits), "logits")
+        total = logits.shape[0]
         labels = check_labels(
-            labels, labels.shape[-2:], logits.shape[0], logits.shape[1], self.config.ignore_index
+            labels, labels.shape[-2:], total, logits.shape[1], self.config.ignore_index
         )
-        if features is not None and features.shape[0] != logits.shape[0]:
+        if features is not None and features.shape[0] != total:
+            raise ValueError(f"features has {features.shape[0]} items but logits have {total}")
+        if stats_items is None:
+            stats_items = total
+        elif isinstance(stats_items, bool) or not 1 <= stats_items <= total:
             raise ValueError(
-                f"features has {features.shape[0]} items but logits have {logits.shape[0]}"
+                f"stats_items must be in 1..{total} (the items given); got {stats_items}"
             )
 
-        def prepare(index: int) -> LogitBatch:
-            chunk = slice(index, index + batch_size)
+        def prepare(index: int, stop: int = total) -> LogitBatch:
+            chunk = slice(index, min(index + batch_size, stop))
             feats = None if features is None else features[chunk]
             return self._prepare(logits[chunk], labels[chunk], feats)
 
-        starts = range(0, logits.shape[0], batch_size)
-        return self._fit(lambda: iter(starts), prepare, logits.device, **fit_options)
+        starts = range(0, total, batch_size)
+        return self._fit(
+            lambda: iter(starts),
+            prepare,
+            logits.device,
+            prepare_stats=lambda index: prepare(index, stats_items),
+            **fit_options,
+        )
 
     def _fit(
         self,
@@ -240,6 +213,7 @@ class FlowEneDet:
         prepare: Callable[[Any], LogitBatch],
         device: torch.device,
         *,
+        prepare_stats: Callable[[Any], LogitBatch] | None = None,
         steps: int | None = None,
         epochs: int = 1,
         lr: float = 1e-3,
@@ -262,7 +236,9 @@ class FlowEneDet:
             self._build_flow(device)
             total = state.total_steps
         else:
-            stats, num_batches = self._estimate_stats(map(prepare, raw_batches()), progress)
+            stats, num_batches = self._estimate_stats(
+                map(prepare_stats or prepare, raw_batches()), progress
+            )
             mean, var = stats.finalize()
             total = steps if steps is not None else epochs * num_batches
         if total < 1:
@@ -308,46 +284,15 @@ class FlowEneDet:
         valid, _ = miss_targets(logits, labels, self.config.ignore_index)
         inputs = flow_inputs(logits, mean, var, self.config.inputs)
         terms = [self._log_odds(inputs, features), _energy_of(inputs)]
-        sums = [valid.sum()]
-        for term in terms:
-            values = term[valid].double()
-            sums += [values.sum(), values.square().sum()]
-        sums = distributed.all_reduce_sum(torch.stack(sums).double().cpu())
-        count = sums[0].clamp_min(1)
-        scale = []
-        for total, total_sq in (sums[1:3], sums[3:5]):
-            centre = total / count
-            scale += [centre, (total_sq / count - centre**2).clamp_min(1e-12).sqrt()]
-        return torch.stack(scale).float()
+        return pooled_mean_std([term[valid] for term in terms]).flatten()
 
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
-        """One pass: class statistics and hit / miss counts, summed over all processes."""
-        stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
-        show = progress and distributed.rank() == 0
-        ignore = self.config.ignore_index
-        for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not show):
-            if stats is None:
-                stats = ClassStats(logits.shape[1])
-            stats.update(logits, resize_labels(labels, logits.shape[-2:]), ignore)
-            valid, miss = miss_targets(logits, labels, ignore)
-            wrong = float(miss[valid].sum())
-            counts += torch.tensor([float(valid.sum()) - wrong, wrong, 1], dtype=torch.float64)
-        if stats is None:
-            raise ValueError("loader is empty: fit needs at least one batch")
-        for total in (stats.count, stats.total, stats.total_sq, counts):
-            total.copy_(distributed.all_reduce_sum(total))
-        hits, misses = float(counts[0]), float(counts[1])
-        # every process must run the same number of steps: the mean shard length
-        num_batches = math.ceil(counts[2].item() / distributed.world_size())
-        if hits == 0 or misses == 0:
-            raise ValueError(
-                f"fit data has {hits:.0f} correctly and {misses:.0f} wrongly classified valid "
-                "pixels; the detector learns from both, so it needs some of each"
-            )
-        logger.info("fit data: %.0f correct, %.0f misclassified valid pixels", hits, misses)
-        miss_rate = torch.tensor([hits, misses], dtype=torch.float32) / (hits + misses)
-        self.flow._distribution.log_weights.copy_(miss_rate.log())
-        return stats, num_batches
+        """One pass over the fit data: class statistics and hit / miss counts (all
+        processes); the miss rate becomes the mixture's prior weights."""
+        counts = fit_statistics(batches, self.config.ignore_index, progress)
+        miss_rate = torch.tensor([counts.hits, counts.misses], dtype=torch.float32)
+        self.flow._distribution.log_weights.copy_((miss_rate / miss_rate.sum()).log())
+        return counts.stats, counts.num_batches
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
@@ -496,12 +441,7 @@ class FlowEneDet:
     def save(self, path: str | Path) -> Path:
         """Write the detector (flow weights, statistics, config) as safetensors, atomically."""
         self._require_fitted()
-        tensors = {f"flow.{k}": v for k, v in self.flow.state_dict().items()}
-        tensors |= {f"stats.{name}": value for name, value in vars(self.stats).items()}
-        config = dataclasses.asdict(self.config)
-        return io.save_file_atomic(
-            path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=config
-        )
+        return write_detector(path, self.config, self.flow.state_dict(), self.stats)
 
     @classmethod
     def load(
@@ -513,29 +453,16 @@ class FlowEneDet:
         (``check_segmenter=False`` skips only that check), a feature layer that does not
         exist or has the wrong shape, and any unreadable, foreign or corrupted file.
         """
-        tensors, config = io.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
-        known = {f.name for f in dataclasses.fields(DetectorConfig)}
-        if set(config) - known:
-            raise io.FormatError(f"{path} has unknown settings {sorted(set(config) - known)}")
-        detector = cls(segmenter, **config)
-        _check_layer_shapes(detector, segmenter)
-        stored = config.get("segmenter_fingerprint")
-        if check_segmenter and stored and stored != segmenter_fingerprint(segmenter):
-            raise ValueError(
-                f"{path} was fitted on a different segmenter (its weights differ); its class "
-                "statistics and flow would be wrong for this one. Refit the detector, or pass "
-                "check_segmenter=False if you know the change is harmless."
-            )
+        config, flow_state, stats = read_detector(path)
+        detector = cls(segmenter, **dataclasses.asdict(config))
+        storage.check_segmenter(config, segmenter, path, weights=check_segmenter)
         detector._build_flow(segmenter_device(segmenter))
-        state = {k.removeprefix("flow."): v for k, v in tensors.items() if k.startswith("flow.")}
         try:
-            detector.flow.load_state_dict(state)
+            detector.flow.load_state_dict(flow_state)
         except RuntimeError as error:
             raise io.FormatError(f"{path} does not hold weights of this flow: {error}") from error
         detector.flow.eval()
-        detector.stats = Stats(
-            **{k.removeprefix("stats."): v for k, v in tensors.items() if k.startswith("stats.")}
-        )
+        detector.stats = stats
         return detector
 
     def __repr__(self) -> str:
@@ -544,22 +471,6 @@ class FlowEneDet:
         return (
             f"FlowEneDet(variant={cfg.variant!r}, num_classes={cfg.num_classes}, "
             f"feature_layer={cfg.feature_layer!r}, {state})"
-        )
-
-
-def _check_layer_shapes(detector: FlowEneDet, segmenter: nn.Module) -> None:
-    """For a classifier-conv feature layer, check its channels match the saved detector."""
-    cfg = detector.config
-    if cfg.variant != "C" or cfg.feature_layer is None or not cfg.feature_layer.endswith(":input"):
-        return
-    conv = dict(segmenter.named_modules())[cfg.feature_layer.removesuffix(":input")]
-    if isinstance(conv, nn.Conv2d) and (
-        conv.out_channels != cfg.num_classes or conv.in_channels != cfg.feature_channels
-    ):
-        raise ValueError(
-            f"the detector was fitted for {cfg.num_classes} classes and {cfg.feature_channels} "
-            f"feature channels, but the segmenter's {cfg.feature_layer} has "
-            f"{conv.out_channels} and {conv.in_channels}"
         )
 
 

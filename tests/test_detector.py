@@ -108,6 +108,35 @@ def test_fit_accepts_dict_batches_and_fit_logits(segmenter, train_loader):
     )
 
 
+def test_stats_items_limits_the_statistics_but_the_flow_trains_on_everything(
+    segmenter, train_loader
+):
+    images = torch.cat([x for x, _ in train_loader[:2]])  # 32 items
+    labels = torch.cat([y for _, y in train_loader[:2]])
+    with torch.no_grad():
+        logits = segmenter(images)
+    noisy = logits + 3.0 * torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
+    mixed_logits, mixed_labels = torch.cat([logits[:20], noisy[20:]]), labels
+
+    def fit(logits, labels, **options):
+        return FlowEneDet(segmenter, variant="U").fit_logits(
+            logits, labels, batch_size=8, steps=3, progress=False, **options
+        )
+
+    clean_only = fit(logits[:20], labels[:20])
+    limited = fit(mixed_logits, mixed_labels, stats_items=20)  # batch 16..23 straddles 20
+    everything = fit(mixed_logits, mixed_labels)
+    assert torch.allclose(limited.stats.mean, clean_only.stats.mean)
+    assert torch.allclose(limited.stats.var, clean_only.stats.var)
+    assert not torch.allclose(everything.stats.mean, clean_only.stats.mean)
+    flow_weights = list(limited.flow.parameters())
+    clean_weights = list(clean_only.flow.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(flow_weights, clean_weights, strict=True))
+    for bad in (0, 33, True):
+        with pytest.raises(ValueError, match="stats_items"):
+            fit(mixed_logits, mixed_labels, stats_items=bad)
+
+
 def test_papers_energy_pair_is_available_as_input_set(segmenter, train_loader):
     det = FlowEneDet(segmenter, variant="U", inputs="energy")
     det.fit(train_loader[:2], steps=2, progress=False)

@@ -6,7 +6,7 @@ import torch
 
 from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
-from flowenedet.detector import FORMAT, FORMAT_VERSION
+from flowenedet.storage import FORMAT, FORMAT_VERSION
 
 from .toy import NUM_CLASSES, ToySegmenter, make_scenes
 
