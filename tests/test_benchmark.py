@@ -1,6 +1,8 @@
 """The quality-bar summary of the benchmark results (flowenedet.benchmark.quality_bar)."""
 
-from flowenedet.benchmark import quality_bar
+import pytest
+
+from flowenedet.benchmark import BenchConfig, quality_bar
 
 
 def _row(ood_ap, ood_fpr, idm_ap, cdd_ap):
@@ -40,3 +42,9 @@ def test_quality_bar_compares_each_metric_with_the_best_baseline():
     snow_row = next(line for line in lines if line.startswith("| test/snow-3 |"))
     assert snow_row.endswith("| no: OOD FPR95 |")
     assert lines[-1] == "FED-C beats every baseline on 1 of 2 test splits."
+
+
+def test_fitting_on_a_tested_corruption_is_refused():
+    with pytest.raises(ValueError, match="fog"):
+        BenchConfig(corruptions=(("fog", 2), ("snow", 1)), fit_corruptions=("fog", "pixelate"))
+    assert BenchConfig(corruptions=(("snow", 1),), fit_corruptions=("fog",)).fit_corruptions

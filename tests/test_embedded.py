@@ -218,6 +218,25 @@ def test_spatial_corruptions_work_on_small_and_large_scenes(name, size):
     assert (shifted.images.float() - clean.images.float()).abs().mean() > 1.0
 
 
+def test_a_sequence_of_corruptions_cycles_types_then_severities():
+    names, levels = ("gaussian_noise", "snow"), (1, 4)
+    mixed = make_scenes("val", 4, seed=0, corruption=names, severity=levels)
+    assert mixed.corruption == names and mixed.severity == levels
+    for i, (name, level) in enumerate([(n, s) for s in levels for n in names]):
+        alone = make_scenes("val", i + 1, seed=0, corruption=name, severity=level)
+        assert torch.equal(mixed.images[i], alone.images[i]), (i, name, level)
+        assert torch.equal(mixed.labels[i], alone.labels[i])
+
+
+@pytest.mark.parametrize(
+    ("corruption", "severity", "match"),
+    [(("fog", "rain"), 1, "rain"), (("fog",), (1, 5), "severity"), ((), 1, "empty")],
+)
+def test_bad_corruption_sequences_raise_clear_errors(corruption, severity, match):
+    with pytest.raises(ValueError, match=match):
+        make_scenes("val", 1, corruption=corruption, severity=severity)
+
+
 def test_corruption_leaves_numpy_global_random_state_alone():
     np.random.seed(123)  # noqa: NPY002 -- imagecorruptions draws from the legacy global RNG
     expected = np.random.rand(3)  # noqa: NPY002

@@ -17,7 +17,7 @@ import importlib.resources
 import importlib.util
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -86,8 +86,8 @@ class SceneSet(Dataset):
     labels: torch.Tensor
     split: str
     seed: int
-    corruption: str | None = None
-    severity: int = 0
+    corruption: str | tuple[str, ...] | None = None
+    severity: int | tuple[int, ...] = 0
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -112,8 +112,8 @@ def make_scenes(
     *,
     seed: int = 0,
     size: int = 96,
-    corruption: str | None = None,
-    severity: int = 0,
+    corruption: str | Sequence[str] | None = None,
+    severity: int | Sequence[int] = 0,
     progress: bool = False,
 ) -> SceneSet:
     """Generate ``num_scenes`` scenes of ``split`` at ``size`` x ``size`` pixels.
@@ -121,7 +121,9 @@ def make_scenes(
     Scene ``i`` depends only on ``(split, i, seed, size)`` (plus the corruption settings), so
     a larger set extends a smaller one. ``corruption`` is a name from
     ``imagecorruptions.get_corruption_names("all")`` applied at ``severity`` 1..4 to the
-    finished image; labels are unchanged by it.
+    finished image; labels are unchanged by it. A sequence of names (and of severities)
+    mixes them: scene ``i`` gets ``corruption[i % n]`` at
+    ``severity[(i // n) % len(severity)]``, so every pair occurs equally often.
     """
     _check_split(split)
     for name, value in (("num_scenes", num_scenes), ("seed", seed), ("size", size)):
@@ -130,31 +132,28 @@ def make_scenes(
     num_scenes, seed, size = int(num_scenes), int(seed), int(size)
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
-    if corruption is None:
-        if severity != 0:
-            raise ValueError(f"severity={severity!r} was given without a corruption")
-    else:
-        names = _corruption_names()
-        if corruption not in names:
-            raise ValueError(f"corruption must be one of {names}, got {corruption!r}")
-        if not isinstance(severity, int) or not 1 <= severity <= MAX_SEVERITY:
-            raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {severity!r}")
+    corruptions, severities = _check_corruptions(corruption, severity)
     images = np.empty((num_scenes, size, size, 3), dtype=np.uint8)
     labels = np.empty((num_scenes, size, size), dtype=np.int64)
     desc = f"embedded {split}" + (f" {corruption}-{severity}" if corruption else "")
+    if len(corruptions) > 1 or len(severities) > 1:
+        desc = f"embedded {split} ({len(corruptions)} corruptions)"
     for i in tqdm(range(num_scenes), desc=desc, unit="scene", disable=not progress):
         image, labels[i] = _render_scene(split, i, seed, size)
-        if corruption is not None:
-            key = [seed, SPLITS.index(split), i, 1 + names.index(corruption), severity]
-            image = _corrupt(image, corruption, severity, np.random.SeedSequence(key))
+        if corruptions:
+            name = corruptions[i % len(corruptions)]
+            level = severities[(i // len(corruptions)) % len(severities)]
+            index = 1 + _corruption_names().index(name)
+            key = [seed, SPLITS.index(split), i, index, level]
+            image = _corrupt(image, name, level, np.random.SeedSequence(key))
         images[i] = image
     return SceneSet(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
         labels=torch.from_numpy(labels),
         split=split,
         seed=seed,
-        corruption=corruption,
-        severity=severity,
+        corruption=corruption if isinstance(corruption, str | None) else corruptions,
+        severity=severity if isinstance(severity, int | np.integer) else severities,
     )
 
 
@@ -166,10 +165,35 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def _corruption_names() -> list[str]:
+def _check_corruptions(
+    corruption: str | Sequence[str] | None, severity: int | Sequence[int]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Validated ``(names, severities)``, both empty without a corruption."""
+    if corruption is None:
+        if severity != 0:
+            raise ValueError(f"severity={severity!r} was given without a corruption")
+        return (), ()
+    corruptions = (corruption,) if isinstance(corruption, str) else tuple(corruption)
+    severities = (severity,) if isinstance(severity, int | np.integer) else tuple(severity)
+    known = _corruption_names()
+    for name in corruptions:
+        if name not in known:
+            raise ValueError(f"corruption must be one of {known}, got {name!r}")
+    for level in severities:
+        if isinstance(level, bool) or not isinstance(level, int | np.integer):
+            raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {level!r}")
+        if not 1 <= level <= MAX_SEVERITY:
+            raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {level!r}")
+    if not corruptions or not severities:
+        raise ValueError("corruption and severity sequences must not be empty")
+    return corruptions, tuple(int(level) for level in severities)
+
+
+@functools.cache
+def _corruption_names() -> tuple[str, ...]:
     import imagecorruptions
 
-    return list(imagecorruptions.get_corruption_names("all"))
+    return tuple(imagecorruptions.get_corruption_names("all"))
 
 
 @functools.cache
