@@ -51,24 +51,40 @@ def save_panels(split: SplitData, path: Path, *, detector: str = "FED-C", count:
     has_ood = (split.labels == OOD_INDEX).flatten(1).any(1)
     order = torch.cat([has_ood.nonzero().flatten(), (~has_ood).nonzero().flatten()])[:count]
     columns = ("image", "ground truth", "prediction", f"{detector} IDM", f"{detector} OOD")
+    maps = [split.scores[f"{detector} {kind}"] for kind in ("idm", "ood")]
+    ranges = [_display_range(scores) for scores in maps]
     fig, axes = plt.subplots(len(order), 5, figsize=(12, 2.5 * len(order)), squeeze=False)
     for row, index in enumerate(order.tolist()):
         panels = (
             split.images[index].permute(1, 2, 0).numpy(),
             label_colours(split.labels[index], num_classes),
             label_colours(split.pred[index], num_classes),
-            split.scores[f"{detector} idm"][index].numpy(),
-            split.scores[f"{detector} ood"][index].numpy(),
+            *(scores[index].numpy() for scores in maps),
         )
         for col, (title, panel) in enumerate(zip(columns, panels, strict=True)):
             ax = axes[row, col]
-            ax.imshow(panel, cmap="inferno", vmin=0, vmax=1) if col >= 3 else ax.imshow(panel)
+            if col >= 3:
+                low, high = ranges[col - 3]
+                ax.imshow(panel, cmap="inferno", vmin=low, vmax=high)
+            else:
+                ax.imshow(panel)
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title)
-    fig.suptitle(f"{split.name}: OOD in magenta, void in black; maps: bright = suspicious")
+    fig.suptitle(
+        f"{split.name}: OOD in magenta, void in black; maps: bright = suspicious "
+        "(colour range: 1st to 99th percentile of the map over the whole split)"
+    )
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def _display_range(scores: torch.Tensor) -> tuple[float, float]:
+    """The 1st and 99th percentile of a split's scores ``(N, H, W)``: one colour scale for
+    every scene, spread over the values the map actually takes."""
+    sample = scores.flatten()[:: max(1, scores.numel() // 1_000_000)].float()
+    low, high = torch.quantile(sample, torch.tensor([0.01, 0.99])).tolist()
+    return low, max(high, low + 1e-6)
 
 
 def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood") -> Path:
@@ -84,7 +100,7 @@ def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood
         pr.plot(curve["recall"], curve["precision"], style, label=name)
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC ({task})")
     pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({task})")
-    roc.legend(fontsize=7)
+    roc.legend(fontsize=7, loc="lower right")
     fig.suptitle(split.name)
     fig.tight_layout()
     return _save(fig, plt, path)
