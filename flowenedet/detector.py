@@ -44,6 +44,7 @@ __all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
 logger = logging.getLogger(__name__)
 
 LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at input size, features
+MAPS = ("idm", "ood", "concurrent")  # the score maps of :class:`Scores`
 
 
 @dataclass
@@ -57,11 +58,14 @@ class Scores:
             plus ``ood_energy_weight`` times the standardised free energy (each on the
             scale of the fit data), through a sigmoid, with boundary suppression and
             dilated smoothing.
+        concurrent: ``(B, H, W)`` in [0, 1], "misclassified or unknown": as ``ood`` with
+            ``concurrent_energy_weight``, smoothed like ``idm`` (boundary errors kept).
         pred: ``(B, H, W)`` int64, the segmenter's predicted classes.
     """
 
     idm: Tensor
     ood: Tensor
+    concurrent: Tensor
     pred: Tensor
 
 
@@ -297,7 +301,8 @@ class FlowEneDet:
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def score(self, images: Tensor, *, scales: Sequence[float] = (1.0,)) -> Scores:
-        """IDM and OOD maps for ``images`` ``(B, 3, H, W)``; averaged over ``scales``."""
+        """IDM, OOD and concurrent maps for ``images`` ``(B, 3, H, W)``; averaged over
+        ``scales``."""
         self._require_fitted()
         images = check_images(images)
         size = tuple(images.shape[-2:])
@@ -310,10 +315,10 @@ class FlowEneDet:
             if result is None:
                 result = scores
             else:
-                result.idm += scores.idm
-                result.ood += scores.ood
-        result.idm /= len(scales)
-        result.ood /= len(scales)
+                for kind in MAPS:
+                    getattr(result, kind).add_(getattr(scores, kind))
+        for kind in MAPS:
+            getattr(result, kind).div_(len(scales))
         return result
 
     @torch.no_grad()
@@ -332,18 +337,22 @@ class FlowEneDet:
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
         log_odds = self._log_odds(inputs, features)
         idm = gaussian_smooth(torch.sigmoid(log_odds), kernel_size=cfg.smooth_kernel)
-        ood_logit = (log_odds - stats.ood_scale[0]) / stats.ood_scale[1]
-        if cfg.ood_energy_weight:
-            energy = _energy_of(inputs)
-            energy = (energy - stats.ood_scale[2]) / stats.ood_scale[3]
-            ood_logit = ood_logit + cfg.ood_energy_weight * energy
-        low_pred = logits.argmax(1)
+        scale = stats.ood_scale
+        standardized = (log_odds - scale[0]) / scale[1]
+        energy = (_energy_of(inputs) - scale[2]) / scale[3]
         ood = suppress_boundaries(
-            torch.sigmoid(ood_logit), low_pred, cfg.boundary_width, cfg.boundary_iterations
+            torch.sigmoid(standardized + cfg.ood_energy_weight * energy),
+            logits.argmax(1),
+            cfg.boundary_width,
+            cfg.boundary_iterations,
         )
         ood = gaussian_smooth(ood, kernel_size=cfg.smooth_kernel, dilation=cfg.ood_dilation)
-        pred = upsampled_argmax(logits, size)
-        return Scores(resize(idm, size).clamp(0, 1), resize(ood, size).clamp(0, 1), pred)
+        concurrent = gaussian_smooth(
+            torch.sigmoid(standardized + cfg.concurrent_energy_weight * energy),
+            kernel_size=cfg.smooth_kernel,
+        )
+        maps = [resize(m, size).clamp(0, 1) for m in (idm, ood, concurrent)]
+        return Scores(*maps, pred=upsampled_argmax(logits, size))
 
     def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
         """``log p(z | miss) - log p(z | hit)`` ``(B, h, w)`` for flow inputs ``(B, D, h, w)``,

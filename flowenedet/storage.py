@@ -51,6 +51,7 @@ class DetectorConfig:
     ood_dilation: int = 6
     smooth_kernel: int = 7
     ood_energy_weight: float = 1.0
+    concurrent_energy_weight: float = 0.5
     chunk_pixels: int = 1 << 16
     seed: int = 0
     segmenter_fingerprint: str | None = None
@@ -65,7 +66,7 @@ class Stats:
             classified training pixels (SML statistics).
         ood_scale: ``(4,)``, mean and standard deviation of the flow's log-odds, then of the
             standardised free energy, over the fit data's valid pixels; they put the two
-            terms of the ``ood`` map on one scale.
+            terms of the ``ood`` and ``concurrent`` maps on one scale.
     """
 
     mean: Tensor

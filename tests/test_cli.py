@@ -116,12 +116,12 @@ def test_score_writes_heat_maps_and_float16_maps_equal_to_the_library(ws, segmen
     images = torch.stack([image for image, _ in FolderDataset(ws["test"][0])])
     expected = det.score(images)
     for i in range(6):
-        for kind in ("idm", "ood"):
+        for kind in ("idm", "ood", "concurrent"):
             array = np.load(out / f"frame{i}_{kind}.npy")
             assert array.dtype == np.float16 and array.shape == (32, 32)
             reference = getattr(expected, kind)[i].numpy()
             np.testing.assert_allclose(array.astype(np.float32), reference, atol=2e-3)
-        for kind in ("idm", "ood", "overlay"):
+        for kind in ("idm", "ood", "concurrent", "overlay"):
             with Image.open(out / f"frame{i}_{kind}.png") as png:
                 assert png.size == (32, 32) and png.mode == "RGB"
 
@@ -133,7 +133,8 @@ def test_score_npy_only_for_single_files(ws, capsys):
     code, _, _ = _run(capsys, [*argv, *_model(ws), "--format", "npy", "--no-progress"])
     assert code == 0
     names = {p.name for p in out.iterdir()}
-    assert names == {f"frame{i}_{k}.npy" for i in (0, 3) for k in ("idm", "ood")}
+    kinds = ("idm", "ood", "concurrent")
+    assert names == {f"frame{i}_{k}.npy" for i in (0, 3) for k in kinds}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_evaluate_prints_the_table_and_writes_json(ws, segmenter, test_data, cap
     for text in ("OOD AUROC", "IDM AP", "CDD FPR95", "Open-mIoU (oracle)", "FED ood", "SML"):
         assert text in stdout
     report = json.loads(path.read_text())
-    assert set(report["methods"]) == {"FED idm", "FED ood"} | BASELINE_ROWS
+    assert set(report["methods"]) == {"FED idm", "FED ood", "FED concurrent"} | BASELINE_ROWS
     assert report["images"] == 6 and report["num_classes"] == NUM_CLASSES
     for row in report["methods"].values():
         for task in ("ood", "idm", "cdd"):
@@ -365,7 +366,7 @@ REFERENCE_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "digits.safete
 FAKE_ROW = {task: {"auroc": 0.9, "ap": 0.5, "fpr95": 0.2} for task in ("ood", "idm", "cdd")} | {
     "miou": 0.8
 }
-FAKE_ROWS = {"FED-C idm": FAKE_ROW, "FED-C ood": FAKE_ROW, "MSP": FAKE_ROW}
+FAKE_ROWS = {f"FED-C {kind}": FAKE_ROW for kind in ("idm", "ood", "concurrent")} | {"MSP": FAKE_ROW}
 EXTRA_MESSAGE = 'needs the bench extra: pip install "flowenedet[bench]"'
 
 

@@ -41,7 +41,7 @@ def test_detector_ranks_errors_and_ood_above_correct_pixels(
 def test_scores_have_input_resolution_and_the_segmenters_prediction(fitted, segmenter):
     images, _ = make_scenes(3, size=40, seed=3)
     scores = fitted["C"].score(images)
-    for name in ("idm", "ood"):
+    for name in ("idm", "ood", "concurrent"):
         value = getattr(scores, name)
         assert value.shape == (3, 40, 40)
         assert value.min() >= 0 and value.max() <= 1
@@ -55,6 +55,10 @@ def test_multi_scale_scores_keep_shape_and_differ_from_single_scale(fitted):
     assert multi.idm.shape == single.idm.shape
     assert not torch.allclose(multi.idm, single.idm)
     assert torch.equal(multi.pred, single.pred)
+    half = fitted["U"].score(images, scales=(0.5,))
+    for kind in ("idm", "ood", "concurrent"):  # every map is the mean over the scales
+        mean = (getattr(single, kind) + getattr(half, kind)) / 2
+        assert torch.allclose(getattr(multi, kind), mean, atol=1e-6)
 
 
 def test_score_logits_equals_score_on_the_same_logits(fitted, segmenter):
@@ -158,6 +162,23 @@ def test_ood_map_without_energy_term_ranks_pixels_as_the_posterior(fitted, segme
     det.config.ood_energy_weight = 1.0
     with_energy = det.score_logits(logits, features).ood.flatten()[order]
     assert not (with_energy.diff() >= -1e-6).all()
+
+
+def test_concurrent_map_is_the_ood_score_with_its_own_energy_weight(fitted):
+    det = copy.copy(fitted["C"])
+    det.config = copy.copy(det.config)
+    det.config.boundary_width = 0  # no post-processing: only the energy weights differ
+    det.config.smooth_kernel = 1
+    images, _ = make_scenes(2, seed=8)
+    logits, features = det._tap(images)
+    det.config.concurrent_energy_weight = det.config.ood_energy_weight
+    same = det.score_logits(logits, features)
+    assert torch.allclose(same.concurrent, same.ood, atol=1e-6)
+    det.config.concurrent_energy_weight = 0.0  # ranks pixels as the posterior, like idm
+    scores = det.score_logits(logits, features)
+    order = scores.idm.flatten().argsort()
+    assert (scores.concurrent.flatten()[order].diff() >= -1e-6).all()
+    assert not torch.allclose(scores.concurrent, same.concurrent)
 
 
 def test_scores_follow_flow_weights_loaded_in_eval_mode(segmenter, train_loader):

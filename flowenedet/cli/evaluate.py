@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .. import io
 from ..baselines import make_baseline
+from ..detector import MAPS
 from ..hooks import SegmenterTap
 from ..metrics import PixelEvaluator, format_table
 from .dataset import build_dataset, make_loader
@@ -33,7 +34,7 @@ BASELINE_ROWS = {
 
 def _evaluator(name: str, k: int, bins: int | None) -> PixelEvaluator:
     """Histogram mode for bounded scores when ``--histogram-bins`` is given, else exact."""
-    bounded = {"FED idm": 1.0, "FED ood": 1.0, "MSP": 1.0, "Entropy": math.log(k)}
+    bounded = {f"FED {kind}": 1.0 for kind in MAPS} | {"MSP": 1.0, "Entropy": math.log(k)}
     if bins and name in bounded:
         return PixelEvaluator(k, score_range=(0.0, bounded[name]), bins=bins)
     return PixelEvaluator(k)
@@ -84,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for key in args.baselines:
         kw = {"mean": detector.stats.mean, "var": detector.stats.var} if key == "sml" else {}
         baselines[BASELINE_ROWS[key]] = make_baseline(key, segmenter, **kw)
-    names = ["FED idm", "FED ood", *baselines]
+    names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
     variant_c = detector.config.variant == "C"
     tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
@@ -98,7 +99,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             maps = detector.score_logits(logits, features, size=size)
         else:
             maps = detector.score(images, scales=args.scales)
-        scores = {"FED idm": maps.idm, "FED ood": maps.ood}
+        scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
         for name, baseline in baselines.items():
             multi = name == "MC dropout"
             scores[name] = baseline.score(images) if multi else baseline.score_logits(logits, size)

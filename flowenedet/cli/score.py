@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import io
+from ..detector import MAPS
 from .dataset import normalise
 from .errors import CLIError, require_file
 from .segmenter import load_detector, load_segmenter, select_device
@@ -89,7 +90,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise CLIError(f"input {path} is not a readable image: {error}") from None
         image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0
         maps = detector.score(normalise(image, args.mean, args.std).to(device), scales=args.scales)
-        arrays = {kind: getattr(maps, kind)[0].float().cpu().numpy() for kind in ("idm", "ood")}
+        arrays = {kind: getattr(maps, kind)[0].float().cpu().numpy() for kind in MAPS}
         if "npy" in args.format:
             for kind, scores in arrays.items():
                 _write_npy(out / f"{name}_{kind}.npy", scores)
