@@ -4,7 +4,7 @@ Three lines::
 
     from flowenedet import FlowEneDet
     det = FlowEneDet(model).fit(train_loader)
-    maps = det.score(images)  # maps.idm, maps.ood: (B, H, W) in [0, 1]; maps.pred: (B, H, W)
+    maps = det.score(images)  # maps.idm / .ood / .concurrent: (B, H, W) in [0, 1]; maps.pred
 """
 
 from __future__ import annotations
