@@ -22,7 +22,7 @@ from . import io, storage
 from .checkpoint import load_checkpoint
 from .checks import check_finite, check_images, check_labels, check_logits, unpack_batch
 from .energy import INPUT_SETS, flow_inputs
-from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
+from .flow import EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
 from .postprocess import (
     gaussian_smooth,
@@ -287,7 +287,10 @@ class FlowEneDet:
         logits, labels, features = batch
         valid, _ = miss_targets(logits, labels, self.config.ignore_index)
         inputs = flow_inputs(logits, mean, var, self.config.inputs)
-        terms = [self._log_odds(inputs, features), _energy_of(inputs)]
+        terms = [
+            self.flow.log_odds_map(inputs, features, self.config.chunk_pixels),
+            _energy_of(inputs),
+        ]
         return pooled_mean_std([term[valid] for term in terms]).flatten()
 
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
@@ -335,7 +338,7 @@ class FlowEneDet:
         size = tuple(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
-        log_odds = self._log_odds(inputs, features)
+        log_odds = self.flow.log_odds_map(inputs, features, self.config.chunk_pixels)
         idm = gaussian_smooth(torch.sigmoid(log_odds), kernel_size=cfg.smooth_kernel)
         scale = stats.ood_scale
         standardized = (log_odds - scale[0]) / scale[1]
@@ -353,27 +356,6 @@ class FlowEneDet:
         )
         maps = [resize(m, size).clamp(0, 1) for m in (idm, ood, concurrent)]
         return Scores(*maps, pred=upsampled_argmax(logits, size))
-
-    def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
-        """``log p(z | miss) - log p(z | hit)`` ``(B, h, w)`` for flow inputs ``(B, D, h, w)``,
-        computed in bands of rows to bound memory."""
-        self.flow.refresh_linear_caches()
-        encoder = self.flow.context_encoder
-        padded = encoder.pad(inputs)
-        batch, _, h, w = inputs.shape
-        rows = max(1, self.config.chunk_pixels // (batch * w))
-        out = torch.empty(batch, h, w, device=inputs.device)
-        for top in range(0, h, rows):
-            bottom = min(h, top + rows)
-            band = padded[:, :, top : bottom + 2 * encoder.halo]
-            feats = None if features is None else features[:, :, top:bottom]
-            context = encoder.from_padded(band, feats)
-            z = inputs[:, :, top:bottom].permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
-            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])
-            log_probs = self.flow.component_log_prob(z, c)
-            log_odds = log_probs[:, MISS] - log_probs[:, HIT]
-            out[:, top:bottom] = log_odds.reshape(batch, bottom - top, w)
-        return out
 
     # ------------------------------------------------------------------ plumbing
     def _segment(self, images: Tensor, labels: Tensor, device: torch.device) -> LogitBatch:

@@ -255,6 +255,31 @@ class EnergyFlow(Flow):
         latent, logabsdet = self._transform(inputs, context=context)
         return self._distribution.component_log_prob(latent) + logabsdet[:, None]
 
+    @torch.no_grad()
+    def log_odds_map(
+        self, inputs: Tensor, features: Tensor | None, chunk_pixels: int = 1 << 16
+    ) -> Tensor:
+        """``log p(z | miss) - log p(z | hit)`` ``(B, h, w)`` for input maps ``(B, D, h, w)``
+        (and pooled features ``(B, P, h, w)``), in bands of about ``chunk_pixels`` pixels
+        (at least one row) so memory stays bounded at any map size."""
+        self.refresh_linear_caches()
+        encoder = self.context_encoder
+        padded = encoder.pad(inputs)
+        batch, _, h, w = inputs.shape
+        rows = max(1, chunk_pixels // (batch * w))
+        out = torch.empty(batch, h, w, device=inputs.device)
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            band = padded[:, :, top : bottom + 2 * encoder.halo]
+            feats = None if features is None else features[:, :, top:bottom]
+            context = encoder.from_padded(band, feats)
+            z = inputs[:, :, top:bottom].permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])
+            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])
+            log_probs = self.component_log_prob(z, c)
+            log_odds = log_probs[:, MISS] - log_probs[:, HIT]
+            out[:, top:bottom] = log_odds.reshape(batch, bottom - top, w)
+        return out
+
 
 def miss_posterior(component_log_prob: Tensor) -> Tensor:
     """``p(miss | z)`` ``(N,)`` from ``(N, 2)`` class-conditional log-likelihoods."""
