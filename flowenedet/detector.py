@@ -296,10 +296,10 @@ class FlowEneDet:
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
         """One pass over the fit data: class statistics and hit / miss counts (all
         processes); the miss rate becomes the mixture's prior weights."""
-        counts = fit_statistics(batches, self.config.ignore_index, progress)
-        miss_rate = torch.tensor([counts.hits, counts.misses], dtype=torch.float32)
+        measured = fit_statistics(batches, self.config.ignore_index, progress)
+        miss_rate = torch.tensor([measured.hits, measured.misses], dtype=torch.float32)
         self.flow._distribution.log_weights.copy_((miss_rate / miss_rate.sum()).log())
-        return counts.stats, counts.num_batches
+        return measured.stats, measured.num_batches
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
