@@ -57,7 +57,8 @@ class Scores:
         ood: ``(B, H, W)`` in [0, 1], out-of-distribution map: the posterior's log-odds
             plus ``ood_energy_weight`` times the standardised free energy (each on the
             scale of the fit data), through a sigmoid, with boundary suppression and
-            dilated smoothing.
+            dilated smoothing (with ``ood_keep_peaks``, the larger of the map and its
+            smoothed copy, so small objects keep their peaks).
         concurrent: ``(B, H, W)`` in [0, 1], "misclassified or unknown": as ``ood`` with
             ``concurrent_energy_weight``, smoothed like ``idm`` (boundary errors kept).
         pred: ``(B, H, W)`` int64, the segmenter's predicted classes.
@@ -349,7 +350,9 @@ class FlowEneDet:
             cfg.boundary_width,
             cfg.boundary_iterations,
         )
-        ood = gaussian_smooth(ood, kernel_size=cfg.smooth_kernel, dilation=cfg.ood_dilation)
+        ood_kernel = cfg.smooth_kernel if cfg.ood_smooth_kernel is None else cfg.ood_smooth_kernel
+        smoothed = gaussian_smooth(ood, ood_kernel, cfg.ood_smooth_sigma, cfg.ood_dilation)
+        ood = torch.maximum(ood, smoothed) if cfg.ood_keep_peaks else smoothed
         concurrent = gaussian_smooth(
             torch.sigmoid(standardized + cfg.concurrent_energy_weight * energy),
             kernel_size=cfg.smooth_kernel,

@@ -50,7 +50,10 @@ class DetectorConfig:
     boundary_iterations: int = 4
     ood_dilation: int = 6
     smooth_kernel: int = 7
-    ood_energy_weight: float = 1.0
+    ood_smooth_kernel: int | None = None  # None: smooth_kernel (files before it existed)
+    ood_smooth_sigma: float = 1.0
+    ood_keep_peaks: bool = False
+    ood_energy_weight: float = 1.5
     concurrent_energy_weight: float = 0.5
     chunk_pixels: int = 1 << 16
     seed: int = 0

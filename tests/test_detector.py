@@ -181,6 +181,25 @@ def test_concurrent_map_is_the_ood_score_with_its_own_energy_weight(fitted):
     assert not torch.allclose(scores.concurrent, same.concurrent)
 
 
+def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):
+    det = copy.copy(fitted["C"])
+    det.config = copy.copy(det.config)
+    det.config.boundary_width = 0  # scores at logit resolution, smoothing only
+    images, _ = make_scenes(2, seed=8)
+    logits, features = det._tap(images)
+    det.config.ood_smooth_kernel = 1  # the ood map alone unsmoothed
+    raw = det.score_logits(logits, features)
+    det.config.ood_smooth_kernel = None  # as smooth_kernel (7)
+    smoothed = det.score_logits(logits, features)
+    assert torch.equal(raw.idm, smoothed.idm)
+    assert not torch.allclose(raw.ood, smoothed.ood)
+    assert (smoothed.ood.amax((1, 2)) < raw.ood.amax((1, 2)) - 1e-3).all()  # peaks flattened
+    det.config.ood_keep_peaks = True
+    kept = det.score_logits(logits, features).ood
+    assert torch.equal(kept, torch.maximum(raw.ood, smoothed.ood))
+    assert torch.equal(kept.amax((1, 2)), raw.ood.amax((1, 2)))
+
+
 def test_scores_follow_flow_weights_loaded_in_eval_mode(segmenter, train_loader):
     # the LU layers cache their matrix in eval mode; scoring must never use a stale one
     a = FlowEneDet(segmenter, variant="U", seed=1).fit(train_loader[:2], steps=3, progress=False)

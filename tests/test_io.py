@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -39,6 +40,19 @@ def test_detector_of_an_older_format_is_refused(fitted, segmenter, tmp_path):
     fio.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION - 1, config=config)
     with pytest.raises(FormatError, match="version"):
         FlowEneDet.load(path, segmenter)
+
+
+def test_file_from_before_the_ood_smoothing_options_scores_as_it_did(fitted, segmenter, tmp_path):
+    det = copy.copy(fitted["U"])
+    det.config = dataclasses.replace(det.config, smooth_kernel=3, ood_smooth_kernel=None)
+    path = det.save(tmp_path / "det.safetensors")
+    tensors, config = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    for name in ("ood_smooth_kernel", "ood_smooth_sigma", "ood_keep_peaks"):
+        del config[name]
+    fio.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=config)
+    images, _ = make_scenes(2, seed=3)
+    loaded = FlowEneDet.load(path, segmenter)
+    assert torch.equal(loaded.score(images).ood, det.score(images).ood)  # ood kernel 3 too
 
 
 def test_segmenter_with_other_classes_is_refused(fitted, tmp_path):
