@@ -2,7 +2,7 @@
 
 import pytest
 
-from flowenedet.benchmark import BenchConfig, quality_bar
+from flowenedet.benchmark import BenchConfig, quality_bar, report
 
 
 def _row(ood_ap, ood_fpr, idm_ap, cdd_ap):
@@ -27,7 +27,7 @@ def test_quality_bar_compares_each_metric_with_the_best_baseline():
                 **baselines,
             },
             # the same, except an FPR95 above MSP's (lower is better)
-            "test/snow-3": {
+            "test/shifted": {
                 "FED-C idm": _row(0.0, 1.0, 0.35, 0.0),
                 "FED-C ood": _row(0.31, 0.41, 0.0, 0.0),
                 "FED-C concurrent": _row(0.0, 1.0, 0.0, 0.46),
@@ -42,12 +42,41 @@ def test_quality_bar_compares_each_metric_with_the_best_baseline():
     assert "31.00 vs 30.00 SML" in test_row and "39.00 vs 40.00 MSP" in test_row
     assert "35.00 vs 30.00 MSP" in test_row and "46.00 vs 45.00 SML" in test_row
     assert test_row.endswith("| yes |")
-    snow_row = next(line for line in lines if line.startswith("| test/snow-3 |"))
-    assert snow_row.endswith("| no: OOD FPR95 |")
-    assert lines[-1] == "FED-C beats every baseline on 1 of 2 test splits."
+    shifted_row = next(line for line in lines if line.startswith("| test/shifted |"))
+    assert shifted_row.endswith("| no: OOD FPR95 |")
+    assert lines[-1] == "FED-C beats every baseline on 1 of 2 splits."
+
+
+def test_report_judges_the_bar_on_clean_and_shifted_test_and_lists_the_rest_apart():
+    baselines = {"MSP": _row(0.20, 0.40, 0.30, 0.40)}
+    winner = {
+        "FED-C idm": _row(0.0, 1.0, 0.35, 0.0),
+        "FED-C ood": _row(0.31, 0.39, 0.0, 0.0),
+        "FED-C concurrent": _row(0.0, 1.0, 0.0, 0.46),
+        **baselines,
+    }
+    loser = {**winner, "FED-C ood": _row(0.1, 0.39, 0.0, 0.0)}
+    names = ("val", "val/shifted", "test", "test/shifted", "test/fog-1", "test/fog-2")
+    splits = dict(zip(names, (loser, winner, winner, winner, loser, winner), strict=True))
+    sections = report({"splits": splits}).split("### ")[1:]
+    assert [s.splitlines()[0] for s in sections] == [
+        "Quality bar: clean and shifted test splits",
+        "The same on the validation splits",
+        "Per corruption and severity",
+    ]
+    bar, val, per_corruption = sections
+    assert "| test |" in bar and "| test/shifted |" in bar and "fog" not in bar and "val" not in bar
+    assert bar.strip().endswith("on 2 of 2 splits.")
+    assert "| val |" in val and "| val/shifted |" in val and val.strip().endswith("1 of 2 splits.")
+    assert "| test/fog-1 |" in per_corruption and "| test/shifted |" not in per_corruption
+    assert "| test/fog-1 | 10.00 vs 20.00 MSP" in per_corruption
+    assert per_corruption.strip().endswith("1 of 2 splits.")
 
 
 def test_fitting_on_a_tested_corruption_is_refused():
     with pytest.raises(ValueError, match="fog"):
         BenchConfig(corruptions=(("fog", 2), ("snow", 1)), fit_corruptions=("fog", "pixelate"))
-    assert BenchConfig(corruptions=(("snow", 1),), fit_corruptions=("fog",)).fit_corruptions
+    with pytest.raises(ValueError, match="snow"):  # the shifted splits' types count too
+        BenchConfig(shift=("snow",), fit_corruptions=("snow", "pixelate"))
+    config = BenchConfig(shift=("frost",), corruptions=(("snow", 1),), fit_corruptions=("fog",))
+    assert config.fit_corruptions == ("fog",)

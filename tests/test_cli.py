@@ -405,7 +405,8 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     [(kind, out, cfg)] = fake_runs
     assert kind == "demo" and out == Path("flowenedet-demo")
     assert _sizes(cfg) == (300, 80, 120, 400)  # the sizes docs/benchmarks.md reports
-    assert list(cfg.corruptions) == [("snow", 3)] and cfg.seed == 0 and cfg.progress
+    assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
+    assert cfg.seed == 0 and cfg.progress
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert str(Path("flowenedet-demo") / "results.json") in stdout
     assert "old.txt" not in stdout  # only the files this run wrote are listed
@@ -430,6 +431,7 @@ def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
     corruptions = {"snow", "fog", "frost", "motion_blur", "gaussian_noise"}
     corruptions |= {"brightness", "contrast", "jpeg_compression"}
     assert sorted(full.corruptions) == sorted((c, s) for c in corruptions for s in (1, 2, 3, 4))
+    assert set(full.shift) == corruptions
     assert all(q < f for q, f in zip(_sizes(quick), _sizes(full), strict=True))
     assert 1 <= len(quick.corruptions) < len(full.corruptions)
     assert smoke_out == Path("smoke") and smoke.steps == 5
@@ -491,11 +493,12 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     files = ["curves.png", "fed-c.safetensors", "fed-u.safetensors", "results.json", "scenes.png"]
     assert sorted(p.name for p in out.iterdir()) == files
     assert all(str(out / name) in stdout for name in files)
-    assert "### test\n" in stdout and "### test/snow-3" in stdout and "| MC dropout |" in stdout
-    assert "FED-C beats every baseline on" in stdout and "of 2 test splits" in stdout
+    assert "### test\n" in stdout and "### test/shifted" in stdout and "| MC dropout |" in stdout
+    assert "### Quality bar: clean and shifted test splits" in stdout
+    assert "FED-C beats every baseline on" in stdout and "of 2 splits" in stdout
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["train_scenes"] == 32 and results["config"]["steps"] == 3
-    assert set(results["splits"]) == {"val", "test", "test/snow-3"}
+    assert set(results["splits"]) == {"val", "val/shifted", "test", "test/shifted"}
     # The detector written is usable with the shipped segmenter.
     det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
     assert det.config.variant == "C" and det.config.num_classes == 11
