@@ -182,15 +182,16 @@ baselines (MaxLogit, Energy, SML, MC dropout) stay exact.""",
     "demo": f"""Example:
   flowenedet demo
   flowenedet demo --out tour --steps 800 --train-scenes 1000
-fits FED-U and FED-C to the shipped reference segmenter, scores clean and snowy test
-scenes with them and every baseline, prints the tables and writes {DEMO_OUT}/
+fits FED-U and FED-C to the shipped reference segmenter, scores clean and shifted
+(8 corruptions, severities 1-4) validation and test scenes with them and every
+baseline, prints the tables and the quality bar and writes {DEMO_OUT}/
 scenes.png, curves.png, results.json, fed-u.safetensors and fed-c.safetensors.
 Needs the bench extra: pip install "flowenedet[bench]".""",
     "bench": f"""Example:
   flowenedet bench --out results/
   flowenedet bench --quick --no-progress   # a smoke test of the pipeline
 writes what demo writes plus results.md (the tables) to {BENCH_OUT}/; the test
-scenes are scored clean and under every corruption at severities 1-4.
+scenes are scored clean, shifted, and under each corruption at each severity 1-4.
 Needs the bench extra: pip install "flowenedet[bench]".""",
 }
 Group = tuple[str, list[Option]]
