@@ -94,9 +94,9 @@ class BenchConfig:
     """Sizes of one benchmark run.
 
     ``shift``: the corruption types of the shifted validation and test splits
-    (``val/shifted``, ``test/shifted``), Cityscapes-C style: scene ``i`` gets one type at
-    one severity 1-4, every pair equally often over 32 scenes (empty: no shifted
-    splits). ``corruptions``: further test splits of one ``(type, severity)`` each, the
+    (``val/shifted``, ``test/shifted``), Cityscapes-C style: each scene gets one type at
+    one severity 1-4, every pair once in each run of ``4 * len(shift)`` scenes (empty: no
+    shifted splits). ``corruptions``: further test splits of one ``(type, severity)`` each, the
     per-corruption breakdown. ``fit_corruptions``: the shifts of the detectors' extra
     training copies, which no test split may use.
     """

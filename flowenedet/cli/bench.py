@@ -21,7 +21,8 @@ DEMO = BenchConfig()
 """What ``flowenedet demo`` runs: the defaults of :class:`BenchConfig` (clean and shifted
 validation and test splits)."""
 BENCH = FULL_BENCH
-"""What ``flowenedet bench`` runs: every corruption at severities 1-4."""
+"""What ``flowenedet bench`` runs: the shifted splits, and every corruption at severities
+1-4 as a split of its own."""
 QUICK = BenchConfig(
     train_scenes=64,
     val_scenes=32,
