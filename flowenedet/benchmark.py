@@ -39,6 +39,7 @@ __all__ = [
     "report",
     "run_bench",
     "run_demo",
+    "shifted_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -321,11 +322,17 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
     return results
 
 
-def _splits(cfg: BenchConfig) -> list[tuple[str, Any, Any]]:
-    """``(split, corruption, severity)`` of every evaluated split, clean validation first."""
+def shifted_split(cfg: BenchConfig) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """``(corruptions, severities)`` of the shifted splits, as ``make_scenes`` takes them
+    (every ``cfg.shift`` type at every severity 1-4); None when ``cfg.shift`` is empty."""
     from .data.embedded import MAX_SEVERITY
 
-    shifted = (tuple(cfg.shift), tuple(range(1, MAX_SEVERITY + 1))) if cfg.shift else None
+    return (tuple(cfg.shift), tuple(range(1, MAX_SEVERITY + 1))) if cfg.shift else None
+
+
+def _splits(cfg: BenchConfig) -> list[tuple[str, Any, Any]]:
+    """``(split, corruption, severity)`` of every evaluated split, clean validation first."""
+    shifted = shifted_split(cfg)
     splits: list[tuple[str, Any, Any]] = []
     for split in ("val", "test"):
         splits.append((split, None, 0))

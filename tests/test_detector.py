@@ -184,7 +184,7 @@ def test_concurrent_map_is_the_ood_score_with_its_own_energy_weight(fitted):
 def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):
     det = copy.copy(fitted["C"])
     det.config = copy.copy(det.config)
-    det.config.boundary_width = 0  # scores at logit resolution, smoothing only
+    det.config.boundary_width = 0  # no boundary suppression: the maps differ by smoothing only
     images, _ = make_scenes(2, seed=8)
     logits, features = det._tap(images)
     det.config.ood_smooth_kernel = 1  # the ood map alone unsmoothed
