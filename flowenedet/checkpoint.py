@@ -19,7 +19,8 @@ from . import io
 __all__ = ["TrainingState", "load_checkpoint", "save_checkpoint"]
 
 KIND = "flowenedet-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the checksum covers the header; the fit's options and segmenter stored
+MAX_STEPS = 10**8
 
 
 @dataclass
@@ -32,7 +33,7 @@ class TrainingState:
     optimizer: dict[str, Any]
     schedule: dict[str, Any]
     extra: dict[str, Tensor]  # e.g. class statistics
-    config: dict[str, Any]  # the detector configuration
+    config: dict[str, Any]  # what the fit was asked for: settings, options, segmenter
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> Path:
@@ -52,8 +53,13 @@ def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
-    """Read a checkpoint written by :func:`save_checkpoint` (validated, no pickle)."""
-    tensors, header = io.load_file(path, kind=KIND, version=VERSION)
+    """Read a checkpoint written by :func:`save_checkpoint` (validated, no pickle).
+
+    Raises :class:`flowenedet.io.FormatError` for a damaged or foreign file and for a
+    header whose step counts or state are not those of a real fit.
+    """
+    tensors, header, _ = io.load_file(path, kind=KIND, version=VERSION)
+    _check_header(header, path)
     optimizer_state: dict[int, dict[str, Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -72,3 +78,24 @@ def load_checkpoint(path: str | os.PathLike[str]) -> TrainingState:
         extra={k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")},
         config=header["detector"],
     )
+
+
+def _check_header(header: Any, path: str | os.PathLike[str]) -> None:
+    """The header's scalar state must be of the types and ranges a real fit writes."""
+
+    def fail(what: str) -> None:
+        raise io.FormatError(f"checkpoint {path} is not valid: {what}")
+
+    if not isinstance(header, dict):
+        fail("its header is not a JSON object")
+    step, total = header.get("step"), header.get("total_steps")
+    for name, value in (("step", step), ("total_steps", total)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            fail(f"{name} is {value!r}, not an integer")
+    if not (1 <= total <= MAX_STEPS and 0 <= step <= total):
+        fail(f"it claims step {step} of {total}")
+    groups = header.get("param_groups")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        fail("param_groups is not a list of objects")
+    if not isinstance(header.get("schedule"), dict) or not isinstance(header.get("detector"), dict):
+        fail("it has no schedule or detector settings")

@@ -68,7 +68,8 @@ def check_labels(
 
 
 def check_logits(logits: Any, name: str = "logits") -> Tensor:
-    """``logits`` must be a floating tensor ``(B, K, h, w)`` with ``K >= 2``; returns float32."""
+    """``logits`` must be a finite floating tensor ``(B, K, h, w)`` with ``K >= 2``; returns
+    float32. Every detector and baseline refuses NaN or infinite logits the same way."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (B, K, h, w); got {type(logits).__name__}")
     if logits.dim() != 4:
@@ -77,7 +78,14 @@ def check_logits(logits: Any, name: str = "logits") -> Tensor:
         raise ValueError(f"{name} must be a floating tensor; got dtype {logits.dtype}")
     if logits.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 classes (dim 1); got {tuple(logits.shape)}")
-    return logits.float()
+    logits = logits.float()
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).sum().item()
+        raise ValueError(
+            f"{name} contains {bad} NaN or infinite values (in float32); the segmenter's "
+            "output is not usable for these inputs"
+        )
+    return logits
 
 
 def check_finite(tensor: Tensor, name: str) -> Tensor:

@@ -7,7 +7,6 @@ and ``postprocess``, model access in ``hooks``, the saved state and file format 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from torch import Tensor, nn
 
 from . import io, storage
 from .checkpoint import load_checkpoint
-from .checks import check_finite, check_images, check_labels, check_logits, unpack_batch
-from .energy import INPUT_SETS, flow_inputs
+from .checks import check_images, check_labels, check_logits, unpack_batch
+from .config import DetectorConfig, FitOptions, Spec, check_field, config_from_dict, differences
+from .energy import INPUT_SETS, MIN_VARIANCE, flow_inputs
 from .flow import EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
 from .postprocess import (
@@ -30,7 +30,7 @@ from .postprocess import (
     suppress_boundaries,
     upsampled_argmax,
 )
-from .storage import DetectorConfig, Stats, read_detector, segmenter_fingerprint, write_detector
+from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
 from .training import (
     balanced_pixel_sample,
     fit_statistics,
@@ -39,12 +39,16 @@ from .training import (
     train_flow,
 )
 
-__all__ = ["DetectorConfig", "FlowEneDet", "Scores", "Stats"]
+__all__ = ["DetectorConfig", "FitOptions", "FlowEneDet", "Scores", "Stats"]
 
 logger = logging.getLogger(__name__)
 
 LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at input size, features
 MAPS = ("idm", "ood", "concurrent")  # the score maps of :class:`Scores`
+SCALE = Spec(float, 0.05, 4.0)  # a test-time scale
+MAX_SCALES = 16
+SIDE = Spec(int, 1, 1 << 15)  # a side of an output map, in pixels
+BATCH = Spec(int, 1, 1 << 20)
 
 
 @dataclass
@@ -100,10 +104,6 @@ class FlowEneDet:
     ) -> None:
         if not isinstance(segmenter, nn.Module):
             raise TypeError(f"segmenter must be a torch.nn.Module; got {type(segmenter).__name__}")
-        if variant not in ("C", "U"):
-            raise ValueError(f"variant must be 'C' or 'U'; got {variant!r}")
-        if inputs not in INPUT_SETS:
-            raise ValueError(f"inputs must be one of {sorted(INPUT_SETS)}; got {inputs!r}")
         unknown = set(config) - {f.name for f in dataclasses.fields(DetectorConfig)}
         if unknown:
             raise TypeError(f"unknown FlowEneDet options: {sorted(unknown)}")
@@ -149,6 +149,11 @@ class FlowEneDet:
         result as an uninterrupted fit). Under torch.distributed (torchrun) each process
         passes its shard of the data: statistics are summed and gradients averaged.
         """
+        if isinstance(loader, Iterator):
+            raise TypeError(
+                f"loader is a one-shot iterator ({type(loader).__name__}); fit reads the data "
+                "more than once (statistics, then training), so pass a list or a DataLoader"
+            )
         device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
         return self._fit(
             lambda: iter(loader),
@@ -184,7 +189,8 @@ class FlowEneDet:
         """
         if self.config.variant == "C" and features is None:
             raise ValueError("variant 'C' needs features; pass features= or use variant='U'")
-        logits = check_finite(check_logits(logits), "logits")
+        batch_size = check_field("fit_logits", "batch_size", batch_size, BATCH)
+        logits = check_logits(logits)
         total = logits.shape[0]
         labels = check_labels(
             labels, labels.shape[-2:], total, logits.shape[1], self.config.ignore_index
@@ -228,14 +234,12 @@ class FlowEneDet:
         checkpoint_every: int = 500,
         resume: bool = False,
     ) -> FlowEneDet:
+        options = FitOptions(steps, epochs, lr, pixels_per_image, checkpoint_every)
+        fingerprint = segmenter_fingerprint(self.segmenter)
         if resume and checkpoint is not None and Path(checkpoint).exists():
             state = load_checkpoint(checkpoint)
-            if steps is not None and steps != state.total_steps:
-                raise ValueError(
-                    f"checkpoint {checkpoint} is for a fit of {state.total_steps} steps; "
-                    f"this fit asks for {steps}"
-                )
-            self.config = DetectorConfig(**state.config)
+            self._check_resumable(state, checkpoint, options, fingerprint)
+            self.config = DetectorConfig(**state.config["detector"])
             self._tap = SegmenterTap(self.segmenter, self._tap_layer())
             mean, var = state.extra["mean"], state.extra["var"]
             self._build_flow(device)
@@ -246,8 +250,6 @@ class FlowEneDet:
             )
             mean, var = stats.finalize()
             total = steps if steps is not None else epochs * num_batches
-        if total < 1:
-            raise ValueError(f"steps must be at least 1; got {total}")
         self.flow.to(device)
         ignore = self.config.ignore_index
 
@@ -262,24 +264,70 @@ class FlowEneDet:
             c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
             return z, c, miss.flatten()[picked]
 
-        train_flow(
-            self.flow,
-            itertools.chain.from_iterable(raw_batches() for _ in itertools.count()),
-            pixels,
-            total_steps=total,
-            lr=lr,
-            seed=self.config.seed,
-            progress=progress,
-            checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
-            resume=resume,
-            checkpoint_extra={"mean": mean, "var": var},
-            checkpoint_config=dataclasses.asdict(self.config),
-        )
+        try:
+            train_flow(
+                self.flow,
+                _passes(raw_batches),
+                pixels,
+                total_steps=total,
+                lr=lr,
+                seed=self.config.seed,
+                progress=progress,
+                checkpoint=checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=resume,
+                checkpoint_extra={"mean": mean, "var": var},
+                checkpoint_config={
+                    "detector": dataclasses.asdict(self.config),
+                    "fit": dataclasses.asdict(options),
+                    "segmenter_fingerprint": fingerprint,
+                },
+            )
+        except FloatingPointError as error:
+            raise FloatingPointError(f"{error}{_divergence_hint(var, lr)}") from None
         ood_scale = self._measure_ood_scale(prepare(next(raw_batches())), mean, var)
+        if not torch.isfinite(ood_scale).all():
+            raise FloatingPointError(
+                "the fitted flow gives non-finite scores on the fit data: training diverged"
+                + _divergence_hint(var, lr)
+            )
         self.stats = Stats(mean, var, ood_scale)
-        self.config.segmenter_fingerprint = segmenter_fingerprint(self.segmenter)
+        self.config.segmenter_fingerprint = fingerprint
         return self
+
+    def _check_resumable(
+        self, state: Any, path: str | Path, options: FitOptions, fingerprint: str
+    ) -> None:
+        """Refuse a checkpoint that is not of this fit: other settings, other fit options
+        or another segmenter; the message lists what differs."""
+        stored = state.config
+        if not (
+            isinstance(stored.get("detector"), dict)
+            and isinstance(stored.get("fit"), dict)
+            and isinstance(stored.get("segmenter_fingerprint"), str)
+        ):
+            raise io.FormatError(f"checkpoint {path} does not record the fit it belongs to")
+        try:
+            config_from_dict(DetectorConfig, stored["detector"], str(path))
+        except ValueError as error:
+            raise io.FormatError(str(error)) from None
+        found = []
+        if stored["segmenter_fingerprint"] != fingerprint:
+            found.append("the segmenter (its weights differ)")
+        requested = dataclasses.asdict(self.config)
+        adopted = ("num_classes", "feature_layer", "feature_channels", "segmenter_fingerprint")
+        for name in adopted:  # sizes the fit reads off the segmenter, unless given
+            if requested[name] is None:
+                requested.pop(name)
+        found += differences(stored["detector"], requested, "setting")
+        fit = dataclasses.asdict(options)
+        fit.pop("checkpoint_every")  # does not change the result
+        found += differences(stored["fit"], fit, "fit option")
+        if found:
+            raise ValueError(
+                f"checkpoint {path} is not of this fit: {'; '.join(found)}. Resume with the "
+                "same segmenter and arguments, or delete the checkpoint to start afresh."
+            )
 
     @torch.no_grad()
     def _measure_ood_scale(self, batch: LogitBatch, mean: Tensor, var: Tensor) -> Tensor:
@@ -309,6 +357,7 @@ class FlowEneDet:
         ``scales``."""
         self._require_fitted()
         images = check_images(images)
+        scales = _check_scales(scales)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
         result = None
@@ -335,8 +384,8 @@ class FlowEneDet:
         """Scores from ``logits`` ``(B, K, h, w)`` (and ``features`` for FED-C), at ``size``
         (default: the logits' size)."""
         self._require_fitted()
-        logits, _, features = self._prepare(check_logits(logits), None, features)
-        size = tuple(size) if size is not None else tuple(logits.shape[-2:])
+        logits, _, features = self._prepare(logits, None, features)
+        size = _check_size(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
         log_odds = self.flow.log_odds_map(inputs, features, self.config.chunk_pixels)
@@ -358,6 +407,13 @@ class FlowEneDet:
             kernel_size=cfg.smooth_kernel,
         )
         maps = [resize(m, size).clamp(0, 1) for m in (idm, ood, concurrent)]
+        if not all(torch.isfinite(m).all() for m in maps):
+            top = logits.abs().max().item()
+            raise ValueError(
+                f"the maps are not finite for these logits (largest |logit| {top:.3g}): they "
+                "are far outside the range the detector was fitted on; check the images' "
+                "scale and normalisation"
+            )
         return Scores(*maps, pred=upsampled_argmax(logits, size))
 
     # ------------------------------------------------------------------ plumbing
@@ -387,7 +443,7 @@ class FlowEneDet:
     ) -> LogitBatch:
         """Validate and align a batch; builds the flow on the first batch it sees."""
         cfg = self.config
-        check_finite(logits, "logits")
+        logits = check_logits(logits)
         self._adopt("num_classes", logits.shape[1], "classes")
         if cfg.variant == "C":
             if features is None:
@@ -450,11 +506,10 @@ class FlowEneDet:
         config, flow_state, stats = read_detector(path)
         detector = cls(segmenter, **dataclasses.asdict(config))
         storage.check_segmenter(config, segmenter, path, weights=check_segmenter)
-        detector._build_flow(segmenter_device(segmenter))
-        try:
-            detector.flow.load_state_dict(flow_state)
-        except RuntimeError as error:
-            raise io.FormatError(f"{path} does not hold weights of this flow: {error}") from error
+        detector._build_flow(segmenter_device(segmenter))  # small: the settings are bounded
+        expected = detector.flow.state_dict()
+        check_tensors(expected, flow_state, f"{path}: flow weights")
+        detector.flow.load_state_dict(flow_state)
         detector.flow.eval()
         detector.stats = stats
         return detector
@@ -466,6 +521,54 @@ class FlowEneDet:
             f"FlowEneDet(variant={cfg.variant!r}, num_classes={cfg.num_classes}, "
             f"feature_layer={cfg.feature_layer!r}, {state})"
         )
+
+
+def _passes(raw_batches: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """The loader's batches, pass after pass, endlessly; a pass that yields nothing (a
+    loader that can be read only once) is an error, never an endless loop."""
+    passes = 0
+    while True:
+        passes += 1
+        empty = True
+        for batch in raw_batches():
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(
+                f"the loader yielded no batches on pass {passes}: fit reads it several times "
+                "(statistics, then training); pass a list or a DataLoader, not a generator"
+            )
+
+
+def _divergence_hint(var: Tensor, lr: float) -> str:
+    """Likely causes of a diverged fit, for its error message."""
+    floored = (var <= MIN_VARIANCE * 1.01).nonzero().flatten().tolist()
+    hint = f". Likely causes: the learning rate (lr={lr:g}) is too high"
+    if floored:
+        hint += (
+            f"; or the segmenter's logits barely vary (classes {floored[:10]} have a max-"
+            "logit variance at its floor), as with an untrained model"
+        )
+    return hint
+
+
+def _check_scales(scales: Any) -> tuple[float, ...]:
+    """Test-time ``scales``: 1 to :data:`MAX_SCALES` numbers in [0.05, 4]."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"scales must be a sequence of numbers like (1.0, 0.5); got {scales!r}")
+    if not 1 <= len(scales) <= MAX_SCALES:
+        raise ValueError(f"scales must hold 1 to {MAX_SCALES} scales; got {len(scales)}")
+    return tuple(check_field("score", "scales", s, SCALE) for s in scales)
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    """An output ``size``: two integers ``(H, W)`` in [1, 32768]."""
+    if not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(f"size must be (H, W); got {size!r}")
+    return tuple(
+        check_field("score_logits", "size", int(s) if isinstance(s, Tensor) else s, SIDE)
+        for s in size
+    )
 
 
 def _energy_of(inputs: Tensor) -> Tensor:

@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmenterTap", "find_classifier", "frozen", "logits_of", "segmenter_device"]
+__all__ = [
+    "SegmenterTap",
+    "find_classifier",
+    "frozen",
+    "logits_of",
+    "segmenter_device",
+    "segmenter_dtype",
+]
 
 
 def logits_of(output: Any) -> Tensor:
@@ -143,9 +150,14 @@ class SegmenterTap:
                 handle = self._module.register_forward_hook(
                     lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
                 )
+        dtype = segmenter_dtype(self.segmenter)
+        if images.is_floating_point() and images.dtype != dtype:
+            images = images.to(dtype)  # float64 / half images for a float32 model, and back
         try:
             with frozen(self.segmenter, dropout=dropout):
                 logits = logits_of(self.segmenter(images))
+        except RuntimeError as error:
+            raise _explain_failure(self.segmenter, images, error) from error
         finally:
             if handle is not None:
                 handle.remove()
@@ -160,6 +172,28 @@ class SegmenterTap:
                 f"got {getattr(features, 'shape', type(features))}"
             )
         return logits, features
+
+
+def _explain_failure(segmenter: nn.Module, images: Tensor, error: RuntimeError) -> Exception:
+    """A clear error for a segmenter forward that failed on ``images`` ``(B, C, H, W)``."""
+    first = next((m for m in segmenter.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != images.shape[1]:
+        return ValueError(
+            f"images have {images.shape[1]} channels but the segmenter's first convolution "
+            f"expects {first.in_channels} (images must be (B, {first.in_channels}, H, W))"
+        )
+    return RuntimeError(
+        f"the segmenter failed on images of shape {tuple(images.shape)}, dtype "
+        f"{images.dtype}: {error}"
+    )
+
+
+def segmenter_dtype(segmenter: nn.Module) -> torch.dtype:
+    """The dtype of the segmenter's first floating parameter (float32 if it has none)."""
+    for tensor in segmenter.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
 
 
 def segmenter_device(segmenter: nn.Module) -> torch.device:

@@ -1,17 +1,21 @@
 """Safe, atomic storage of detectors and checkpoints as safetensors files (never pickle).
 
 A file holds plain tensors and a string header with the format name, its version, a
-JSON document of settings and a SHA-256 checksum of the tensor bytes, so truncated,
-corrupted or foreign files are refused with a clear error instead of loading garbage.
+JSON document of settings and a SHA-256 checksum of the tensor bytes *and* of those
+header fields, so truncated, corrupted, edited or foreign files are refused with a clear
+error instead of loading garbage or running with settings nobody chose.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import socket
 import tempfile
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +24,92 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-__all__ = ["FormatError", "atomic_write", "load_file", "save_file_atomic", "tensor_checksum"]
+__all__ = [
+    "FormatError",
+    "atomic_write",
+    "load_file",
+    "save_file_atomic",
+    "tensor_checksum",
+]
+
+logger = logging.getLogger(__name__)
+
+STALE_SECONDS = 60.0  # a temporary file of a dead writer this old is litter
 
 
 class FormatError(ValueError):
     """A file is not a valid flowenedet file of the expected kind and version."""
 
 
+def _tmp_prefix(path: Path) -> str:
+    """Temporary files of ``path`` are ``.NAME.HOST.PID.<random>.tmp`` beside it."""
+    return f".{path.name}.{socket.gethostname()}."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files left beside ``path`` by writers on this host that were
+    killed mid-write (their process is gone and the file is older than a minute)."""
+    prefix = _tmp_prefix(path)
+    for tmp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix) :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                tmp.unlink()
+                logger.info("removed %s, left by an interrupted write", tmp)
+        except OSError:
+            pass  # another writer cleaned it, or it is not ours to remove
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob wildcards escaped, for :meth:`Path.glob`."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then move the result to ``path`` in one atomic rename.
 
     The temporary file lives in the destination folder; if ``write`` fails, it is removed
-    and any existing file at ``path`` is left untouched.
+    and any existing file at ``path`` is left untouched. A successful write also removes
+    temporaries that earlier, killed writes of ``path`` left behind. Any failure to write
+    (a full disk, a folder where the file should be) is an ``OSError`` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f"{_tmp_prefix(path)}{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
+        os.close(fd)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}") from None
     try:
         write(Path(tmp))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}") from None
+        if isinstance(error, SafetensorError):
+            raise OSError(f"cannot write {path}: {error}") from None
         raise
+    _remove_stale_temporaries(path)
     return path
 
 
@@ -57,6 +121,13 @@ def tensor_checksum(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def _file_checksum(tensors: Mapping[str, Tensor], header: Mapping[str, str]) -> str:
+    """SHA-256 over :func:`tensor_checksum` and the header's format, version and config."""
+    fields = {key: header.get(key) for key in ("format", "format_version", "config")}
+    text = tensor_checksum(tensors) + json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_file_atomic(
@@ -72,20 +143,27 @@ def save_file_atomic(
     metadata = {
         "format": kind,
         "format_version": str(version),
-        "config": json.dumps(dict(config), sort_keys=True),
-        "sha256": tensor_checksum(plain),
+        "config": json.dumps(dict(config), sort_keys=True, allow_nan=False),
     }
+    metadata["sha256"] = _file_checksum(plain, metadata)
     return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
 
 
 def load_file(
-    path: str | os.PathLike[str], *, kind: str, version: int
-) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    version: int,
+    legacy_versions: Collection[int] = (),
+) -> tuple[dict[str, Tensor], Any, int]:
     """Read and validate a file written by :func:`save_file_atomic`.
 
-    Returns ``(tensors, config)``. Raises ``FileNotFoundError`` for a missing file and
-    :class:`FormatError` for a file that is not safetensors, is truncated or corrupted,
-    is of another kind, or has an unknown format version.
+    Returns ``(tensors, config, version)``; ``config`` is the parsed JSON, for the caller
+    to validate. ``legacy_versions`` are older versions still read: their checksum covers
+    only the tensors, so their settings are not protected (the caller should say so).
+    Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` for a file
+    that is not safetensors, is truncated, corrupted or edited, is of another kind, or has
+    an unknown format version.
     """
     path = Path(path)
     if not path.is_file():
@@ -104,15 +182,22 @@ def load_file(
             f"{path} is not a {kind} file (its header says format={metadata.get('format')!r})"
         )
     found = metadata.get("format_version")
-    if found != str(version):
+    readable = {str(v): v for v in (version, *legacy_versions)}
+    if found not in readable:
         raise FormatError(
-            f"{path} has format version {found!r}; this flowenedet reads version {version}. "
-            "Refit the detector or use a matching flowenedet release."
+            f"{path} has format version {found!r}; this flowenedet reads version {version}"
+            + (f" (and {sorted(legacy_versions)})" if legacy_versions else "")
+            + ". Refit the detector or use a matching flowenedet release."
         )
-    if metadata.get("sha256") != tensor_checksum(tensors):
-        raise FormatError(f"{path} is corrupted: its tensors do not match the stored checksum")
+    legacy = found != str(version)
+    expected = tensor_checksum(tensors) if legacy else _file_checksum(tensors, metadata)
+    if metadata.get("sha256") != expected:
+        raise FormatError(
+            f"{path} is damaged: its tensors or settings do not match the stored checksum "
+            "(a truncated copy, a flipped bit or an edited header)"
+        )
     try:
         config = json.loads(metadata["config"])
-    except (KeyError, json.JSONDecodeError) as error:
+    except (KeyError, json.JSONDecodeError, RecursionError) as error:
         raise FormatError(f"{path} has no valid config in its header") from error
-    return tensors, config
+    return tensors, config, readable[found]

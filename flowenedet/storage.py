@@ -9,13 +9,18 @@ file fits the segmenter it is loaded for.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from . import io
+from .config import DetectorConfig, config_from_dict
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT",
@@ -23,41 +28,15 @@ __all__ = [
     "DetectorConfig",
     "Stats",
     "check_segmenter",
+    "check_tensors",
     "read_detector",
     "segmenter_fingerprint",
     "write_detector",
 ]
 
 FORMAT = "flowenedet-detector"
-FORMAT_VERSION = 2  # 2: input sets, soft targets and the ood map's energy term
-
-
-@dataclass
-class DetectorConfig:
-    """Everything needed to rebuild a detector; stored in the safetensors header."""
-
-    variant: str = "C"
-    inputs: str = "rich"
-    num_classes: int | None = None
-    feature_layer: str | None = None
-    feature_channels: int | None = None
-    ignore_index: int = 255
-    pooled_channels: int = 32
-    context_channels: int = 32
-    num_blocks: int = 8
-    hidden: int = 32
-    boundary_width: int = 4
-    boundary_iterations: int = 4
-    ood_dilation: int = 6
-    smooth_kernel: int = 7
-    ood_smooth_kernel: int | None = None  # None: smooth_kernel (files before it existed)
-    ood_smooth_sigma: float = 1.0
-    ood_keep_peaks: bool = False
-    ood_energy_weight: float = 1.5
-    concurrent_energy_weight: float = 0.5
-    chunk_pixels: int = 1 << 16
-    seed: int = 0
-    segmenter_fingerprint: str | None = None
+FORMAT_VERSION = 3  # 3: the checksum covers the settings; 2: input sets, soft targets
+LEGACY_VERSIONS = (2,)  # read, with a warning that their settings are unprotected
 
 
 @dataclass(frozen=True)
@@ -96,25 +75,69 @@ def write_detector(
 def read_detector(path: str | Path) -> tuple[DetectorConfig, dict[str, Tensor], Stats]:
     """``(config, flow_state, stats)`` from a file written by :func:`write_detector`.
 
+    The settings are validated by :class:`DetectorConfig` and the statistics checked
+    (shapes, dtypes, finite values, positive spreads) before anything is built from them.
     Raises ``FileNotFoundError`` or :class:`flowenedet.io.FormatError` (unreadable, foreign,
-    corrupted or other-version file, unknown settings).
+    damaged or other-version file, invalid settings or statistics), naming ``path``.
     """
-    tensors, settings = io.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
-    unknown = set(settings) - {f.name for f in dataclasses.fields(DetectorConfig)}
-    if unknown:
-        raise io.FormatError(f"{path} has unknown settings {sorted(unknown)}")
+    tensors, settings, version = io.load_file(
+        path, kind=FORMAT, version=FORMAT_VERSION, legacy_versions=LEGACY_VERSIONS
+    )
+    if version != FORMAT_VERSION:
+        logger.warning(
+            "%s was saved by an older flowenedet (format %d) whose checksum does not cover "
+            "its settings; they were validated, but save the detector again to protect them",
+            path,
+            version,
+        )
+    try:
+        config = config_from_dict(DetectorConfig, settings, str(path))
+    except ValueError as error:
+        raise io.FormatError(str(error)) from None
+    if config.segmenter_fingerprint is None or config.num_classes is None:
+        raise io.FormatError(
+            f"{path} has no segmenter fingerprint or class count: it is not a fitted detector"
+        )
     part = {prefix: {} for prefix in ("flow", "stats")}
     for name, value in tensors.items():
         prefix, _, key = name.partition(".")
         if prefix not in part:
             raise io.FormatError(f"{path} holds an unexpected tensor {name!r}")
         part[prefix][key] = value
-    stat_names = {f.name for f in dataclasses.fields(Stats)}
-    if set(part["stats"]) != stat_names:
+    k = config.num_classes
+    expected = {
+        "mean": torch.empty(k),
+        "var": torch.empty(k),
+        "ood_scale": torch.empty(4),
+    }
+    stats = check_tensors(expected, part["stats"], f"{path}: statistics")
+    spreads = torch.cat([stats["var"], stats["ood_scale"][1::2]])
+    if not (spreads > 0).all():
         raise io.FormatError(
-            f"{path} holds statistics {sorted(part['stats'])}, expected {sorted(stat_names)}"
+            f"{path}: statistics hold a zero or negative variance or spread; the file is "
+            "damaged or was not written by flowenedet"
         )
-    return DetectorConfig(**settings), part["flow"], Stats(**part["stats"])
+    return config, part["flow"], Stats(**stats)
+
+
+def check_tensors(
+    expected: Mapping[str, Tensor], found: Mapping[str, Tensor], what: str
+) -> dict[str, Tensor]:
+    """``found`` if it has exactly the names, shapes and dtypes of ``expected`` and only
+    finite floating values; else :class:`flowenedet.io.FormatError` starting with ``what``."""
+    if set(found) != set(expected):
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        raise io.FormatError(f"{what}: missing tensors {missing}, unexpected tensors {extra}")
+    for name, reference in expected.items():
+        value = found[name]
+        if value.shape != reference.shape or value.dtype != reference.dtype:
+            raise io.FormatError(
+                f"{what}: tensor {name!r} is {value.dtype} {tuple(value.shape)}; expected "
+                f"{reference.dtype} {tuple(reference.shape)}"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise io.FormatError(f"{what}: tensor {name!r} holds NaN or infinite values")
+    return dict(found)
 
 
 def check_segmenter(

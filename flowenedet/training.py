@@ -37,6 +37,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MAX_LOSS = 100.0  # the balanced cross-entropy starts near log 2; past this the fit diverged
+
 
 def balanced_pixel_sample(
     valid: Tensor, miss: Tensor, per_image: int, generator: torch.Generator
@@ -244,12 +246,18 @@ def train_flow(
                 # context again, from the shared weights
                 z, context, miss = pixels(raw, torch.Generator().manual_seed(step_seed))
         loss = hit_miss_loss(flow.component_log_prob(z, context), miss)
+        value = loss.item()
+        if not math.isfinite(value) or value > MAX_LOSS:
+            raise FloatingPointError(
+                f"the flow's training loss is {value:.4g} at step {step + 1} of {total_steps} "
+                f"(it starts near {math.log(2):.2f}): the fit diverged and was stopped"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(flow)
         optimizer.step()
         schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.set_postfix(loss=f"{value:.4f}")
         done = step + 1
         if checkpoint is not None and rank == 0 and (done % checkpoint_every == 0):
             save_checkpoint(

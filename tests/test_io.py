@@ -1,9 +1,12 @@
 import copy
 import dataclasses
+import json
+import logging
 import os
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
@@ -34,11 +37,35 @@ def test_file_is_plain_safetensors_with_a_header(fitted, tmp_path):
         assert f.get_tensor("stats.ood_scale").shape == (4,)
 
 
+def _write_legacy(path, tensors, config, version):
+    """A file as flowenedet 0.1 wrote it: the checksum covers the tensors only."""
+    metadata = {
+        "format": FORMAT,
+        "format_version": str(version),
+        "config": json.dumps(config),
+        "sha256": fio.tensor_checksum(tensors),
+    }
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def test_detector_of_the_previous_format_loads_and_says_so(fitted, segmenter, tmp_path, caplog):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    _write_legacy(path, tensors, config, version=2)
+    images, _ = make_scenes(2, seed=3)
+    with caplog.at_level(logging.WARNING, logger="flowenedet"):
+        loaded = FlowEneDet.load(path, segmenter)
+    assert "save the detector again" in caplog.text
+    assert torch.equal(loaded.score(images).ood, fitted["U"].score(images).ood)
+    resaved = loaded.save(tmp_path / "resaved.safetensors")
+    assert fio.load_file(resaved, kind=FORMAT, version=FORMAT_VERSION)[2] == FORMAT_VERSION
+
+
 def test_detector_of_an_older_format_is_refused(fitted, segmenter, tmp_path):
     path = fitted["U"].save(tmp_path / "det.safetensors")
-    tensors, config = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
-    fio.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION - 1, config=config)
-    with pytest.raises(FormatError, match="version"):
+    tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    _write_legacy(path, tensors, config, version=1)
+    with pytest.raises(FormatError, match="version '1'"):
         FlowEneDet.load(path, segmenter)
 
 
@@ -46,7 +73,7 @@ def test_file_from_before_the_ood_smoothing_options_scores_as_it_did(fitted, seg
     det = copy.copy(fitted["U"])
     det.config = dataclasses.replace(det.config, smooth_kernel=3, ood_smooth_kernel=None)
     path = det.save(tmp_path / "det.safetensors")
-    tensors, config = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
     for name in ("ood_smooth_kernel", "ood_smooth_sigma", "ood_keep_peaks"):
         del config[name]
     fio.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=config)
@@ -84,7 +111,7 @@ def test_truncated_corrupted_and_foreign_files_are_refused(fitted, segmenter, tm
     foreign.write_text("not a tensor file")
     for bad, match in [
         (truncated, "not a readable"),
-        (corrupted, "corrupted"),
+        (corrupted, "damaged"),
         (foreign, "not a readable"),
     ]:
         with pytest.raises(FormatError, match=match):

@@ -74,7 +74,7 @@ def test_resume_with_other_length_is_refused(segmenter, train_loader, tmp_path):
     FlowEneDet(segmenter, variant="U").fit(
         train_loader[:2], steps=2, checkpoint=checkpoint, checkpoint_every=1, progress=False
     )
-    with pytest.raises(ValueError, match="fit of 2 steps"):
+    with pytest.raises(ValueError, match="steps: checkpoint 2, this fit 5"):
         FlowEneDet(segmenter, variant="U").fit(
             train_loader[:2], steps=5, checkpoint=checkpoint, resume=True, progress=False
         )

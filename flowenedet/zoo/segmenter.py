@@ -37,7 +37,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "flowenedet-segmenter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum covers the header too
+LEGACY_VERSIONS = (1,)  # the shipped weights; read, their header unprotected
 WEIGHTS_FILE = "digits.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,7 +143,10 @@ def _read_weights() -> tuple[dict[str, Tensor], dict[str, Any]]:
             "flowenedet or train them with `python -m benchmarks.train_segmenter`"
         )
     with importlib.resources.as_file(resource) as path:
-        return io.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+        tensors, card, _ = io.load_file(
+            path, kind=FORMAT, version=FORMAT_VERSION, legacy_versions=LEGACY_VERSIONS
+        )
+        return tensors, card
 
 
 def reference_card() -> dict[str, Any]:

@@ -1,0 +1,180 @@
+"""The detector's settings and the fit's options, each field with its type and range.
+
+Every value is checked in one place, :func:`check_field`, on construction and on every
+later assignment, whether it comes from a caller, a saved detector file or a training
+checkpoint. The bounds are far above anything a real detector uses and far below what
+could exhaust memory or time, so a crafted file can never make ``load()`` or ``score()``
+allocate or loop without bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .energy import INPUT_SETS
+
+__all__ = ["DetectorConfig", "FitOptions", "Spec", "check_field", "config_from_dict", "differences"]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one setting may hold.
+
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``; ``low`` / ``high`` bound numbers
+    (inclusive) and string lengths; ``choices`` lists allowed strings; ``odd`` asks for an
+    odd integer (a kernel with a centre tap); ``optional`` allows ``None``.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    odd: bool = False
+    optional: bool = False
+    pattern: re.Pattern[str] | None = None
+
+
+def setting(default: Any, spec: Spec) -> Any:
+    """A dataclass field with its :class:`Spec` in the field's metadata."""
+    return field(default=default, metadata={"spec": spec})
+
+
+def _kind_name(spec: Spec) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names[spec.kind] + (" or None" if spec.optional else "")
+
+
+def check_field(owner: str, name: str, value: Any, spec: Spec) -> Any:
+    """``value`` if it fits ``spec``, else ``TypeError`` (wrong type) or ``ValueError``
+    (out of range) naming ``owner.name``. Integers are accepted for float fields."""
+    where = f"{owner}.{name}"
+    if value is None:
+        if spec.optional:
+            return None
+        raise TypeError(f"{where} must be {_kind_name(spec)}; got None")
+    is_bool = isinstance(value, bool)
+    if spec.kind is bool:
+        ok = is_bool
+    elif spec.kind is float:
+        ok = isinstance(value, (int, float)) and not is_bool
+    else:
+        ok = isinstance(value, spec.kind) and not is_bool
+    if not ok:
+        raise TypeError(f"{where} must be {_kind_name(spec)}; got {value!r}")
+    if spec.kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite; got {value!r}")
+    if spec.kind is str:
+        if spec.choices is not None and value not in spec.choices:
+            raise ValueError(f"{where} must be one of {list(spec.choices)}; got {value!r}")
+        if spec.high is not None and len(value) > spec.high:
+            raise ValueError(f"{where} is {len(value)} characters long; at most {spec.high}")
+        if spec.pattern is not None and not spec.pattern.fullmatch(value):
+            raise ValueError(f"{where} must match {spec.pattern.pattern}; got {value!r}")
+        return value
+    if spec.kind in (int, float):
+        if (spec.low is not None and value < spec.low) or (
+            spec.high is not None and value > spec.high
+        ):
+            raise ValueError(
+                f"{where} must be in [{spec.low:g}, {spec.high:g}]; got {value!r}"
+                if spec.low is not None and spec.high is not None
+                else f"{where} is out of range: {value!r}"
+            )
+        if spec.odd and value % 2 != 1:
+            raise ValueError(f"{where} must be odd (a kernel with a centre pixel); got {value}")
+    return value
+
+
+class _Checked:
+    """Mixin for dataclasses whose fields carry a :class:`Spec`: every assignment, the
+    constructor's included, goes through :func:`check_field`."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        spec = _specs(type(self)).get(name)
+        if spec is None:
+            raise AttributeError(f"{type(self).__name__} has no setting {name!r}")
+        super().__setattr__(name, check_field(type(self).__name__, name, value, spec))
+
+
+def _specs(cls: type) -> dict[str, Spec]:
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+
+
+_SIZE = Spec(int, 0, 64)  # a post-processing size in map pixels
+
+
+@dataclass
+class DetectorConfig(_Checked):
+    """Everything needed to rebuild a detector; stored in the safetensors header."""
+
+    variant: str = setting("C", Spec(str, choices=("C", "U")))
+    inputs: str = setting("rich", Spec(str, choices=tuple(INPUT_SETS)))
+    num_classes: int | None = setting(None, Spec(int, 2, 100_000, optional=True))
+    feature_layer: str | None = setting(None, Spec(str, high=1000, optional=True))
+    feature_channels: int | None = setting(None, Spec(int, 1, 65_536, optional=True))
+    ignore_index: int = setting(255, Spec(int, -(2**31), 2**31 - 1))
+    pooled_channels: int = setting(32, Spec(int, 1, 256))
+    context_channels: int = setting(32, Spec(int, 1, 256))
+    num_blocks: int = setting(8, Spec(int, 1, 32))
+    hidden: int = setting(32, Spec(int, 1, 512))
+    boundary_width: int = setting(4, _SIZE)
+    boundary_iterations: int = setting(4, _SIZE)
+    ood_dilation: int = setting(6, Spec(int, 1, 32))
+    smooth_kernel: int = setting(7, Spec(int, 1, 63, odd=True))
+    # None: smooth_kernel (files before it existed)
+    ood_smooth_kernel: int | None = setting(None, Spec(int, 1, 63, odd=True, optional=True))
+    ood_smooth_sigma: float = setting(1.0, Spec(float, 0.05, 64.0))
+    ood_keep_peaks: bool = setting(False, Spec(bool))
+    ood_energy_weight: float = setting(1.5, Spec(float, -100.0, 100.0))
+    concurrent_energy_weight: float = setting(0.5, Spec(float, -100.0, 100.0))
+    chunk_pixels: int = setting(1 << 16, Spec(int, 1, 1 << 26))
+    seed: int = setting(0, Spec(int, 0, 2**63 - 1))
+    segmenter_fingerprint: str | None = setting(None, Spec(str, pattern=_HEX64, optional=True))
+
+
+@dataclass
+class FitOptions(_Checked):
+    """How :meth:`FlowEneDet.fit` trains; checked like :class:`DetectorConfig` and stored
+    in training checkpoints so a resumed fit must ask for the same."""
+
+    steps: int | None = setting(None, Spec(int, 1, 10**8, optional=True))
+    epochs: int = setting(1, Spec(int, 1, 10**6))
+    lr: float = setting(1e-3, Spec(float, 1e-8, 1.0))
+    pixels_per_image: int = setting(1024, Spec(int, 2, 1 << 24))
+    checkpoint_every: int = setting(500, Spec(int, 1, 10**8))
+
+
+def config_from_dict(cls: type, values: Any, source: str) -> Any:
+    """Build ``cls`` (a checked dataclass) from a JSON object read from ``source``.
+
+    Raises ``ValueError`` naming ``source`` for a non-object, unknown keys or any value
+    :func:`check_field` refuses (the caller wraps it in its own error type).
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{source}: settings must be a JSON object; got {type(values).__name__}")
+    unknown = set(values) - set(_specs(cls))
+    if unknown:
+        raise ValueError(f"{source} has unknown settings {sorted(unknown)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def differences(stored: Mapping[str, Any], requested: Mapping[str, Any], what: str) -> list[str]:
+    """``"<what> NAME: stored X, requested Y"`` for each key of ``requested`` whose value
+    differs from ``stored``'s (a key missing from ``stored`` differs too)."""
+    return [
+        f"{what} {name}: checkpoint {stored.get(name)!r}, this fit {value!r}"
+        for name, value in requested.items()
+        if name not in stored or stored[name] != value
+    ]
