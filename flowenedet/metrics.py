@@ -95,7 +95,9 @@ def _sorted_counts(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n_pos = int(np.count_nonzero(p_desc))
     _check_both(n_pos, p_desc.size - n_pos, task)
-    last = np.r_[np.flatnonzero(np.diff(s_desc)), s_desc.size - 1]
+    # distinct scores by comparison, not np.diff: inf - inf is NaN, so tied infinities
+    # would otherwise be split in input order
+    last = np.r_[np.flatnonzero(s_desc[1:] != s_desc[:-1]), s_desc.size - 1]
     tps = np.cumsum(p_desc, dtype=np.int64)[last]
     return tps, last + 1 - tps, s_desc[last]
 

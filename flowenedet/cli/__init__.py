@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except CLIError as error:
         message, code = str(error), error.code
-    except (FileNotFoundError, io.FormatError) as error:
+    except (OSError, io.FormatError) as error:  # files: missing, unwritable, damaged
         message, code = str(error), 2
-    except ValueError as error:
+    except (ValueError, FloatingPointError) as error:  # bad data, a mismatch, a diverged fit
         message, code = str(error), 1
     except KeyboardInterrupt:
         message, code = "interrupted", 130

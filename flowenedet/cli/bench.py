@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import benchmark
 from ..benchmark import FULL_BENCH, BenchConfig
-from .errors import CLIError
+from .errors import CLIError, require_output_dir
 
 __all__ = ["BENCH", "DEMO", "QUICK", "bench_config", "cmd_bench", "cmd_demo"]
 
@@ -68,6 +68,7 @@ def _run(
 ) -> int:
     """Run ``run(out, cfg)``; print the tables, the files written and the time taken."""
     cfg = bench_config(args, preset)
+    require_output_dir(args.out, "--out")
     missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
     if missing:  # fail before minutes of work, not at the first scene or figure
         raise _missing_extra(what, missing)

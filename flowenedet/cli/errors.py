@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLIError", "json_object", "require_file"]
+__all__ = [
+    "CLIError",
+    "json_object",
+    "require_file",
+    "require_output_dir",
+    "require_output_file",
+]
 
 
 class CLIError(Exception):
@@ -36,3 +43,42 @@ def require_file(path: str | None, option: str) -> None:
     """Fail early, before slow work, when the file given to ``option`` does not exist."""
     if path is not None and not Path(path).is_file():
         raise CLIError(f"{option} {path}: file not found")
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _require_writable_parent(path: Path, option: str) -> None:
+    above = _first_existing(path.parent)
+    if not above.is_dir():
+        raise CLIError(f"{option} {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK):
+        raise CLIError(f"{option} {path}: folder {above} is not writable")
+
+
+def require_output_file(path: str | None, option: str) -> None:
+    """Fail before slow work when ``option``'s output file cannot be written: a folder is
+    in its place, or its parent is a file or read-only."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CLIError(f"{option} {path}: is a folder; give a file name")
+    _require_writable_parent(target, option)
+
+
+def require_output_dir(path: str | None, option: str) -> None:
+    """Fail before slow work when ``option``'s output folder cannot be made or written."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise CLIError(f"{option} {path}: is a file; give a folder")
+    if target.is_dir():
+        if not os.access(target, os.W_OK):
+            raise CLIError(f"{option} {path}: folder is not writable")
+        return
+    _require_writable_parent(target, option)

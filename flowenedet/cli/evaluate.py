@@ -16,7 +16,7 @@ from ..detector import MAPS
 from ..hooks import SegmenterTap
 from ..metrics import PixelEvaluator, format_table
 from .dataset import build_dataset, make_loader
-from .errors import CLIError, require_file
+from .errors import CLIError, require_file, require_output_file
 from .segmenter import load_detector, load_segmenter, select_device
 
 __all__ = ["BASELINE_ROWS", "DEFAULT_BASELINES", "cmd_evaluate"]
@@ -64,16 +64,23 @@ def _calibrated_thresholds(path: str | None) -> dict[str, float]:
     require_file(path, "--thresholds-from")
     try:
         methods = json.loads(Path(path).read_text())["methods"]
-        return {k: v["threshold"] for k, v in methods.items() if v.get("threshold") is not None}
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        found = {k: v["threshold"] for k, v in methods.items() if v.get("threshold") is not None}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
         raise CLIError(
             f"--thresholds-from {path} is not a JSON written by evaluate: {error}"
         ) from None
+    for name, value in found.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise CLIError(
+                f"--thresholds-from {path}: the threshold of {name} is {value!r}, not a number"
+            )
+    return found
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the metric table (FlowEneDet and baselines) for a labelled dataset."""
     require_file(args.detector, "--detector")
+    require_output_file(args.json, "--json")
     calibrated = _calibrated_thresholds(args.thresholds_from)
     device = select_device(args.device)
     split = args.split or ("test" if args.dataset == "embedded" else None)

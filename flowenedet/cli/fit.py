@@ -12,7 +12,7 @@ from torch.utils.data import DistributedSampler
 
 from ..detector import FlowEneDet
 from .dataset import build_dataset, make_loader
-from .errors import CLIError, json_object
+from .errors import CLIError, json_object, require_output_file
 from .segmenter import load_segmenter, select_device
 
 __all__ = ["cmd_fit"]
@@ -42,6 +42,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     """Fit a detector on the segmenter's training data and write it as safetensors."""
     if args.resume and not args.checkpoint:
         raise CLIError("--resume needs --checkpoint PATH")
+    require_output_file(args.out, "--out")
+    require_output_file(args.checkpoint, "--checkpoint")
     options = json_object(args.detector_kwargs, "--detector-kwargs")
     rank, world, device = _start_distributed(select_device(args.device))
     if rank == 0 and args.resume and not Path(args.checkpoint).is_file():
@@ -60,7 +62,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             options["feature_layer"] = args.feature_layer
         try:
             detector = FlowEneDet(segmenter, **options)
-        except TypeError as error:
+        except (TypeError, ValueError) as error:
             raise CLIError(f"--detector-kwargs: {error}") from None
         detector.fit(
             loader,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from .evaluate import DEFAULT_BASELINES, cmd_evaluate
 from .fit import cmd_fit
 from .score import cmd_score
 
-__all__ = ["COMMANDS", "build_parser", "positive_int"]
+__all__ = ["COMMANDS", "build_parser", "non_negative_int", "positive_int"]
 
 Option = tuple[str, dict[str, Any]]
 
@@ -27,6 +28,35 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _number_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(
+                f"expected a number in [{low:g}, {high:g}]; got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
     return value
 
 
@@ -62,13 +92,26 @@ DATA_OPTIONS: list[Option] = [
     ("--label-suffix", {"default": ".png", "metavar": "SUFFIX", "help": "default: .png"}),
     (
         "--scenes",
-        {"type": int, "default": 500, "metavar": "N", "help": "embedded: number of scenes (500)"},
+        {
+            "type": positive_int,
+            "default": 500,
+            "metavar": "N",
+            "help": "embedded: number of scenes (500)",
+        },
     ),
     ("--size", {"type": int, "nargs": "+", "metavar": "N", "help": "resize: H W or shorter side"}),
-    ("--batch-size", {"type": int, "metavar": "N", "help": "default: 8 (fit), 1 (evaluate)"}),
+    (
+        "--batch-size",
+        {"type": positive_int, "metavar": "N", "help": "default: 8 (fit), 1 (evaluate)"},
+    ),
     (
         "--workers",
-        {"type": int, "default": 0, "metavar": "N", "help": "data loading processes (default 0)"},
+        {
+            "type": non_negative_int,
+            "default": 0,
+            "metavar": "N",
+            "help": "data loading processes (default 0)",
+        },
     ),
     SEED,
 ]
@@ -77,7 +120,7 @@ DETECTOR_OPTIONS: list[Option] = [
     (
         "--scales",
         {
-            "type": float,
+            "type": _number_in(0.05, 4.0),
             "nargs": "+",
             "default": [1.0],
             "metavar": "S",
@@ -96,13 +139,23 @@ FIT_OPTIONS: list[Option] = [
     ("--detector-kwargs", {"metavar": "JSON", "help": "more DetectorConfig fields"}),
     (
         "--steps",
-        {"type": int, "metavar": "N", "help": "optimizer steps (default: --epochs passes)"},
+        {
+            "type": positive_int,
+            "metavar": "N",
+            "help": "optimizer steps (default: --epochs passes)",
+        },
     ),
-    ("--epochs", {"type": int, "default": 1, "metavar": "N", "help": "default: 1"}),
-    ("--lr", {"type": float, "default": 1e-3, "help": "default: 1e-3"}),
-    ("--pixels-per-image", {"type": int, "default": 1024, "metavar": "N", "help": "default: 1024"}),
+    ("--epochs", {"type": positive_int, "default": 1, "metavar": "N", "help": "default: 1"}),
+    ("--lr", {"type": _number_in(1e-8, 1.0), "default": 1e-3, "help": "default: 1e-3"}),
+    (
+        "--pixels-per-image",
+        {"type": positive_int, "default": 1024, "metavar": "N", "help": "default: 1024"},
+    ),
     ("--checkpoint", {"metavar": "FILE", "help": "write training checkpoints here"}),
-    ("--checkpoint-every", {"type": int, "default": 500, "metavar": "N", "help": "default: 500"}),
+    (
+        "--checkpoint-every",
+        {"type": positive_int, "default": 500, "metavar": "N", "help": "default: 500"},
+    ),
     ("--resume", {"action": "store_true", "help": "continue from --checkpoint if it exists"}),
 ]
 SCORE_OPTIONS: list[Option] = [
@@ -113,7 +166,10 @@ SCORE_OPTIONS: list[Option] = [
         "--colormap",
         {"default": "inferno", "metavar": "NAME", "help": "matplotlib colormap (default inferno)"},
     ),
-    ("--alpha", {"type": float, "default": 0.6, "help": "overlay opacity at score 1"}),
+    (
+        "--alpha",
+        {"type": _number_in(0.0, 1.0), "default": 0.6, "help": "overlay opacity at score 1"},
+    ),
     ("--recursive", {"action": "store_true", "help": "look for images in subfolders too"}),
     SEED,
 ]
@@ -130,7 +186,10 @@ EVALUATE_OPTIONS: list[Option] = [
             "help": f"of {', '.join(BASELINES)}",
         },
     ),
-    ("--histogram-bins", {"type": int, "metavar": "N", "help": "histogram metrics (see below)"}),
+    (
+        "--histogram-bins",
+        {"type": positive_int, "metavar": "N", "help": "histogram metrics (see below)"},
+    ),
     ("--thresholds-from", {"metavar": "JSON", "help": "evaluate JSON of a validation split"}),
     ("--json", {"metavar": "FILE", "help": "also write the results as JSON"}),
 ]

@@ -12,9 +12,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .. import io
+from ..data.files import load_image
 from ..detector import MAPS
 from .dataset import normalise
-from .errors import CLIError, require_file
+from .errors import CLIError, require_file, require_output_dir
 from .segmenter import load_detector, load_segmenter, select_device
 
 __all__ = ["IMAGE_EXTENSIONS", "cmd_score"]
@@ -77,6 +78,7 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 def cmd_score(args: argparse.Namespace) -> int:
     """Write IDM / OOD heat maps, overlays and float16 arrays for images."""
     require_file(args.detector, "--detector")
+    require_output_dir(args.out, "--out")
     items = _input_images(args.inputs, args.recursive)
     heat = _colormap(args.colormap) if "png" in args.format else None
     device = select_device(args.device)
@@ -84,10 +86,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     out = Path(args.out)
     for name, path in tqdm(items, desc="scoring", unit="image", disable=not args.progress):
         try:
-            with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"))
-        except OSError as error:
-            raise CLIError(f"input {path} is not a readable image: {error}") from None
+            rgb = np.asarray(load_image(path, "input").convert("RGB"))
+        except ValueError as error:
+            raise CLIError(str(error)) from None
         image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0
         maps = detector.score(normalise(image, args.mean, args.std).to(device), scales=args.scales)
         arrays = {kind: getattr(maps, kind)[0].float().cpu().numpy() for kind in MAPS}

@@ -36,23 +36,31 @@ def import_factory(spec: str) -> Callable[..., Any]:
         path = Path(module_name)
         if not path.is_file():
             raise CLIError(f"--model {spec}: file {path} not found")
-        module_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        if os.getcwd() not in sys.path:  # console scripts do not see the working directory
-            sys.path.insert(0, os.getcwd())
-        try:
+    elif os.getcwd() not in sys.path:  # console scripts do not see the working directory
+        sys.path.insert(0, os.getcwd())
+    try:
+        if module_name.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
             module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise CLIError(
-                f"--model {spec}: cannot import module {module_name!r}: {error}"
-            ) from None
+    except Exception as error:  # a user's module can fail to import in any way
+        raise CLIError(
+            f"--model {spec}: cannot import module {module_name!r}: "
+            f"{type(error).__name__}: {_first_line(error)}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         what = "has no attribute" if factory is None else "has a non-callable"
         raise CLIError(f"--model {spec}: module {module_name!r} {what} {attr!r}")
     return factory
+
+
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (torch's can run to a page)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -68,7 +76,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     except Exception as error:  # safetensors and unpickling errors have many types
         raise CLIError(
             f"--weights {path} cannot be read as a plain state dict (safetensors, or torch.load "
-            f"with weights_only=True): {error}"
+            f"with weights_only=True): {_first_line(error)}"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -119,7 +127,9 @@ def load_segmenter(args: argparse.Namespace, device: torch.device) -> nn.Module:
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            raise CLIError(f"--weights {args.weights} do not fit the model: {error}") from None
+            raise CLIError(
+                f"--weights {args.weights} do not fit the model: {_first_line(error)}"
+            ) from None
     elif args.timm:
         logger.warning("--timm %s without --weights: the segmenter has random weights", args.timm)
     return model.to(device).eval()

@@ -19,7 +19,15 @@ from torch.utils.data import Dataset
 
 from flowenedet.labels import IGNORE_INDEX
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderDataset", "Item", "SegmentationFiles", "Size", "Transform"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "FolderDataset",
+    "Item",
+    "SegmentationFiles",
+    "Size",
+    "Transform",
+    "load_image",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,18 @@ def stem_pairs(
             label = label_dir / rel.parent / f"{rel.name}{suffix}"
             items.append(label_pair(dataset, rel.as_posix(), image, label))
     return sorted_items(items)
+
+
+def load_image(path: str | Path, what: str = "image") -> Image.Image:
+    """The decoded image file at ``path``; ``ValueError`` naming it when it is not a readable
+    image (truncated, corrupt, of an unknown format, or a decompression bomb larger than
+    PIL's ``Image.MAX_IMAGE_PIXELS``)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{what} {path} is not a readable image: {error}") from None
 
 
 class SegmentationFiles(Dataset):
@@ -136,17 +156,16 @@ class SegmentationFiles(Dataset):
 
     def _read_image(self, index: int) -> np.ndarray:
         """The image as uint8 ``(H, W, 3)``."""
-        with Image.open(self.files[index]) as img:
-            return np.asarray(img.convert("RGB"))
+        return np.asarray(load_image(self.files[index]).convert("RGB"))
 
     def _read_label(self, path: Path) -> np.ndarray:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
-                raise ValueError(
-                    f"label file {path} has image mode {img.mode} but a single-channel label map "
-                    "(mode L, P or I) was expected; colour visualisations cannot be used as labels"
-                )
-            return np.asarray(img).astype(np.int64)
+        img = load_image(path, "label file")
+        if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
+            raise ValueError(
+                f"label file {path} has image mode {img.mode} but a single-channel label map "
+                "(mode L, P or I) was expected; colour visualisations cannot be used as labels"
+            )
+        return np.asarray(img).astype(np.int64)
 
     def _map_labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Map the raw label values of one file to our convention, ``(H, W)`` int64."""
