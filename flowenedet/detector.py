@@ -525,8 +525,9 @@ class FlowEneDet:
 
 def _passes(raw_batches: Callable[[], Iterator[Any]]) -> Iterator[Any]:
     """The loader's batches, pass after pass, endlessly; a pass that yields nothing (a
-    loader that can be read only once) is an error, never an endless loop."""
-    passes = 0
+    loader that can be read only once) is an error, never an endless loop. Pass 1 was
+    the statistics pass."""
+    passes = 1
     while True:
         passes += 1
         empty = True

@@ -1,4 +1,6 @@
 import copy
+import math
+import threading
 
 import pytest
 import torch
@@ -338,3 +340,136 @@ def test_prediction_upsampling_in_class_groups_equals_full_upsampling():
     logits = torch.randn(2, 19, 13, 17)
     full = F.interpolate(logits, size=(52, 68), mode="bilinear", align_corners=False)
     assert torch.equal(upsampled_argmax(logits, (52, 68)), full.argmax(1))
+
+
+# ---------------------------------------------------------------- hostile arguments
+def _finishes(function, seconds=60):
+    """Run ``function`` in a thread; fail the test if it is still running after ``seconds``
+    (a hang), else return what it raised (or None)."""
+    outcome = {}
+
+    def run():
+        try:
+            function()
+        except Exception as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s: it hangs"
+    return outcome.get("error")
+
+
+@pytest.mark.parametrize(
+    "make_loader",
+    [lambda batches: (b for b in batches), lambda batches: iter(batches)],
+    ids=["generator", "iterator"],
+)
+def test_one_shot_loaders_get_a_clear_error_not_a_hang(segmenter, train_loader, make_loader):
+    for options in ({"epochs": 2}, {"steps": 3}):
+        det = FlowEneDet(segmenter, variant="U")
+        error = _finishes(
+            lambda det=det, options=options: det.fit(
+                make_loader(train_loader[:2]), progress=False, **options
+            )
+        )
+        assert isinstance(error, TypeError) and "one-shot iterator" in str(error)
+
+
+def test_a_loader_that_runs_dry_after_one_pass_is_an_error(segmenter, train_loader):
+    class OncePerLife:
+        def __init__(self):
+            self.used = False
+
+        def __iter__(self):
+            batches = [] if self.used else train_loader[:2]
+            self.used = True
+            return iter(batches)
+
+    det = FlowEneDet(segmenter, variant="U")
+    error = _finishes(lambda: det.fit(OncePerLife(), steps=3, progress=False))
+    assert isinstance(error, ValueError) and "no batches on pass 2" in str(error)
+
+
+@pytest.mark.parametrize("lr", [math.inf, 1e6, 0.0])
+def test_a_meaningless_learning_rate_is_refused_before_fitting(fresh, train_loader, lr):
+    with pytest.raises(ValueError, match=r"FitOptions\.lr"):
+        fresh.fit(train_loader[:1], steps=2, lr=lr, progress=False)
+
+
+def test_a_fit_whose_loss_explodes_stops_with_the_likely_cause(fresh, train_loader, monkeypatch):
+    import flowenedet.training as training
+
+    real = training.hit_miss_loss
+    calls = []
+
+    def exploding(log_prob, miss):  # the loss of a diverged flow at its second step
+        calls.append(1)
+        return real(log_prob, miss) * (1.0 if len(calls) == 1 else 1e21)
+
+    monkeypatch.setattr(training, "hit_miss_loss", exploding)
+    with pytest.raises(FloatingPointError, match=r"diverged.*learning rate"):
+        fresh.fit(train_loader[:2], steps=4, progress=False)
+    assert fresh.stats is None  # nothing half-fitted is left to score with
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"pixels_per_image": 0}, "pixels_per_image"),
+        ({"pixels_per_image": -3}, "pixels_per_image"),
+        ({"checkpoint_every": 0}, "checkpoint_every"),
+        ({"steps": 2.5}, "steps"),
+        ({"steps": 0}, "steps"),
+        ({"epochs": 0}, "epochs"),
+    ],
+)
+def test_meaningless_fit_options_are_refused(fresh, train_loader, options, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        fresh.fit(train_loader[:1], progress=False, **options)
+
+
+def test_fit_logits_batch_size_must_be_positive(fresh):
+    logits = torch.randn(2, NUM_CLASSES, 8, 8)
+    labels = torch.randint(0, NUM_CLASSES, (2, 8, 8))
+    for size in (0, -1, 1.5):
+        with pytest.raises((TypeError, ValueError), match="batch_size"):
+            fresh.fit_logits(logits, labels, batch_size=size, progress=False)
+
+
+@pytest.mark.parametrize("scales", [(0.0,), (-1.0,), (), (math.nan,), (100.0,), "1", 1.0])
+def test_meaningless_scales_are_refused(fitted, scales):
+    with pytest.raises((TypeError, ValueError), match="scales"):
+        fitted["U"].score(torch.rand(1, 3, 32, 32), scales=scales)
+
+
+@pytest.mark.parametrize("size", [(0, 0), (-4, 8), (2.5, 8), (8,), (1 << 20, 8)])
+def test_meaningless_output_sizes_are_refused(fitted, size):
+    with pytest.raises((TypeError, ValueError), match="size"):
+        fitted["U"].score_logits(torch.randn(1, NUM_CLASSES, 8, 8), size=size)
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_images_with_the_wrong_channel_count_are_explained(fitted, channels):
+    with pytest.raises(ValueError, match=f"images have {channels} channels .* expects 3"):
+        fitted["U"].score(torch.rand(1, channels, 32, 32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_images_of_other_float_dtypes_score_as_float32(fitted, dtype):
+    images, _ = make_scenes(2, seed=4)
+    expected = fitted["C"].score(images.to(dtype).float())  # the same values, in float32
+    maps = fitted["C"].score(images.to(dtype))
+    assert torch.equal(maps.idm, expected.idm) and torch.equal(maps.ood, expected.ood)
+
+
+def test_images_that_overflow_the_segmenter_give_an_error_not_nan_maps(fitted):
+    images, _ = make_scenes(1, seed=4)
+    for scale in (1e30, 1e6):
+        try:
+            maps = fitted["C"].score(images * scale)
+        except ValueError as error:
+            assert "logits" in str(error) or "maps are not finite" in str(error)
+        else:
+            assert all(torch.isfinite(getattr(maps, k)).all() for k in ("idm", "ood", "concurrent"))
