@@ -372,3 +372,18 @@ def test_bad_inputs_raise_clear_errors() -> None:
         make_baseline("odin", model)
     with pytest.raises(TypeError, match=r"nn\.Module"):
         MSP(lambda x: x)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["msp", "maxlogit", "energy", "entropy", "sml"])
+def test_non_finite_logits_are_refused_as_the_detector_refuses_them(name: str) -> None:
+    from flowenedet import FlowEneDet
+
+    logits = torch.randn(1, 4, 3, 3)
+    logits[0, 1, 1, 1] = float("nan")
+    stats = {"mean": torch.zeros(4), "var": torch.ones(4)} if name == "sml" else {}
+    with pytest.raises(ValueError, match="logits contains 1 NaN or infinite"):
+        make_baseline(name, make_model(), **stats).score_logits(logits)
+    with pytest.raises(ValueError, match="logits contains 1 NaN or infinite"):
+        FlowEneDet(make_model(), variant="U").fit_logits(
+            logits, torch.zeros(1, 3, 3, dtype=torch.long), progress=False
+        )

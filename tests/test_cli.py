@@ -7,7 +7,9 @@ import copy
 import importlib.resources
 import json
 import runpy
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,20 @@ def ws(one_thread, tmp_path_factory, segmenter):
         code = main([*argv, "--out", str(paths["det"]), "--no-progress", "--device", "cpu"])
         assert code == 0
         yield paths
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def _model(ws, weights: str = "toy.safetensors") -> list[str]:
@@ -227,7 +243,81 @@ def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
     score = ["score", str(ws["test"][0]), "--out", str(root / "x")]
     fit = ["fit", *_model(ws), "--folder", str(ws["train"][0]), "--labels", str(ws["train"][1])]
     (root / "broken.safetensors").write_bytes(b"not a detector at all")
+    (root / "broken_model.py").write_text("def build(:\n    pass\n")
+    (root / "garbage.pt").write_bytes(b"\x80\x04garbage that is no checkpoint")
+    (root / "thresholds.json").write_text('{"methods": {"MSP": {"threshold": "high"}}}')
+    bomb = root / "bomb.png"
+    bomb.write_bytes(_png_header(40_000, 40_000))
+    labels = root / "bad_labels"
+    if not labels.exists():
+        labels.mkdir()
+        for path in sorted(ws["test"][1].iterdir()):
+            (labels / path.name).write_bytes(path.read_bytes())
+        first = sorted(labels.iterdir())[0]
+        first.write_bytes(first.read_bytes()[:60])  # a truncated PNG
+    evaluate = ["evaluate", "--detector", det, *_model(ws), "--folder", str(ws["test"][0])]
     return {
+        "fit out is a folder": ([*fit, "--out", str(root)], 2, "is a folder"),
+        "score out is a file": (
+            ["score", str(ws["test"][0]), "--out", det, "--detector", det, *_model(ws)],
+            2,
+            "is a file",
+        ),
+        "evaluate json is a folder": (
+            [*evaluate, "--labels", str(ws["test"][1]), "--json", str(root)],
+            2,
+            "is a folder",
+        ),
+        "demo out is a file": (["demo", "--out", det], 2, "is a file"),
+        "checkpoint every 0": (
+            [*fit, "--out", str(root / "d.safetensors"), "--checkpoint-every", "0"],
+            2,
+            "positive integer",
+        ),
+        "detector kwargs of the wrong type": (
+            [
+                *fit,
+                "--out",
+                str(root / "d.safetensors"),
+                "--detector-kwargs",
+                '{"num_blocks": "x"}',
+            ],
+            2,
+            "num_blocks",
+        ),
+        "corrupt label png": ([*evaluate, "--labels", str(labels)], 1, "not a readable image"),
+        "decompression bomb": (
+            ["score", str(bomb), "--out", str(root / "x"), "--detector", det, *_model(ws)],
+            2,
+            "not a readable image",
+        ),
+        "non-numeric threshold": (
+            [
+                *evaluate,
+                "--labels",
+                str(ws["test"][1]),
+                "--thresholds-from",
+                str(root / "thresholds.json"),
+            ],
+            2,
+            "not a number",
+        ),
+        "syntax error in the model module": (
+            [*score, "--detector", det, "--model", "broken_model:build"],
+            2,
+            "SyntaxError",
+        ),
+        "unreadable weights": (
+            [*score, "--detector", det, "--model", FACTORY, "--weights", str(root / "garbage.pt")],
+            2,
+            "garbage.pt",
+        ),
+        "zero scale": ([*score, "--detector", det, *_model(ws), "--scales", "0"], 2, "--scales"),
+        "overlay alpha above one": (
+            [*score, "--detector", det, *_model(ws), "--alpha", "5"],
+            2,
+            "--alpha",
+        ),
         "missing detector": (
             [*score, "--detector", str(root / "nope.safetensors"), *_model(ws)],
             2,
@@ -290,6 +380,19 @@ def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
 @pytest.mark.parametrize(
     "case",
     [
+        "fit out is a folder",
+        "score out is a file",
+        "evaluate json is a folder",
+        "demo out is a file",
+        "checkpoint every 0",
+        "detector kwargs of the wrong type",
+        "corrupt label png",
+        "decompression bomb",
+        "non-numeric threshold",
+        "syntax error in the model module",
+        "unreadable weights",
+        "zero scale",
+        "overlay alpha above one",
         "missing detector",
         "missing weights",
         "missing input",
@@ -312,6 +415,19 @@ def test_expected_errors_give_a_message_and_exit_status_not_a_traceback(ws, caps
     assert code == status
     assert "error:" in stderr and needle in stderr
     assert "Traceback" not in stderr + stdout
+    message = stderr[stderr.rindex("error:") :].strip()
+    assert "\n" not in message  # one line
+
+
+def test_output_paths_are_checked_before_any_fitting(ws, capsys, monkeypatch):
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fit ran although --out could never be written")
+
+    monkeypatch.setattr(FlowEneDet, "fit", no_fit)
+    monkeypatch.syspath_prepend(str(ws["root"]))
+    argv, status, needle = _error_cases(ws)["fit out is a folder"]
+    code, _, stderr = _run(capsys, argv)
+    assert code == status and needle in stderr
 
 
 @pytest.mark.parametrize("command", ["fit", "score", "evaluate", "demo", "bench"])

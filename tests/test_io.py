@@ -3,6 +3,10 @@ import dataclasses
 import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -159,3 +163,47 @@ def test_fed_u_with_a_named_feature_layer_round_trips(segmenter, train_loader, t
     det = FlowEneDet(segmenter, variant="U", feature_layer="classifier:input")
     path = det.fit(train_loader[:2], steps=2, progress=False).save(tmp_path / "u.safetensors")
     assert FlowEneDet.load(path, segmenter).config.variant == "U"
+
+
+def test_temporaries_of_killed_writes_are_removed_by_the_next_save(fitted, tmp_path):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host = socket.gethostname()
+    stale = tmp_path / f".det.safetensors.{host}.{dead}.abc123.tmp"  # a kill -9 mid-write
+    stale.write_bytes(b"half a file")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    ours = tmp_path / f".det.safetensors.{host}.{os.getpid()}.live.tmp"  # a write in progress
+    ours.write_bytes(b"being written")
+    fresh_dead = tmp_path / f".det.safetensors.{host}.{dead}.new.tmp"  # too recent to judge
+    fresh_dead.write_bytes(b"x")
+    other = tmp_path / ".other.safetensors.x.1.tmp"  # another file's: not ours to touch
+    other.write_bytes(b"x")
+    os.utime(other, (old, old))
+    fitted["U"].save(path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert stale.name not in left
+    assert {ours.name, fresh_dead.name, other.name, path.name} == set(left)
+
+
+def test_a_full_disk_is_an_os_error_naming_the_path(fitted, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(tensors, filename, metadata=None):
+        raise SafetensorError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(fio, "save_file", full)
+    target = tmp_path / "det.safetensors"
+    with pytest.raises(OSError, match=f"cannot write {target}.*No space left"):
+        fitted["U"].save(target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_onto_a_folder_is_an_os_error(fitted, tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        fitted["U"].save(tmp_path)

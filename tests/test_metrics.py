@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -351,3 +352,16 @@ def test_format_table_shows_percentages_with_two_decimals():
     assert lines[3].split("|")[-2].strip() == "-"  # FlowEneDet has no mIoU
     only_idm = format_table({"MSP": rows["MSP"]}).splitlines()[0]
     assert "OOD" not in only_idm and "IDM AUROC" in only_idm
+
+
+def test_tied_infinite_scores_are_one_group_whatever_their_order():
+    # two +inf (one positive, one negative) above a finite negative and a -inf positive
+    scores = np.array([np.inf, np.inf, 0.5, -np.inf])
+    positives = np.array([True, False, False, True])
+    reference = roc_auc_score(positives, np.array([9.0, 9.0, 0.5, -9.0]))
+    for order in itertools.permutations(range(4)):
+        order = list(order)
+        assert auroc(scores[order], positives[order]) == pytest.approx(reference)
+        assert average_precision(scores[order], positives[order]) == pytest.approx(
+            average_precision_score(positives, np.array([9.0, 9.0, 0.5, -9.0]))
+        )

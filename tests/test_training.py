@@ -80,6 +80,78 @@ def test_resume_with_other_length_is_refused(segmenter, train_loader, tmp_path):
         )
 
 
+@pytest.fixture
+def checkpoint_of_u(segmenter, train_loader, tmp_path):
+    """A finished 4-step FED-U fit's checkpoint."""
+    checkpoint = tmp_path / "u.ckpt.safetensors"
+    FlowEneDet(segmenter, variant="U").fit(
+        train_loader[:2], steps=4, checkpoint=checkpoint, checkpoint_every=2, progress=False
+    )
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    ("config", "fit", "match"),
+    [
+        ({"variant": "C"}, {}, "setting variant: checkpoint 'U', this fit 'C'"),
+        ({"variant": "U", "hidden": 16}, {}, "setting hidden: checkpoint 32, this fit 16"),
+        ({"variant": "U"}, {"lr": 1e-2}, "fit option lr"),
+        ({"variant": "U"}, {"pixels_per_image": 64}, "fit option pixels_per_image"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_fit(
+    segmenter, train_loader, checkpoint_of_u, config, fit, match
+):
+    with pytest.raises(ValueError, match=match):
+        FlowEneDet(segmenter, **config).fit(
+            train_loader[:2],
+            steps=4,
+            checkpoint=checkpoint_of_u,
+            resume=True,
+            progress=False,
+            **fit,
+        )
+
+
+def test_resume_refuses_a_checkpoint_of_another_segmenter(train_loader, checkpoint_of_u, segmenter):
+    other = ToySegmenter()  # same architecture, other weights
+    other.load_state_dict(segmenter.state_dict())
+    with torch.no_grad():
+        other.classifier.bias += 0.5
+    with pytest.raises(ValueError, match="the segmenter"):
+        FlowEneDet(other, variant="U").fit(
+            train_loader[:2], steps=4, checkpoint=checkpoint_of_u, resume=True, progress=False
+        )
+
+
+def test_resume_with_the_same_fit_is_accepted(segmenter, train_loader, checkpoint_of_u):
+    det = FlowEneDet(segmenter, variant="U").fit(
+        train_loader[:2], steps=4, checkpoint=checkpoint_of_u, resume=True, progress=False
+    )
+    assert det.stats is not None and det.config.variant == "U"
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        ({"step": 100, "total_steps": 6}, "step 100 of 6"),
+        ({"step": -1}, "step -1 of 4"),
+        ({"step": "2"}, "not an integer"),
+        ({"total_steps": 10**12}, "of 1000000000000"),
+        ({"param_groups": "x"}, "param_groups"),
+    ],
+)
+def test_a_checkpoint_claiming_impossible_progress_is_refused(checkpoint_of_u, header, match):
+    from flowenedet.checkpoint import KIND, VERSION
+
+    tensors, config, _ = fio.load_file(checkpoint_of_u, kind=KIND, version=VERSION)
+    fio.save_file_atomic(
+        checkpoint_of_u, tensors, kind=KIND, version=VERSION, config={**config, **header}
+    )
+    with pytest.raises(fio.FormatError, match=match):
+        load_checkpoint(checkpoint_of_u)
+
+
 def test_pixel_sampling_is_balanced_and_within_valid_pixels():
     g = torch.Generator().manual_seed(0)
     valid = torch.rand(2, 20, 20, generator=g) > 0.2
