@@ -18,7 +18,18 @@ from typing import Any
 
 from .energy import INPUT_SETS
 
-__all__ = ["DetectorConfig", "FitOptions", "Spec", "check_field", "config_from_dict", "differences"]
+__all__ = [
+    "POSTPROCESS_MODES",
+    "PRESETS",
+    "TTA_SCALES",
+    "DetectorConfig",
+    "FitOptions",
+    "Spec",
+    "check_field",
+    "config_from_dict",
+    "differences",
+    "preset",
+]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -109,7 +120,13 @@ def _specs(cls: type) -> dict[str, Spec]:
     return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
 
 
-_SIZE = Spec(int, 0, 64)  # a post-processing size in map pixels
+_SIZE = Spec(int, 0, 64)  # a post-processing size in pixels
+POSTPROCESS_MODES = ("logit-pixels", "image-pixels", "image-pixels-at-logits")
+"""Where post-processing runs and in which unit its sizes are: at logit resolution with
+sizes in logit pixels (flowenedet 0.1); at image resolution with sizes in image pixels
+(the reference release); sizes in image pixels, divided by the measured ``stride`` and
+applied at logit resolution."""
+TTA_SCALES = (1.0, 0.5, 0.25)  # the reference release's test-time scales
 
 
 @dataclass
@@ -139,6 +156,14 @@ class DetectorConfig(_Checked):
     chunk_pixels: int = setting(1 << 16, Spec(int, 1, 1 << 26))
     seed: int = setting(0, Spec(int, 0, 2**63 - 1))
     segmenter_fingerprint: str | None = setting(None, Spec(str, pattern=_HEX64, optional=True))
+    # the reference release's options (docs/method.md, "Reproducing the paper")
+    void_as_miss: bool = setting(False, Spec(bool))
+    loss_weighting: str = setting("balanced", Spec(str, choices=("balanced", "prevalence")))
+    prior: str = setting("equal", Spec(str, choices=("equal", "measured", "learned")))
+    coupling: str = setting("pixel", Spec(str, choices=("pixel", "conv")))
+    postprocess: str = setting("logit-pixels", Spec(str, choices=POSTPROCESS_MODES))
+    stride: float | None = setting(None, Spec(float, 0.01, 256.0, optional=True))
+    tta: bool = setting(False, Spec(bool))
 
 
 @dataclass
@@ -151,6 +176,56 @@ class FitOptions(_Checked):
     lr: float = setting(1e-3, Spec(float, 1e-8, 1.0))
     pixels_per_image: int = setting(1024, Spec(int, 2, 1 << 24))
     checkpoint_every: int = setting(500, Spec(int, 1, 10**8))
+    # None: 5 % of the fit / one decay at 80 % of it; the release: 4000 / every 15000
+    warmup_steps: int | None = setting(None, Spec(int, 0, 10**8, optional=True))
+    decay_every: int | None = setting(None, Spec(int, 1, 10**8, optional=True))
+    weight_decay: float = setting(1e-4, Spec(float, 0.0, 1.0))
+
+
+# The reference release (UAI 2023), as audited in docs/method.md: every option of it that
+# keeps an exact per-pixel likelihood. Its single-Gaussian base is not a class-conditional
+# density and is not reproduced; the hit / miss mixture stands in for it.
+_PAPER = {
+    "inputs": "energy",
+    "void_as_miss": True,
+    "loss_weighting": "prevalence",
+    "prior": "learned",
+    "coupling": "conv",
+    "postprocess": "image-pixels",
+    "boundary_width": 4,
+    "boundary_iterations": 4,
+    "smooth_kernel": 7,
+    "ood_smooth_kernel": 7,
+    "ood_smooth_sigma": 1.0,
+    "ood_dilation": 6,
+    "ood_keep_peaks": False,
+    "ood_energy_weight": 0.0,
+    "concurrent_energy_weight": 0.0,
+    "tta": True,
+}
+_PAPER_FIT = {
+    "steps": 50_000,
+    "lr": 1e-3,
+    "warmup_steps": 4000,
+    "decay_every": 15_000,
+    "weight_decay": 0.01,
+}
+PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "default": ({}, {}),
+    "paper-deeplabv3plus": ({**_PAPER, "num_blocks": 4}, _PAPER_FIT),
+    "paper-segformer": ({**_PAPER, "num_blocks": 8}, _PAPER_FIT),
+}
+"""Name -> (``DetectorConfig`` values, ``FitOptions`` values). A preset is only a named set
+of values: anything it sets can be overridden, and a saved detector stores the resolved
+settings, never the preset's name."""
+
+
+def preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``(config, fit options)`` values of preset ``name`` (copies)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {name!r}")
+    config, fit = PRESETS[name]
+    return dict(config), dict(fit)
 
 
 def config_from_dict(cls: type, values: Any, source: str) -> Any:

@@ -17,19 +17,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import config as presets
 from . import io, storage
 from .checkpoint import load_checkpoint
 from .checks import check_images, check_labels, check_logits, unpack_batch
-from .config import DetectorConfig, FitOptions, Spec, check_field, config_from_dict, differences
-from .energy import INPUT_SETS, MIN_VARIANCE, flow_inputs
-from .flow import EnergyFlow, pool_feature_channels
-from .hooks import SegmenterTap, find_classifier, segmenter_device
-from .postprocess import (
-    gaussian_smooth,
-    resize,
-    suppress_boundaries,
-    upsampled_argmax,
+from .config import (
+    TTA_SCALES,
+    DetectorConfig,
+    FitOptions,
+    Spec,
+    check_field,
+    config_from_dict,
+    differences,
 )
+from .energy import INPUT_SETS, MIN_VARIANCE, flow_inputs
+from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
+from .hooks import SegmenterTap, find_classifier, segmenter_device
+from .postprocess import Gaussian, convert_boundary, resize, suppress_boundaries, upsampled_argmax
 from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
 from .training import (
     balanced_pixel_sample,
@@ -37,6 +41,7 @@ from .training import (
     miss_targets,
     pooled_mean_std,
     train_flow,
+    uniform_pixel_sample,
 )
 
 __all__ = ["DetectorConfig", "FitOptions", "FlowEneDet", "Scores", "Stats"]
@@ -95,11 +100,12 @@ class FlowEneDet:
         self,
         segmenter: nn.Module,
         *,
-        variant: str = "C",
-        inputs: str = "rich",
+        preset: str = "default",
+        variant: str | None = None,
+        inputs: str | None = None,
         feature_layer: str | None = None,
         num_classes: int | None = None,
-        ignore_index: int = 255,
+        ignore_index: int | None = None,
         **config: Any,
     ) -> None:
         if not isinstance(segmenter, nn.Module):
@@ -107,15 +113,18 @@ class FlowEneDet:
         unknown = set(config) - {f.name for f in dataclasses.fields(DetectorConfig)}
         if unknown:
             raise TypeError(f"unknown FlowEneDet options: {sorted(unknown)}")
+        preset_config, preset_fit = presets.preset(preset)
+        given = {
+            "variant": variant,
+            "inputs": inputs,
+            "feature_layer": feature_layer,
+            "num_classes": num_classes,
+            "ignore_index": ignore_index,
+        }
+        given = {k: v for k, v in given.items() if v is not None} | config
         self.segmenter = segmenter
-        self.config = DetectorConfig(
-            variant=variant,
-            inputs=inputs,
-            feature_layer=feature_layer,
-            num_classes=num_classes,
-            ignore_index=ignore_index,
-            **config,
-        )
+        self.config = DetectorConfig(**(preset_config | given))
+        self.fit_options = FitOptions(**preset_fit)
         self.flow: EnergyFlow | None = None
         self.stats: Stats | None = None
         self._tap = SegmenterTap(segmenter, self._tap_layer())
@@ -128,26 +137,26 @@ class FlowEneDet:
         self,
         loader: Iterable[Any],
         *,
-        steps: int | None = None,
-        epochs: int = 1,
-        lr: float = 1e-3,
-        pixels_per_image: int = 1024,
         device: str | torch.device | None = None,
         progress: bool = True,
         checkpoint: str | Path | None = None,
-        checkpoint_every: int = 500,
         resume: bool = False,
+        **options: Any,
     ) -> FlowEneDet:
         """Estimate class statistics, then train the flow; returns ``self``.
 
         ``loader`` yields ``(images (B, 3, H, W), labels (B, H, W))`` or dicts with "image"
-        and "label", from the segmenter's training distribution. One pass estimates the
-        statistics; training then runs ``steps`` optimizer steps (one per batch, cycling
-        through the loader) or, if ``steps`` is None, ``epochs`` passes. With
-        ``checkpoint`` the training state is saved every ``checkpoint_every`` steps;
-        ``resume=True`` continues from it (same loader order and seed give the same
-        result as an uninterrupted fit). Under torch.distributed (torchrun) each process
-        passes its shard of the data: statistics are summed and gradients averaged.
+        and "label", from the segmenter's training distribution; it is read once for the
+        statistics and again for every training pass, so it must be re-iterable.
+        ``options`` are :class:`FitOptions` fields (``steps``, ``epochs``, ``lr``,
+        ``pixels_per_image``, ``checkpoint_every``, ``warmup_steps``, ``decay_every``,
+        ``weight_decay``); those not given come from the preset. Training runs ``steps``
+        optimizer steps (one per batch, cycling through the loader) or, if ``steps`` is
+        None (or only ``epochs`` is given), ``epochs`` passes. With ``checkpoint`` the
+        training state is saved every ``checkpoint_every`` steps; ``resume=True``
+        continues from it (same loader order and seed give the same result as an
+        uninterrupted fit). Under torch.distributed (torchrun) each process passes its
+        shard of the data: statistics are summed and gradients averaged.
         """
         if isinstance(loader, Iterator):
             raise TypeError(
@@ -159,15 +168,21 @@ class FlowEneDet:
             lambda: iter(loader),
             lambda batch: self._segment(*unpack_batch(batch), device=device),
             device,
-            steps=steps,
-            epochs=epochs,
-            lr=lr,
-            pixels_per_image=pixels_per_image,
+            self._fit_options(options),
             progress=progress,
             checkpoint=checkpoint,
-            checkpoint_every=checkpoint_every,
             resume=resume,
         )
+
+    def _fit_options(self, given: dict[str, Any]) -> FitOptions:
+        """The preset's :class:`FitOptions` with the ``given`` ones; ``epochs`` alone means
+        passes, not the preset's ``steps``."""
+        unknown = set(given) - {f.name for f in dataclasses.fields(FitOptions)}
+        if unknown:
+            raise TypeError(f"unknown fit options: {sorted(unknown)}")
+        if "epochs" in given and "steps" not in given:
+            given = {**given, "steps": None}
+        return FitOptions(**(dataclasses.asdict(self.fit_options) | given))
 
     def fit_logits(
         self,
@@ -177,7 +192,10 @@ class FlowEneDet:
         *,
         batch_size: int = 8,
         stats_items: int | None = None,
-        **fit_options: Any,
+        progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        **options: Any,
     ) -> FlowEneDet:
         """Fit from logits computed elsewhere: ``logits`` ``(N, K, h, w)``, ``labels``
         ``(N, H, W)`` at input resolution, ``features`` ``(N, F, h', w')`` for FED-C.
@@ -185,7 +203,7 @@ class FlowEneDet:
         ``stats_items=n`` takes the class statistics (and the hit / miss prior) from the
         first ``n`` items only, while the flow trains on all: for clean data followed by
         augmented copies, so the statistics describe the segmenter's own training
-        distribution. ``fit_options`` as for :meth:`fit` (not device).
+        distribution. The other arguments as for :meth:`fit` (not device).
         """
         if self.config.variant == "C" and features is None:
             raise ValueError("variant 'C' needs features; pass features= or use variant='U'")
@@ -214,8 +232,11 @@ class FlowEneDet:
             lambda: iter(starts),
             prepare,
             logits.device,
+            self._fit_options(options),
             prepare_stats=lambda index: prepare(index, stats_items),
-            **fit_options,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
         )
 
     def _fit(
@@ -223,18 +244,13 @@ class FlowEneDet:
         raw_batches: Callable[[], Iterator[Any]],
         prepare: Callable[[Any], LogitBatch],
         device: torch.device,
+        options: FitOptions,
         *,
         prepare_stats: Callable[[Any], LogitBatch] | None = None,
-        steps: int | None = None,
-        epochs: int = 1,
-        lr: float = 1e-3,
-        pixels_per_image: int = 1024,
         progress: bool = True,
         checkpoint: str | Path | None = None,
-        checkpoint_every: int = 500,
         resume: bool = False,
     ) -> FlowEneDet:
-        options = FitOptions(steps, epochs, lr, pixels_per_image, checkpoint_every)
         fingerprint = segmenter_fingerprint(self.segmenter)
         if resume and checkpoint is not None and Path(checkpoint).exists():
             state = load_checkpoint(checkpoint)
@@ -249,20 +265,22 @@ class FlowEneDet:
                 map(prepare_stats or prepare, raw_batches()), progress
             )
             mean, var = stats.finalize()
-            total = steps if steps is not None else epochs * num_batches
+            total = options.steps or options.epochs * num_batches
         self.flow.to(device)
-        ignore = self.config.ignore_index
+        cfg = self.config
+        balanced = cfg.loss_weighting == "balanced"
 
         def pixels(raw: Any, generator: torch.Generator):
             logits, labels, features = prepare(raw)
-            inputs = flow_inputs(logits, mean, var, self.config.inputs)
-            context = self.flow.context_encoder(inputs, features)
-            valid, miss = miss_targets(logits, labels, ignore)
-            picked = balanced_pixel_sample(valid, miss > 0, pixels_per_image, generator)
+            inputs = flow_inputs(logits, mean, var, cfg.inputs)
+            valid, miss = miss_targets(logits, labels, cfg.ignore_index, cfg.void_as_miss)
+            if balanced:
+                picked = balanced_pixel_sample(valid, miss > 0, options.pixels_per_image, generator)
+            else:
+                picked = uniform_pixel_sample(valid, options.pixels_per_image, generator)
             picked = picked.to(device)
-            z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
-            c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
-            return z, c, miss.flatten()[picked]
+            log_probs = self.flow.sampled_component_log_prob(inputs, features, picked)
+            return log_probs + self.flow._distribution.log_prior(), miss.flatten()[picked]
 
         try:
             train_flow(
@@ -270,11 +288,15 @@ class FlowEneDet:
                 _passes(raw_batches),
                 pixels,
                 total_steps=total,
-                lr=lr,
-                seed=self.config.seed,
+                lr=options.lr,
+                seed=cfg.seed,
+                weight_decay=options.weight_decay,
+                warmup_steps=options.warmup_steps,
+                decay_every=options.decay_every,
+                balanced=balanced,
                 progress=progress,
                 checkpoint=checkpoint,
-                checkpoint_every=checkpoint_every,
+                checkpoint_every=options.checkpoint_every,
                 resume=resume,
                 checkpoint_extra={"mean": mean, "var": var},
                 checkpoint_config={
@@ -284,12 +306,12 @@ class FlowEneDet:
                 },
             )
         except FloatingPointError as error:
-            raise FloatingPointError(f"{error}{_divergence_hint(var, lr)}") from None
+            raise FloatingPointError(f"{error}{_divergence_hint(var, options.lr)}") from None
         ood_scale = self._measure_ood_scale(prepare(next(raw_batches())), mean, var)
         if not torch.isfinite(ood_scale).all():
             raise FloatingPointError(
                 "the fitted flow gives non-finite scores on the fit data: training diverged"
-                + _divergence_hint(var, lr)
+                + _divergence_hint(var, options.lr)
             )
         self.stats = Stats(mean, var, ood_scale)
         self.config.segmenter_fingerprint = fingerprint
@@ -315,7 +337,13 @@ class FlowEneDet:
         if stored["segmenter_fingerprint"] != fingerprint:
             found.append("the segmenter (its weights differ)")
         requested = dataclasses.asdict(self.config)
-        adopted = ("num_classes", "feature_layer", "feature_channels", "segmenter_fingerprint")
+        adopted = (
+            "num_classes",
+            "feature_layer",
+            "feature_channels",
+            "stride",
+            "segmenter_fingerprint",
+        )
         for name in adopted:  # sizes the fit reads off the segmenter, unless given
             if requested[name] is None:
                 requested.pop(name)
@@ -336,35 +364,43 @@ class FlowEneDet:
         logits, labels, features = batch
         valid, _ = miss_targets(logits, labels, self.config.ignore_index)
         inputs = flow_inputs(logits, mean, var, self.config.inputs)
-        terms = [
-            self.flow.log_odds_map(inputs, features, self.config.chunk_pixels),
-            _energy_of(inputs),
-        ]
+        terms = [self._log_odds(inputs, features), _energy_of(inputs)]
         return pooled_mean_std([term[valid] for term in terms]).flatten()
 
     def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
         """One pass over the fit data: class statistics and hit / miss counts (all
         processes); the miss rate becomes the mixture's prior weights."""
-        measured = fit_statistics(batches, self.config.ignore_index, progress)
+        cfg = self.config
+        measured = fit_statistics(batches, cfg.ignore_index, progress, cfg.void_as_miss)
         miss_rate = torch.tensor([measured.hits, measured.misses], dtype=torch.float32)
-        self.flow._distribution.log_weights.copy_((miss_rate / miss_rate.sum()).log())
+        with torch.no_grad():
+            self.flow._distribution.log_weights.copy_((miss_rate / miss_rate.sum()).log())
         return measured.stats, measured.num_batches
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, images: Tensor, *, scales: Sequence[float] = (1.0,)) -> Scores:
-        """IDM, OOD and concurrent maps for ``images`` ``(B, 3, H, W)``; averaged over
-        ``scales``."""
+    def score(self, images: Tensor, *, scales: Sequence[float] | None = None) -> Scores:
+        """IDM, OOD and concurrent maps for ``images`` ``(B, 3, H, W)``, averaged over the
+        test-time ``scales`` (default ``(1.0,)``, or the reference's ``(1.0, 0.5, 0.25)``
+        when ``config.tta``). With several scales ``pred`` is the argmax of the averaged
+        upsampled softmax, as in the reference release."""
         self._require_fitted()
         images = check_images(images)
+        if scales is None:
+            scales = TTA_SCALES if self.config.tta else (1.0,)
         scales = _check_scales(scales)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
-        result = None
+        result, softmax = None, None
         for scale in scales:
             scaled = images if scale == 1.0 else _rescale(images, scale)
             logits, features = self._tap(scaled.to(device))
             scores = self.score_logits(logits, features, size=size)
+            if len(scales) > 1:
+                probs = F.interpolate(
+                    check_logits(logits), size=size, mode="bilinear", align_corners=False
+                ).softmax(1)
+                softmax = probs if softmax is None else softmax.add_(probs)
             if result is None:
                 result = scores
             else:
@@ -372,6 +408,8 @@ class FlowEneDet:
                     getattr(result, kind).add_(getattr(scores, kind))
         for kind in MAPS:
             getattr(result, kind).div_(len(scales))
+        if softmax is not None:
+            result.pred = softmax.argmax(1)
         return result
 
     @torch.no_grad()
@@ -388,25 +426,23 @@ class FlowEneDet:
         size = _check_size(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
-        log_odds = self.flow.log_odds_map(inputs, features, self.config.chunk_pixels)
-        idm = gaussian_smooth(torch.sigmoid(log_odds), kernel_size=cfg.smooth_kernel)
+        log_odds = self._log_odds(inputs, features)
         scale = stats.ood_scale
         standardized = (log_odds - scale[0]) / scale[1]
         energy = (_energy_of(inputs) - scale[2]) / scale[3]
-        ood = suppress_boundaries(
+        raw = [
+            torch.sigmoid(log_odds),
             torch.sigmoid(standardized + cfg.ood_energy_weight * energy),
-            logits.argmax(1),
-            cfg.boundary_width,
-            cfg.boundary_iterations,
-        )
-        ood_kernel = cfg.smooth_kernel if cfg.ood_smooth_kernel is None else cfg.ood_smooth_kernel
-        smoothed = gaussian_smooth(ood, ood_kernel, cfg.ood_smooth_sigma, cfg.ood_dilation)
-        ood = torch.maximum(ood, smoothed) if cfg.ood_keep_peaks else smoothed
-        concurrent = gaussian_smooth(
             torch.sigmoid(standardized + cfg.concurrent_energy_weight * energy),
-            kernel_size=cfg.smooth_kernel,
-        )
-        maps = [resize(m, size).clamp(0, 1) for m in (idm, ood, concurrent)]
+        ]
+        pred = upsampled_argmax(logits, size)
+        if cfg.postprocess == "image-pixels":  # the reference: upsample first
+            raw = [resize(m, size) for m in raw]
+            maps = self._postprocess(*raw, pred=pred, stride=1.0)
+        else:
+            stride = 1.0 if cfg.postprocess == "logit-pixels" else cfg.stride
+            maps = self._postprocess(*raw, pred=logits.argmax(1), stride=stride)
+        maps = [resize(m, size).clamp(0, 1) for m in maps]
         if not all(torch.isfinite(m).all() for m in maps):
             top = logits.abs().max().item()
             raise ValueError(
@@ -414,7 +450,31 @@ class FlowEneDet:
                 "are far outside the range the detector was fitted on; check the images' "
                 "scale and normalisation"
             )
-        return Scores(*maps, pred=upsampled_argmax(logits, size))
+        return Scores(*maps, pred=pred)
+
+    def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
+        """The posterior's log-odds ``log p(miss | z) - log p(hit | z)`` ``(B, h, w)``:
+        the flow's likelihood ratio plus the prior's log-odds (0 for equal priors)."""
+        prior = self.flow._distribution.log_prior()
+        ratio = self.flow.log_odds_map(inputs, features, self.config.chunk_pixels)
+        return ratio + (prior[MISS] - prior[HIT])
+
+    def _postprocess(
+        self, idm: Tensor, ood: Tensor, concurrent: Tensor, *, pred: Tensor, stride: float
+    ) -> list[Tensor]:
+        """Smoothing and boundary suppression of the three raw maps ``(B, h, w)`` (``pred``
+        at the same resolution), with the configured sizes divided by ``stride``."""
+        cfg = self.config
+        smooth = Gaussian(cfg.smooth_kernel).at_stride(stride)
+        ood_kernel = cfg.smooth_kernel if cfg.ood_smooth_kernel is None else cfg.ood_smooth_kernel
+        ood_smooth = Gaussian(ood_kernel, cfg.ood_smooth_sigma, cfg.ood_dilation)
+        width, iterations = convert_boundary(cfg.boundary_width, cfg.boundary_iterations, stride)
+        if stride != 1.0:
+            ood_smooth = ood_smooth.at_stride(stride)
+        ood = suppress_boundaries(ood, pred, width, iterations)
+        smoothed = ood_smooth.apply(ood)
+        ood = torch.maximum(ood, smoothed) if cfg.ood_keep_peaks else smoothed
+        return [smooth.apply(idm), ood, smooth.apply(concurrent)]
 
     # ------------------------------------------------------------------ plumbing
     def _segment(self, images: Tensor, labels: Tensor, device: torch.device) -> LogitBatch:
@@ -445,6 +505,8 @@ class FlowEneDet:
         cfg = self.config
         logits = check_logits(logits)
         self._adopt("num_classes", logits.shape[1], "classes")
+        if labels is not None and cfg.stride is None:  # image pixels per logit pixel
+            cfg.stride = labels.shape[-2] / logits.shape[-2]
         if cfg.variant == "C":
             if features is None:
                 raise ValueError("variant 'C' needs decoder features; pass features=")
@@ -481,6 +543,7 @@ class FlowEneDet:
                 feature_channels=pooled,
                 num_blocks=cfg.num_blocks,
                 hidden=cfg.hidden,
+                prior=cfg.prior,
             ).to(device)
 
     def _require_fitted(self) -> None:

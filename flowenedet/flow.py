@@ -42,19 +42,35 @@ class HitMissMixture(Distribution):
     """Two full-covariance Gaussians in latent space: component 0 = hit, 1 = miss.
 
     Each component has a mean and a lower-triangular Cholesky factor ``L`` of its
-    precision (``Sigma^-1 = L L^T``, positive diagonal). The mixture weights are a buffer
-    (hit and miss rates of the fit data, used by the marginal ``log_prob``); the
-    detector's posterior uses equal weights, as in the paper.
+    precision (``Sigma^-1 = L L^T``, positive diagonal). ``log_weights`` hold the hit and
+    miss rates of the fit data (used by the marginal ``log_prob``). ``prior`` says what
+    the posterior ``p(miss | z)`` uses: ``"equal"`` weights; the ``"measured"`` rates; or
+    weights ``"learned"`` by the training loss from the measured rates (a parameter, as
+    in the reference release).
     """
 
-    def __init__(self, features: int, separation: float = 1.0) -> None:
+    def __init__(self, features: int, separation: float = 1.0, prior: str = "equal") -> None:
         super().__init__()
+        if prior not in ("equal", "measured", "learned"):
+            raise ValueError(f"prior must be 'equal', 'measured' or 'learned'; got {prior!r}")
         self.features = features
+        self.prior = prior
         offset = separation / math.sqrt(features)
         self.means = nn.Parameter(torch.tensor([[-offset], [offset]]).repeat(1, features))
         self.log_diag = nn.Parameter(torch.zeros(2, features))
         self.off_diag = nn.Parameter(torch.zeros(2, features, features))
-        self.register_buffer("log_weights", torch.full((2,), math.log(0.5)))
+        weights = torch.full((2,), math.log(0.5))
+        if prior == "learned":
+            self.log_weights = nn.Parameter(weights)
+        else:
+            self.register_buffer("log_weights", weights)
+
+    def log_prior(self) -> Tensor:
+        """``(2,)`` log prior of hit and miss that the posterior adds to ``log p(z | m)``:
+        zeros for ``"equal"`` (any constant cancels), else the normalised weights."""
+        if self.prior == "equal":
+            return torch.zeros_like(self.log_weights)
+        return self.log_weights.log_softmax(0)
 
     def precision_cholesky(self) -> Tensor:
         """Lower-triangular ``L`` ``(2, D, D)`` with ``Sigma_m^-1 = L_m L_m^T``."""
@@ -219,6 +235,7 @@ class EnergyFlow(Flow):
         feature_channels: int = 0,
         num_blocks: int = 8,
         hidden: int = 32,
+        prior: str = "equal",
     ) -> None:
         if features < 2:
             raise ValueError(f"the flow needs at least 2 input features; got {features}")
@@ -234,7 +251,7 @@ class EnergyFlow(Flow):
                     mask, lambda i, o: CouplingNet(i, o, context_channels, hidden)
                 ),
             ]
-        super().__init__(CompositeTransform(blocks), HitMissMixture(features))
+        super().__init__(CompositeTransform(blocks), HitMissMixture(features, prior=prior))
         self.context_encoder = ContextEncoder(features, context_channels, feature_channels)
 
     def refresh_linear_caches(self) -> None:
@@ -256,6 +273,17 @@ class EnergyFlow(Flow):
         """
         latent, logabsdet = self._transform(inputs, context=context)
         return self._distribution.component_log_prob(latent) + logabsdet[:, None]
+
+    def sampled_component_log_prob(
+        self, inputs: Tensor, features: Tensor | None, picked: Tensor
+    ) -> Tensor:
+        """``log p(z | m)`` ``(N, 2)`` of the ``picked`` pixels (flat indices into
+        ``(B, h, w)``) of input maps ``(B, D, h, w)``: the context map is computed, then the
+        flow runs on the picked pixels only (the training path)."""
+        context = self.context_encoder(inputs, features)
+        z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
+        c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
+        return self.component_log_prob(z, c)
 
     @torch.no_grad()
     def log_odds_map(

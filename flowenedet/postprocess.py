@@ -5,14 +5,18 @@ All functions take and return score maps of shape ``(B, h, w)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "Gaussian",
     "boundary_mask",
+    "convert_boundary",
     "gaussian_smooth",
     "resize",
     "resize_labels",
@@ -58,6 +62,38 @@ def gaussian_smooth(
     mode = "reflect" if pad < h and pad < w else "replicate"
     padded = F.pad(maps[:, None].float(), [pad] * 4, mode=mode)
     return F.conv2d(padded, kernel, dilation=dilation)[:, 0]
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """A (dilated) Gaussian smoothing kernel: ``kernel_size`` taps, ``sigma`` in taps, taps
+    ``dilation`` pixels apart; :func:`gaussian_smooth` applies it."""
+
+    kernel_size: int
+    sigma: float = 1.0
+    dilation: int = 1
+
+    def apply(self, maps: Tensor) -> Tensor:
+        """``maps`` ``(B, h, w)`` smoothed; a 1-tap kernel returns them unchanged."""
+        if self.kernel_size <= 1:
+            return maps
+        return gaussian_smooth(maps, self.kernel_size, self.sigma, self.dilation)
+
+    def at_stride(self, stride: float) -> Gaussian:
+        """The kernel given in image pixels, for maps of ``stride`` image pixels per pixel:
+        the same spread (``sigma * dilation / stride``) and reach (``(k // 2) * dilation /
+        stride``, rounded) with contiguous taps. (A dilated kernel on a map that was
+        upsampled from logits is close to a plain one of the same spread.)"""
+        radius = math.floor((self.kernel_size // 2) * self.dilation / stride + 0.5)
+        return Gaussian(2 * radius + 1, self.sigma * self.dilation / stride, 1)
+
+
+def convert_boundary(width: int, iterations: int, stride: float) -> tuple[int, int]:
+    """Boundary suppression ``(width, iterations)`` given in image pixels, for maps of
+    ``stride`` image pixels per pixel: the width rounded (half up), at most that many
+    iterations."""
+    converted = math.floor(width / stride + 0.5)
+    return converted, min(iterations, converted)
 
 
 def boundary_mask(pred: Tensor, width: int) -> Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .energy import ClassStats
-from .flow import EnergyFlow
+from .labels import PADDING_INDEX
 from .postprocess import resize_labels, upsampled_argmax
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "miss_targets",
     "pooled_mean_std",
     "train_flow",
+    "uniform_pixel_sample",
     "warmup_step_schedule",
 ]
 
@@ -64,7 +65,25 @@ def balanced_pixel_sample(
     return torch.cat(chosen)
 
 
-def miss_targets(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+def uniform_pixel_sample(valid: Tensor, per_image: int, generator: torch.Generator) -> Tensor:
+    """Flat indices into ``(B, h, w)`` maps: up to ``per_image`` valid pixels per image,
+    uniformly without replacement, so hits and misses keep their natural prevalence."""
+    if valid.dim() != 3:
+        raise ValueError(f"valid must be (B, h, w); got {tuple(valid.shape)}")
+    pixels = valid.shape[1] * valid.shape[2]
+    chosen = []
+    for b in range(valid.shape[0]):
+        candidates = valid[b].flatten().nonzero().flatten()
+        if candidates.numel() > per_image:
+            order = torch.randperm(candidates.numel(), generator=generator)[:per_image]
+            candidates = candidates[order.to(candidates.device)]
+        chosen.append(candidates + b * pixels)
+    return torch.cat(chosen)
+
+
+def miss_targets(
+    logits: Tensor, labels: Tensor, ignore_index: int, void_as_miss: bool = False
+) -> tuple[Tensor, Tensor]:
     """Per logit pixel: does it cover valid labels, and which share of them is wrong.
 
     ``logits`` ``(B, K, h, w)``, ``labels`` ``(B, H, W)`` at any resolution (usually the
@@ -74,12 +93,19 @@ def miss_targets(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Ten
     the flow a coarse error map that misses the thin band of errors along every predicted
     boundary, which dominates misclassification at full resolution.
 
+    With ``void_as_miss``, void pixels (``ignore_index``) count as valid and wrong, as in
+    the reference release: in training scenes void holds objects of no known class, an
+    implicit outlier exposure for the miss component. Padding (``PADDING_INDEX``) is
+    never valid.
+
     Returns ``valid`` ``(B, h, w)`` bool and ``miss`` ``(B, h, w)`` float in [0, 1].
     """
     low = tuple(logits.shape[-2:])
     pred = upsampled_argmax(logits, labels.shape[-2:])
-    valid = labels != ignore_index
-    wrong = (pred != labels) & valid
+    valid = labels != PADDING_INDEX
+    if not void_as_miss:
+        valid &= labels != ignore_index
+    wrong = (pred != labels) & valid  # a void label never equals a prediction
     if tuple(labels.shape[-2:]) == low:
         return valid, wrong.float()
     valid_share = F.adaptive_avg_pool2d(valid[:, None].float(), low)[:, 0]
@@ -98,7 +124,10 @@ class FitStatistics:
 
 
 def fit_statistics(
-    batches: Iterable[tuple[Tensor, Tensor, Any]], ignore_index: int, progress: bool = True
+    batches: Iterable[tuple[Tensor, Tensor, Any]],
+    ignore_index: int,
+    progress: bool = True,
+    void_as_miss: bool = False,
 ) -> FitStatistics:
     """One pass over ``(logits (B, K, h, w), labels (B, H, W), _)`` batches; empty
     batches (``B = 0``) count towards ``num_batches`` only.
@@ -115,7 +144,7 @@ def fit_statistics(
         if stats is None:
             stats = ClassStats(logits.shape[1])
         stats.update(logits, resize_labels(labels, logits.shape[-2:]), ignore_index)
-        valid, miss = miss_targets(logits, labels, ignore_index)
+        valid, miss = miss_targets(logits, labels, ignore_index, void_as_miss)
         wrong = float(miss[valid].sum())
         counts[:2] += torch.tensor([float(valid.sum()) - wrong, wrong], dtype=torch.float64)
     if stats is None:
@@ -148,17 +177,21 @@ def pooled_mean_std(values: Sequence[Tensor]) -> Tensor:
     return torch.stack([mean, std], dim=1).float()
 
 
-def hit_miss_loss(component_log_prob: Tensor, miss: Tensor) -> Tensor:
-    """Class-balanced cross-entropy of ``softmax_m log p(z | m)`` against ``miss``.
+def hit_miss_loss(component_log_prob: Tensor, miss: Tensor, balanced: bool = True) -> Tensor:
+    """Cross-entropy of ``softmax_m log p(z | m)`` against ``miss``.
 
-    ``component_log_prob`` ``(N, 2)``; ``miss`` ``(N,)``, bool or a share in [0, 1] (soft
-    targets from :func:`miss_targets`). The miss term is averaged with weights ``miss``,
-    the hit term with weights ``1 - miss``, and each contributes half of the loss (when
-    both are present), whatever their totals; for bool targets this is the mean over
-    misses plus the mean over hits, halved.
+    ``component_log_prob`` ``(N, 2)`` (with the log prior added, if any); ``miss``
+    ``(N,)``, bool or a share in [0, 1] (soft targets from :func:`miss_targets`).
+    ``balanced``: the miss term is averaged with weights ``miss``, the hit term with
+    weights ``1 - miss``, and each contributes half of the loss (when both are present),
+    whatever their totals; for bool targets this is the mean over misses plus the mean
+    over hits, halved. Otherwise the plain mean over pixels (natural prevalence, as in
+    the reference release).
     """
     log_posterior = component_log_prob.log_softmax(dim=1)
     weights = torch.stack([1.0 - miss.float(), miss.float()], dim=1)  # (N, 2): hit, miss
+    if not balanced:
+        return -(weights * log_posterior).sum(1).mean()
     totals = weights.sum(0)
     present = totals > 0
     per_class = -(weights * log_posterior).sum(0)[present] / totals[present]
@@ -168,34 +201,44 @@ def hit_miss_loss(component_log_prob: Tensor, miss: Tensor) -> Tensor:
 def warmup_step_schedule(
     optimizer: torch.optim.Optimizer,
     total_steps: int,
-    warmup_fraction: float = 0.05,
-    decay_at: float = 0.8,
+    warmup_steps: int | None = None,
+    decay_every: int | None = None,
     gamma: float = 0.1,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first steps, then constant, then one step decay by ``gamma``."""
-    warmup = max(1, round(warmup_fraction * total_steps))
-    decay = round(decay_at * total_steps)
+    """Linear warm-up over ``warmup_steps`` (None: 5 % of the fit), then step decay by
+    ``gamma`` every ``decay_every`` steps (None: once, at 80 % of the fit).
+
+    The reference release: 4000 warm-up steps, x0.1 every 15k steps, 50k steps.
+    """
+    warmup = max(1, round(0.05 * total_steps) if warmup_steps is None else warmup_steps)
+    first_decay = round(0.8 * total_steps) if decay_every is None else decay_every
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return gamma if step >= decay else 1.0
+        if step < first_decay:
+            return 1.0
+        return gamma if decay_every is None else gamma ** (step // decay_every)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# (z (N, D), context (N, C), miss (N,)) for the pixels picked from one batch
-PixelBatch = tuple[Tensor, Tensor, Tensor]
+# (class log-likelihoods (N, 2), miss (N,)) of the pixels picked from one batch
+PixelBatch = tuple[Tensor, Tensor]
 
 
 def train_flow(
-    flow: EnergyFlow,
+    flow: torch.nn.Module,
     batches: Iterator[Any],
     pixels: Callable[[Any, torch.Generator], PixelBatch],
     *,
     total_steps: int,
     lr: float,
     seed: int,
+    weight_decay: float = 1e-4,
+    warmup_steps: int | None = None,
+    decay_every: int | None = None,
+    balanced: bool = True,
     progress: bool = True,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 500,
@@ -206,15 +249,18 @@ def train_flow(
     """Train ``flow`` for ``total_steps`` AdamW steps, one raw batch per step.
 
     ``batches`` yields raw batches endlessly; ``pixels(batch, generator)`` turns one into
-    sampled pixels (it runs the segmenter, so batches skipped on resume cost nothing).
+    the class log-likelihoods and targets of its sampled pixels (it runs the segmenter
+    and the flow, so batches skipped on resume cost nothing). The loss is
+    :func:`hit_miss_loss` (``balanced`` or at natural prevalence), the schedule
+    :func:`warmup_step_schedule`.
     Under torch.distributed, parameters start from rank 0's, gradients are averaged and
     only rank 0 writes checkpoints. With ``resume`` and an existing ``checkpoint`` the
     flow, optimizer, schedule and step are restored and the first
     ``step`` batches skipped, so the result equals an uninterrupted run.
     """
     rank = distributed.rank()
-    optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = warmup_step_schedule(optimizer, total_steps)
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = warmup_step_schedule(optimizer, total_steps, warmup_steps, decay_every)
     start = 0
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         state = load_checkpoint(checkpoint)
@@ -237,15 +283,13 @@ def train_flow(
         raw = next(batches)
         # a generator per (seed, rank, step): resumed and distributed runs need no RNG state
         step_seed = seed + 1_000_003 * step + 7_919 * rank
-        z, context, miss = pixels(raw, torch.Generator().manual_seed(step_seed))
         if step == 0:  # data-dependent ActNorm initialisation, then rank 0's weights for all
             with torch.no_grad():
-                flow.component_log_prob(z.detach(), context.detach())
+                pixels(raw, torch.Generator().manual_seed(step_seed))
             if distributed.is_distributed():
                 distributed.broadcast_module(flow)
-                # context again, from the shared weights
-                z, context, miss = pixels(raw, torch.Generator().manual_seed(step_seed))
-        loss = hit_miss_loss(flow.component_log_prob(z, context), miss)
+        log_probs, miss = pixels(raw, torch.Generator().manual_seed(step_seed))
+        loss = hit_miss_loss(log_probs, miss, balanced)
         value = loss.item()
         if not math.isfinite(value) or value > MAX_LOSS:
             raise FloatingPointError(
