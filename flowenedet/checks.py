@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .labels import PADDING_INDEX
+
 __all__ = [
     "check_finite",
     "check_images",
@@ -46,7 +48,7 @@ def check_labels(
     name: str = "labels",
 ) -> Tensor:
     """``labels`` must be an integer tensor ``(B, H, W)`` matching the images' batch and size,
-    with values in ``[0, num_classes)`` or ``ignore_index``."""
+    with values in ``[0, num_classes)``, ``ignore_index`` or ``PADDING_INDEX``."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (B, H, W); got {type(labels).__name__}")
     if labels.dim() != 3 or labels.shape[0] != batch or tuple(labels.shape[1:]) != tuple(size):
@@ -57,12 +59,13 @@ def check_labels(
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must hold integer class indices; got dtype {labels.dtype}")
     if num_classes is not None:
-        bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+        special = (labels == ignore_index) | (labels == PADDING_INDEX)
+        bad = ~special & ((labels < 0) | (labels >= num_classes))
         if bad.any():
             values = torch.unique(labels[bad])[:5].tolist()
             raise ValueError(
                 f"{name} contains values {values} outside [0, {num_classes}) other than "
-                f"ignore_index={ignore_index}"
+                f"ignore_index={ignore_index} and padding {PADDING_INDEX}"
             )
     return labels.long()
 

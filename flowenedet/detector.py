@@ -535,6 +535,8 @@ class FlowEneDet:
     def _build_flow(self, device: torch.device) -> None:
         cfg = self.config
         pooled = min(cfg.pooled_channels, cfg.feature_channels) if cfg.variant == "C" else 0
+        if cfg.coupling == "conv":
+            raise NotImplementedError("coupling='conv' is not built yet")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.flow = EnergyFlow(

@@ -73,3 +73,42 @@ def test_input_sets_follow_the_energy_module():
 def test_fit_options_are_checked(field, value):
     with pytest.raises((TypeError, ValueError), match=rf"FitOptions\.{field}"):
         FitOptions(**{field: value})
+
+
+# ---------------------------------------------------------------- presets
+def test_a_paper_preset_sets_the_reference_options_and_can_be_overridden(segmenter):
+    det = FlowEneDet(segmenter, preset="paper-deeplabv3plus", num_blocks=6, variant="U")
+    cfg = det.config
+    assert (cfg.num_blocks, cfg.variant) == (6, "U")  # given values win
+    assert cfg.inputs == "energy" and cfg.void_as_miss and cfg.loss_weighting == "prevalence"
+    assert cfg.prior == "learned" and cfg.postprocess == "image-pixels" and cfg.tta
+    assert (cfg.boundary_width, cfg.ood_dilation, cfg.ood_smooth_kernel) == (4, 6, 7)
+    fit = det.fit_options
+    assert (fit.steps, fit.warmup_steps, fit.decay_every, fit.weight_decay) == (
+        50_000,
+        4000,
+        15_000,
+        0.01,
+    )
+    assert FlowEneDet(segmenter, preset="paper-segformer").config.num_blocks == 8
+
+
+def test_the_default_preset_is_the_plain_defaults(segmenter):
+    det = FlowEneDet(segmenter)
+    assert det.config == DetectorConfig()
+    assert det.fit_options == FitOptions()
+
+
+def test_an_unknown_preset_is_refused(segmenter):
+    with pytest.raises(ValueError, match="preset must be one of"):
+        FlowEneDet(segmenter, preset="paper")
+
+
+def test_fit_arguments_override_the_preset_and_epochs_alone_means_passes(segmenter):
+    det = FlowEneDet(segmenter, preset="paper-deeplabv3plus")
+    assert det._fit_options({"steps": 3}).steps == 3
+    assert det._fit_options({"steps": 3}).warmup_steps == 4000
+    by_epochs = det._fit_options({"epochs": 2})
+    assert by_epochs.steps is None and by_epochs.epochs == 2
+    with pytest.raises(TypeError, match="unknown fit options"):
+        det._fit_options({"step": 3})

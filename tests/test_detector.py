@@ -479,3 +479,92 @@ def test_images_that_overflow_the_segmenter_give_an_error_not_nan_maps(fitted):
             assert "logits" in str(error) or "maps are not finite" in str(error)
         else:
             assert all(torch.isfinite(getattr(maps, k)).all() for k in ("idm", "ood", "concurrent"))
+
+
+# ---------------------------------------------------------------- the release's options
+def test_the_stride_is_measured_at_fit(fitted):
+    assert fitted["U"].config.stride == 2.0  # 32-pixel images, 16-pixel logits
+
+
+def test_a_measured_prior_shifts_the_posterior_by_exactly_its_log_odds(fitted):
+    det = copy.deepcopy(fitted["U"])
+    det.config.smooth_kernel = 1  # idm is then the posterior itself
+    logits = det.segmenter(make_scenes(2, seed=8)[0]).detach()
+    equal = det.score_logits(logits).idm
+    det.config.prior = "measured"
+    det.flow._distribution.prior = "measured"
+    with torch.no_grad():
+        det.flow._distribution.log_weights.copy_(torch.tensor([0.8, 0.2]).log())
+    shifted = det.score_logits(logits).idm
+    unsaturated = (equal > 1e-4) & (equal < 1 - 1e-4) & (shifted > 1e-4) & (shifted < 1 - 1e-4)
+    change = torch.logit(shifted.double()) - torch.logit(equal.double())
+    assert torch.allclose(change[unsaturated], torch.tensor(0.25).log().double(), atol=2e-3)
+
+
+def test_a_learned_prior_is_trained_from_the_measured_rates(segmenter, train_loader):
+    det = FlowEneDet(segmenter, variant="U", prior="learned")
+    det.fit(train_loader[:2], steps=6, lr=0.01, progress=False)
+    weights = det.flow._distribution.log_weights
+    assert isinstance(weights, torch.nn.Parameter)
+    measured = FlowEneDet(segmenter, variant="U", prior="measured")
+    measured.fit(train_loader[:2], steps=1, progress=False)
+    assert not torch.allclose(weights, measured.flow._distribution.log_weights)
+
+
+def test_void_as_miss_counts_void_pixels_as_misses_of_the_fit_data(segmenter, train_loader):
+    images, labels = train_loader[0]
+    labels = labels.clone()
+    labels[:, :4] = 255  # a void band across every image
+    rates = {}
+    for void_as_miss in (False, True):
+        det = FlowEneDet(segmenter, variant="U", void_as_miss=void_as_miss)
+        det.fit([(images, labels)], steps=1, progress=False)
+        rates[void_as_miss] = det.flow._distribution.log_weights.exp()[1].item()
+    with torch.no_grad():
+        pred = upsampled_argmax(segmenter(images), labels.shape[-2:])
+    valid = labels != 255
+    plain = ((pred != labels) & valid).sum() / valid.sum()
+    with_void = ((pred != labels) & valid).sum().add((~valid).sum()) / labels.numel()
+    assert rates[False] == pytest.approx(plain.item(), abs=1e-5)
+    assert rates[True] == pytest.approx(with_void.item(), abs=1e-5)
+
+
+def test_tta_scores_at_the_release_scales(fitted):
+    det = copy.deepcopy(fitted["C"])
+    images, _ = make_scenes(2, seed=12, size=64)
+    explicit = det.score(images, scales=(1.0, 0.5, 0.25))
+    det.config.tta = True
+    by_default = det.score(images)
+    assert torch.equal(explicit.ood, by_default.ood) and torch.equal(explicit.pred, by_default.pred)
+
+
+def test_image_pixel_postprocessing_at_stride_one_is_the_logit_pixel_one(fitted):
+    det = copy.deepcopy(fitted["C"])
+    logits, features = det._tap(make_scenes(2, seed=2)[0])
+    before = det.score_logits(logits, features)
+    det.config.postprocess = "image-pixels"
+    after = det.score_logits(logits, features)  # size = logits' size: image and logits agree
+    for kind in ("idm", "ood", "concurrent"):
+        assert torch.allclose(getattr(before, kind), getattr(after, kind), atol=1e-6)
+
+
+def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted):
+    """The release's sizes in image pixels, applied at image resolution (the reference) or
+    converted by the stride and applied at logit resolution (cheaper): the maps are not
+    equal (boundaries of the logit-resolution prediction fall elsewhere) but rank pixels
+    alike."""
+    det = copy.deepcopy(fitted["C"])
+    det.config.stride = 4.0  # as if the logits were at stride 4
+    images, _ = make_scenes(4, seed=3, size=64)
+    logits, features = det._tap(images)
+    logits = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+    features = F.interpolate(features, size=(16, 16), mode="bilinear", align_corners=False)
+    maps = {}
+    for mode in ("image-pixels", "image-pixels-at-logits"):
+        det.config.postprocess = mode
+        maps[mode] = det.score_logits(logits, features, size=(64, 64))
+    # measured: correlation 0.995 / 0.84-0.9 / 0.996; unconverted sizes give 0.83 / 0.53 / 0.85
+    for kind, least in (("idm", 0.95), ("ood", 0.75), ("concurrent", 0.95)):
+        a, b = (getattr(maps[m], kind).flatten() for m in maps)
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > least, kind
+        assert (a - b).abs().mean() < 0.1, kind

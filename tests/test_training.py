@@ -11,7 +11,14 @@ from safetensors.torch import load_file, save_file
 from flowenedet import FlowEneDet
 from flowenedet import io as fio
 from flowenedet.checkpoint import load_checkpoint
-from flowenedet.training import balanced_pixel_sample, hit_miss_loss, miss_targets
+from flowenedet.labels import PADDING_INDEX
+from flowenedet.training import (
+    balanced_pixel_sample,
+    hit_miss_loss,
+    miss_targets,
+    uniform_pixel_sample,
+    warmup_step_schedule,
+)
 
 from .toy import ToySegmenter, make_scenes
 
@@ -226,3 +233,63 @@ def test_two_process_fit_matches_single_process_statistics(segmenter, tmp_path):
     assert torch.allclose(loaded.stats.var, single.stats.var, atol=1e-5)
     scores = loaded.score(images[:2])
     assert scores.idm.shape == (2, 32, 32) and torch.isfinite(scores.ood).all()
+
+
+def test_void_trains_the_miss_component_only_with_void_as_miss():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 0] = 5.0  # predicts class 0 everywhere
+    labels = torch.tensor([[[0, 255], [PADDING_INDEX, 1]]])
+    valid, miss = miss_targets(logits, labels, 255)
+    assert valid.tolist() == [[[True, False], [False, True]]]
+    valid, miss = miss_targets(logits, labels, 255, void_as_miss=True)
+    assert valid.tolist() == [[[True, True], [False, True]]]  # padding never counts
+    assert miss[valid].tolist() == [0.0, 1.0, 1.0]  # void is a miss
+
+
+def test_uniform_sampling_keeps_the_natural_prevalence():
+    g = torch.Generator().manual_seed(0)
+    valid = torch.ones(2, 40, 40, dtype=torch.bool)
+    valid[1, :10] = False
+    picked = uniform_pixel_sample(valid, 300, g)
+    assert picked.numel() == 600 and picked.unique().numel() == 600
+    assert valid.flatten()[picked].all()
+    miss = torch.zeros(2, 40, 40, dtype=torch.bool)
+    miss[:, :, :4] = True  # 10 % of the pixels
+    share = miss.flatten()[uniform_pixel_sample(torch.ones_like(miss), 800, g)].float().mean()
+    assert 0.07 < share < 0.13
+
+
+def test_the_prevalence_loss_is_the_plain_mean_cross_entropy():
+    log_probs = torch.tensor([[0.0, -1.0], [-2.0, 0.5], [1.0, 1.0]])
+    miss = torch.tensor([0.0, 1.0, 0.25])
+    posterior = log_probs.log_softmax(1)
+    expected = (
+        -(posterior[0, 0] + posterior[1, 1] + 0.75 * posterior[2, 0] + 0.25 * posterior[2, 1]) / 3
+    )
+    assert torch.allclose(hit_miss_loss(log_probs, miss, balanced=False), expected)
+    assert not torch.allclose(hit_miss_loss(log_probs, miss), expected)
+
+
+def test_the_release_schedule_warms_up_then_decays_every_15k_steps():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_step_schedule(optimizer, 50_000, warmup_steps=4000, decay_every=15_000)
+    factor = schedule.lr_lambdas[0]
+    assert factor(0) == pytest.approx(1 / 4000)
+    assert factor(3999) == 1.0 and factor(14_999) == 1.0
+    assert factor(15_000) == pytest.approx(0.1) and factor(30_000) == pytest.approx(0.01)
+    default = warmup_step_schedule(optimizer, 100).lr_lambdas[0]  # 5 % warm-up, one decay at 80 %
+    assert default(4) == 1.0 and default(3) < 1.0 and default(79) == 1.0
+    assert default(80) == pytest.approx(0.1) and default(99) == pytest.approx(0.1)
+
+
+def test_weight_decay_reaches_the_optimizer(segmenter, train_loader, tmp_path):
+    checkpoint = tmp_path / "c.safetensors"
+    FlowEneDet(segmenter, variant="U").fit(
+        train_loader[:1],
+        steps=2,
+        weight_decay=0.01,
+        checkpoint=checkpoint,
+        checkpoint_every=2,
+        progress=False,
+    )
+    assert load_checkpoint(checkpoint).optimizer["param_groups"][0]["weight_decay"] == 0.01
