@@ -192,9 +192,10 @@ class ConvAffineCoupling(Transform):
         scale_bound: float = 2.0,
     ) -> None:
         super().__init__()
-        channels = torch.arange(features)
-        self.register_buffer("identity_channels", channels[parity % 2 :: 2].clone())
-        self.register_buffer("transform_channels", channels[1 - parity % 2 :: 2].clone())
+        channels = torch.arange(features)  # the mask follows from the config: not stored
+        identity, transform = channels[parity % 2 :: 2], channels[1 - parity % 2 :: 2]
+        self.register_buffer("identity_channels", identity.clone(), persistent=False)
+        self.register_buffer("transform_channels", transform.clone(), persistent=False)
         self.scale_bound = scale_bound
         self.net = ConvCouplingNet(
             len(self.identity_channels),

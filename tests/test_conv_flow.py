@@ -191,3 +191,15 @@ def test_energy_flow_map_interface_matches_its_component_log_prob(feature_channe
     assert torch.allclose(pixels(full)[picked], expected, atol=1e-6)
     log_odds = flow.log_odds_map(z, feats)
     assert torch.allclose(log_odds, full[:, MISS] - full[:, HIT], atol=1e-5)
+
+
+def test_state_dict_round_trips_through_safetensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    flow = make_flow(features=6, feature_channels=3)
+    save_file(flow.state_dict(), tmp_path / "flow.safetensors")
+    torch.manual_seed(99)  # another random orthogonal 1x1 init, overwritten by the load
+    loaded = ConvEnergyFlow(6, 3, 4).eval()
+    loaded.load_state_dict(load_file(tmp_path / "flow.safetensors"))
+    z, feats = example(flow, h=9, w=9)
+    assert torch.equal(loaded.log_odds_map(z, feats), flow.log_odds_map(z, feats))
