@@ -30,6 +30,7 @@ from .config import (
     config_from_dict,
     differences,
 )
+from .conv_flow import ConvEnergyFlow
 from .energy import INPUT_SETS, MIN_VARIANCE, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
@@ -125,7 +126,7 @@ class FlowEneDet:
         self.segmenter = segmenter
         self.config = DetectorConfig(**(preset_config | given))
         self.fit_options = FitOptions(**preset_fit)
-        self.flow: EnergyFlow | None = None
+        self.flow: EnergyFlow | ConvEnergyFlow | None = None
         self.stats: Stats | None = None
         self._tap = SegmenterTap(segmenter, self._tap_layer())
 
@@ -535,18 +536,22 @@ class FlowEneDet:
     def _build_flow(self, device: torch.device) -> None:
         cfg = self.config
         pooled = min(cfg.pooled_channels, cfg.feature_channels) if cfg.variant == "C" else 0
-        if cfg.coupling == "conv":
-            raise NotImplementedError("coupling='conv' is not built yet")
+        inputs = INPUT_SETS[cfg.inputs][1]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.flow = EnergyFlow(
-                features=INPUT_SETS[cfg.inputs][1],
-                context_channels=cfg.context_channels,
-                feature_channels=pooled,
-                num_blocks=cfg.num_blocks,
-                hidden=cfg.hidden,
-                prior=cfg.prior,
-            ).to(device)
+            if cfg.coupling == "conv":  # the reference release's convolutional couplings
+                self.flow = ConvEnergyFlow(
+                    inputs, pooled, num_blocks=cfg.num_blocks, prior=cfg.prior
+                ).to(device)
+            else:
+                self.flow = EnergyFlow(
+                    features=inputs,
+                    context_channels=cfg.context_channels,
+                    feature_channels=pooled,
+                    num_blocks=cfg.num_blocks,
+                    hidden=cfg.hidden,
+                    prior=cfg.prior,
+                ).to(device)
 
     def _require_fitted(self) -> None:
         if self.flow is None or self.stats is None:

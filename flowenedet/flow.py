@@ -32,6 +32,7 @@ __all__ = [
     "FlooredActNorm",
     "HitMissMixture",
     "miss_posterior",
+    "pixels",
     "pool_feature_channels",
 ]
 
@@ -98,6 +99,11 @@ class HitMissMixture(Distribution):
         chol = self.precision_cholesky()[component]  # (N, D, D)
         offset = torch.linalg.solve_triangular(chol.transpose(1, 2), noise, upper=True)
         return self.means[component] + offset.squeeze(-1)
+
+
+def pixels(maps: Tensor) -> Tensor:
+    """Maps ``(B, C, h, w)`` as pixel rows ``(B h w, C)``, in ``(B, h, w)`` flat order."""
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
 
 
 def pool_feature_channels(features: Tensor, channels: int) -> Tensor:
@@ -274,16 +280,21 @@ class EnergyFlow(Flow):
         latent, logabsdet = self._transform(inputs, context=context)
         return self._distribution.component_log_prob(latent) + logabsdet[:, None]
 
+    def map_component_log_prob(self, inputs: Tensor, features: Tensor | None = None) -> Tensor:
+        """``log p(z | m)`` ``(B, 2, h, w)`` (0 = hit, 1 = miss) for input maps
+        ``(B, D, h, w)`` and pooled features ``(B, P, h, w)`` (None for FED-U)."""
+        context = self.context_encoder(inputs, features)
+        b, _, h, w = inputs.shape
+        log_probs = self.component_log_prob(pixels(inputs), pixels(context))
+        return log_probs.view(b, h, w, 2).permute(0, 3, 1, 2)
+
     def sampled_component_log_prob(
         self, inputs: Tensor, features: Tensor | None, picked: Tensor
     ) -> Tensor:
-        """``log p(z | m)`` ``(N, 2)`` of the ``picked`` pixels (flat indices into
-        ``(B, h, w)``) of input maps ``(B, D, h, w)``: the context map is computed, then the
-        flow runs on the picked pixels only (the training path)."""
+        """``(N, 2)`` for the pixels ``picked`` ``(N,)`` (flat indices into ``(B, h, w)``):
+        the context map is computed in full, the flow runs on the picked pixels only."""
         context = self.context_encoder(inputs, features)
-        z = inputs.permute(0, 2, 3, 1).reshape(-1, inputs.shape[1])[picked]
-        c = context.permute(0, 2, 3, 1).reshape(-1, context.shape[1])[picked]
-        return self.component_log_prob(z, c)
+        return self.component_log_prob(pixels(inputs)[picked], pixels(context)[picked])
 
     @torch.no_grad()
     def log_odds_map(

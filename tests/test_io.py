@@ -207,3 +207,20 @@ def test_a_full_disk_is_an_os_error_naming_the_path(fitted, tmp_path, monkeypatc
 def test_saving_onto_a_folder_is_an_os_error(fitted, tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory"):
         fitted["U"].save(tmp_path)
+
+
+@pytest.mark.parametrize("preset", ["default", "paper-deeplabv3plus", "paper-segformer"])
+@pytest.mark.parametrize("variant", ["U", "C"])
+def test_every_preset_round_trips_bit_identically(
+    segmenter, train_loader, tmp_path, preset, variant
+):
+    det = FlowEneDet(segmenter, preset=preset, variant=variant)
+    det.fit(train_loader[:2], steps=3, progress=False)
+    path = det.save(tmp_path / "det.safetensors")
+    loaded = FlowEneDet.load(path, segmenter)
+    assert loaded.config == det.config  # the resolved settings, not the preset's name
+    images, _ = make_scenes(2, seed=5)
+    before, after = det.score(images), loaded.score(images)
+    for kind in ("idm", "ood", "concurrent", "pred"):
+        assert torch.equal(getattr(before, kind), getattr(after, kind)), kind
+    assert torch.isfinite(before.ood).all()
