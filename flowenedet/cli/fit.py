@@ -15,7 +15,19 @@ from .dataset import build_dataset, make_loader
 from .errors import CLIError, json_object, require_output_file
 from .segmenter import load_segmenter, select_device
 
-__all__ = ["cmd_fit"]
+__all__ = ["FIT_FLAGS", "cmd_fit"]
+
+FIT_FLAGS = (
+    "steps",
+    "epochs",
+    "lr",
+    "pixels_per_image",
+    "warmup_steps",
+    "decay_every",
+    "weight_decay",
+    "checkpoint_every",
+)
+"""``FitOptions`` fields with a ``fit`` flag; a flag not given leaves the preset's value."""
 
 logger = logging.getLogger(__name__)
 
@@ -55,26 +67,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
         # training passes agree, so --resume skips exactly the batches already used.
         sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=args.seed)
         loader = make_loader(dataset, args, sampler=sampler, pin_memory=device.type == "cuda")
-        options |= {"variant": args.variant, "seed": args.seed}
-        if args.num_classes is not None:
-            options["num_classes"] = args.num_classes
-        if args.feature_layer:
-            options["feature_layer"] = args.feature_layer
+        given = {"variant": args.variant, "num_classes": args.num_classes}
+        given["feature_layer"] = args.feature_layer or None
+        options |= {k: v for k, v in given.items() if v is not None} | {"seed": args.seed}
         try:
-            detector = FlowEneDet(segmenter, **options)
+            detector = FlowEneDet(segmenter, preset=args.preset, **options)
         except (TypeError, ValueError) as error:
             raise CLIError(f"--detector-kwargs: {error}") from None
+        fit_options = {name: getattr(args, name) for name in FIT_FLAGS}
         detector.fit(
             loader,
-            steps=args.steps,
-            epochs=args.epochs,
-            lr=args.lr,
-            pixels_per_image=args.pixels_per_image,
             device=device,
             progress=args.progress and rank == 0,
             checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every,
             resume=args.resume,
+            **{k: v for k, v in fit_options.items() if v is not None},
         )
         if rank == 0:
             path = detector.save(args.out)

@@ -10,6 +10,7 @@ from typing import Any
 from .. import __version__
 from ..baselines import BASELINES
 from ..benchmark import BenchConfig
+from ..config import PRESETS
 from .bench import BENCH, BENCH_OUT, DEMO, DEMO_OUT, QUICK, cmd_bench, cmd_demo
 from .evaluate import DEFAULT_BASELINES, cmd_evaluate
 from .fit import cmd_fit
@@ -131,7 +132,15 @@ DETECTOR_OPTIONS: list[Option] = [
 ]
 FIT_OPTIONS: list[Option] = [
     ("--out", {"required": True, "metavar": "FILE", "help": "the detector .safetensors"}),
-    ("--variant", {"choices": ("C", "U"), "default": "C", "help": "default: C"}),
+    (
+        "--preset",
+        {
+            "choices": tuple(PRESETS),
+            "default": "default",
+            "help": "named settings and fit options (default: default); options given win",
+        },
+    ),
+    ("--variant", {"choices": ("C", "U"), "help": "default: C"}),
     (
         "--feature-layer",
         {"metavar": "NAME", "help": "FED-C features (default: the classifier's input)"},
@@ -145,17 +154,17 @@ FIT_OPTIONS: list[Option] = [
             "help": "optimizer steps (default: --epochs passes)",
         },
     ),
-    ("--epochs", {"type": positive_int, "default": 1, "metavar": "N", "help": "default: 1"}),
-    ("--lr", {"type": _number_in(1e-8, 1.0), "default": 1e-3, "help": "default: 1e-3"}),
+    ("--epochs", {"type": positive_int, "metavar": "N", "help": "default: 1"}),
+    ("--lr", {"type": _number_in(1e-8, 1.0), "help": "default: 1e-3"}),
+    ("--pixels-per-image", {"type": positive_int, "metavar": "N", "help": "default: 1024"}),
     (
-        "--pixels-per-image",
-        {"type": positive_int, "default": 1024, "metavar": "N", "help": "default: 1024"},
+        "--warmup-steps",
+        {"type": non_negative_int, "metavar": "N", "help": "default: 5 %% of steps"},
     ),
+    ("--decay-every", {"type": positive_int, "metavar": "N", "help": "default: once, at 80 %%"}),
+    ("--weight-decay", {"type": _number_in(0.0, 1.0), "help": "default: 1e-4"}),
     ("--checkpoint", {"metavar": "FILE", "help": "write training checkpoints here"}),
-    (
-        "--checkpoint-every",
-        {"type": positive_int, "default": 500, "metavar": "N", "help": "default: 500"},
-    ),
+    ("--checkpoint-every", {"type": positive_int, "metavar": "N", "help": "default: 500"}),
     ("--resume", {"action": "store_true", "help": "continue from --checkpoint if it exists"}),
 ]
 SCORE_OPTIONS: list[Option] = [
