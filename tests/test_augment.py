@@ -172,6 +172,7 @@ def test_dataloader_workers_and_passes_get_different_reproducible_crops() -> Non
         ({"crop": (0, 4)}, "crop must be"),
         ({"crop": (4,)}, "crop must be"),
         ({"crop": (4.5, 4)}, "crop must be"),
+        ({"crop": 512}, "crop must be"),
         ({"scale": (0.0, 1.0)}, "scale must satisfy"),
         ({"scale": (-1.0, 1.0)}, "scale must satisfy"),
         ({"scale": (2.0, 1.0)}, "scale must satisfy"),
@@ -181,6 +182,7 @@ def test_dataloader_workers_and_passes_get_different_reproducible_crops() -> Non
         ({"seed": -1}, "seed must be"),
         ({"fill": math.nan}, "fill must be"),
         ({"fill": ()}, "fill must be"),
+        ({"fill": "black"}, "fill must be"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict, needle: str) -> None:

@@ -10,6 +10,7 @@ Needs only torch. Padding that a crop adds past the image is labelled
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,7 +67,7 @@ class FitAugment:
     2. crop a random ``crop = (h, w)`` window; where the resized image is smaller than the
        crop, the window keeps all of it and the bottom / right rest is padding: ``fill``
        in the image (a number, or one per channel) and ``PADDING_INDEX`` in the label
-       (added after the flip, so padding is always at the bottom / right).
+       (padded after the flip, so padding is always at the bottom / right).
        ``crop=None`` keeps the whole resized image (sizes then vary from call to call);
     3. flip both horizontally with probability 0.5 when ``hflip``.
 
@@ -90,21 +91,21 @@ class FitAugment:
         fill: float | Sequence[float] = 0.0,
     ) -> None:
         if crop is not None:
-            crop = tuple(crop)  # type: ignore[assignment]
-            if len(crop) != 2 or not all(_is_int(s) and s > 0 for s in crop):
+            sides = _items(crop)
+            if len(sides) != 2 or not all(_is_int(s) and s > 0 for s in sides):
                 raise ValueError(f"crop must be None or (height, width) positive ints; got {crop}")
-            crop = (int(crop[0]), int(crop[1]))
-        scale = tuple(scale)  # type: ignore[assignment]
-        if len(scale) != 2 or not all(_is_real(s) for s in scale):
+            crop = (int(sides[0]), int(sides[1]))
+        bounds = _items(scale)
+        if len(bounds) != 2 or not all(_is_real(s) for s in bounds):
             raise ValueError(f"scale must be a pair (low, high) of numbers; got {scale}")
-        low, high = float(scale[0]), float(scale[1])
+        low, high = float(bounds[0]), float(bounds[1])
         if not (0 < low <= high and math.isfinite(high)):
             raise ValueError(f"scale must satisfy 0 < low <= high < inf; got {scale}")
         if not isinstance(hflip, bool):
             raise ValueError(f"hflip must be True or False; got {hflip!r}")
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed must be a non-negative int; got {seed!r}")
-        fills = [fill] if _is_real(fill) else list(fill)  # type: ignore[arg-type]
+        fills = [fill] if _is_real(fill) else _items(fill)
         if not fills or not all(_is_real(v) and math.isfinite(v) for v in fills):
             raise ValueError(f"fill must be a finite number or one per channel; got {fill!r}")
         self.crop: tuple[int, int] | None = crop
@@ -178,12 +179,17 @@ class FitAugment:
         return self.apply(image, label, self.draw(*image.shape[-2:]))
 
 
+def _items(value: object) -> list[object]:
+    """The elements of a tuple / list, or ``[]`` for anything else (refused by the caller)."""
+    return list(value) if isinstance(value, tuple | list) else []
+
+
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_pair(image: Tensor, label: Tensor) -> None:
