@@ -355,3 +355,63 @@ def test_registry_and_load_dataset(tmp_path: Path) -> None:
     assert isinstance(ds, Cityscapes) and ds.split == "train" and ds[0][0].shape == (3, 2, 3)
     with pytest.raises(ValueError, match="known datasets: cityscapes, fishyscapes_laf"):
         load_dataset("kitti", tmp_path)
+
+
+def _layout(name: str, root: Path) -> tuple[str, Path, str | None]:
+    """Write a one-frame tree of ``name``'s layout; returns (load_dataset name, root, split)."""
+    frame = "04_Maurener_Weg_8_000000_000030"
+    if name == "cityscapes":
+        _cityscapes(root)
+    elif name == "lost_and_found":
+        _save(root / f"leftImg8bit/test/04_Maurener_Weg_8/{frame}_leftImg8bit.png", _rgb(4))
+        _save(root / f"gtCoarse/test/04_Maurener_Weg_8/{frame}_gtCoarse_labelIds.png", _label([1]))
+    elif name == "street_hazards":
+        _save(root / "test/images/test/t5/1.png", _rgb(0))
+        _save(root / "test/annotations/test/t5/1.png", _label([0, 1, 14]))
+    elif name.startswith("road_"):
+        _smiyc(root, "png", ["validation0000"], labelled=["validation0000"])
+    elif name.startswith("fishyscapes"):
+        _save(root / "images/0.png", _rgb(0))
+        _save(root / "labels_masks/0.png", _label([0, 1, 255]))
+    else:
+        _save(root / "img/a.png", _rgb(0))
+        _save(root / "lab/a.png", _label([0, 1, 255, 3]))
+        return "folder", root / "img", None
+    return name, root, None
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_loader_returns_the_padding_index_a_fit_augmentation_adds(
+    tmp_path: Path, name: str
+) -> None:
+    """A crop past the image pads the label with PADDING_INDEX; no loader rejects or remaps it."""
+    from flowenedet.data import FitAugment
+    from flowenedet.labels import PADDING_INDEX
+
+    key, root, split = _layout(name, tmp_path)
+    kw = {"labels": tmp_path / "lab"} if key == "folder" else {}
+    plain = load_dataset(key, root, split, **kw)
+    augment = FitAugment(crop=(2 * H, 2 * W), scale=(1.0, 1.0), hflip=False, fill=0.5)
+    padded = load_dataset(key, root, split, transform=augment, **kw)
+    (image, label), (big, big_label) = plain[0], padded[0]
+    assert big.shape == (3, 2 * H, 2 * W) and big_label.shape == (2 * H, 2 * W)
+    assert torch.equal(big_label[:H, :W], label) and torch.equal(big[:, :H, :W], image)
+    assert (big_label[H:] == PADDING_INDEX).all() and (big_label[:, W:] == PADDING_INDEX).all()
+    assert (big[:, H:] == 0.5).all() and (big[:, :, W:] == 0.5).all()
+
+
+def test_embedded_scenes_apply_a_transform_to_indexed_items() -> None:
+    pytest.importorskip("mlxtend")
+    pytest.importorskip("skimage")
+    from flowenedet.data import FitAugment, make_scenes
+    from flowenedet.labels import PADDING_INDEX
+
+    scenes = make_scenes("train", 2, size=32)
+    augment = FitAugment(crop=(48, 40), scale=(1.0, 1.0), hflip=False)
+    padded = make_scenes("train", 2, size=32, transform=augment)
+    image, label = padded[1]
+    assert image.shape == (3, 48, 40) and label.shape == (48, 40)
+    assert torch.equal(label[:32, :32], scenes[1][1])
+    assert torch.equal(image[:, :32, :32], scenes[1][0])
+    assert (label[32:] == PADDING_INDEX).all() and (label[:, 32:] == PADDING_INDEX).all()
+    assert torch.equal(padded.images, scenes.images)  # the stored scenes stay as generated

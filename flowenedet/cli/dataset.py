@@ -15,7 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .errors import CLIError, json_object
 
-__all__ = ["build_dataset", "make_loader", "normalise"]
+__all__ = ["build_dataset", "fit_augment", "make_loader", "normalise"]
+
+DEFAULT_CROP = (512, 1024)
+DEFAULT_SCALE_RANGE = (0.5, 2.0)
 
 
 def normalise(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
@@ -49,7 +52,44 @@ def _size(args: argparse.Namespace) -> int | tuple[int, int] | None:
     return args.size[0] if len(args.size) == 1 else (args.size[0], args.size[1])
 
 
-def _embedded(args: argparse.Namespace, split: str | None, size: Any) -> Dataset:
+def fit_augment(args: argparse.Namespace) -> Any:
+    """The ``FitAugment`` of ``--augment`` / ``--crop`` / ``--scale-range``, or ``None``."""
+    from ..data import FitAugment
+
+    crop, scale = getattr(args, "crop", None), getattr(args, "scale_range", None)
+    if not getattr(args, "augment", False):
+        if crop is not None or scale is not None:
+            given = "--crop" if crop is not None else "--scale-range"
+            raise CLIError(f"{given} needs --augment")
+        return None
+    if crop is None:
+        crop = list(DEFAULT_CROP)
+    if crop == [None]:
+        crop = None
+        if args.batch_size != 1:
+            raise CLIError(
+                "--augment --crop none gives every image its own random size, so they cannot "
+                f"be batched: use --batch-size 1 (got {args.batch_size}) or give --crop H W"
+            )
+    elif len(crop) != 2 or None in crop:
+        shown = " ".join("none" if side is None else str(side) for side in crop)
+        raise CLIError(f"--crop takes H W (positive integers) or none; got {shown}")
+    low, high = scale if scale is not None else DEFAULT_SCALE_RANGE
+    if low > high:
+        raise CLIError(f"--scale-range LOW HIGH needs LOW <= HIGH; got {low:g} {high:g}")
+    # pad images with the --mean colour, so padding is 0 after normalisation as in
+    # mmsegmentation's pipelines (whose label padding is 255; ours is PADDING_INDEX)
+    fill = tuple(args.mean) if args.mean else 0.0
+    return FitAugment(
+        crop=None if crop is None else (crop[0], crop[1]),
+        scale=(low, high),
+        hflip=True,
+        seed=args.seed,
+        fill=fill,
+    )
+
+
+def _embedded(args: argparse.Namespace, split: str | None, size: Any, transform: Any) -> Dataset:
     if isinstance(size, tuple) and size[0] != size[1]:
         raise CLIError(f"--dataset embedded makes square scenes; got --size {size}")
     side = size if isinstance(size, int) or size is None else size[0]
@@ -59,21 +99,25 @@ def _embedded(args: argparse.Namespace, split: str | None, size: Any) -> Dataset
         raise CLIError(f"--dataset embedded needs the bench extra: {error}") from None
     kw = {"corruption": getattr(args, "corruption", None)}
     kw["severity"] = getattr(args, "severity", 0) or 0
+    kw["transform"] = transform
     return make_scenes(split, args.scenes, seed=args.seed, size=side or 96, **kw)
 
 
-def build_dataset(args: argparse.Namespace, split: str | None) -> Dataset:
-    """The dataset of ``--dataset`` / ``--root`` or ``--folder`` / ``--labels``."""
+def build_dataset(args: argparse.Namespace, split: str | None, transform: Any = None) -> Dataset:
+    """The dataset of ``--dataset`` / ``--root`` or ``--folder`` / ``--labels``; ``transform``
+    (e.g. :func:`fit_augment`'s) is applied to every item."""
     from ..data import DATASETS, load_dataset
 
     size = _size(args)
     if args.dataset == "embedded":
-        return _embedded(args, split, size)
+        return _embedded(args, split, size, transform)
     extra = json_object(args.dataset_kwargs, "--dataset-kwargs")
     if isinstance(extra.get("label_map"), dict):  # JSON keys are strings
         extra["label_map"] = {int(raw): int(ours) for raw, ours in extra["label_map"].items()}
     if size is not None:
         extra["size"] = size
+    if transform is not None:
+        extra["transform"] = transform
     if args.folder:
         if not args.labels:
             raise CLIError("--folder needs --labels DIR: fit and evaluate need label maps")

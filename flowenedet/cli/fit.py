@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from ..detector import FlowEneDet
-from .dataset import build_dataset, make_loader
+from .dataset import build_dataset, fit_augment, make_loader
 from .errors import CLIError, json_object, require_output_file
 from .segmenter import load_segmenter, select_device
 
@@ -57,11 +57,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     require_output_file(args.out, "--out")
     require_output_file(args.checkpoint, "--checkpoint")
     options = json_object(args.detector_kwargs, "--detector-kwargs")
+    augment = fit_augment(args)
     rank, world, device = _start_distributed(select_device(args.device))
     if rank == 0 and args.resume and not Path(args.checkpoint).is_file():
         logger.warning("--resume: no checkpoint %s yet; starting from scratch", args.checkpoint)
     try:
-        dataset = build_dataset(args, args.split or "train")
+        dataset = build_dataset(args, args.split or "train", transform=augment)
+        if augment is not None:
+            logger.info("fit-time augmentation: %r", augment)
         segmenter = load_segmenter(args, device)
         # One seeded shuffle, the same order on every pass: the statistics pass and the
         # training passes agree, so --resume skips exactly the batches already used.

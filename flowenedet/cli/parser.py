@@ -61,6 +61,11 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _side_or_none(text: str) -> int | None:
+    """An argparse type for ``--crop``: a positive integer or ``none``."""
+    return None if text.strip().lower() == "none" else positive_int(text)
+
+
 def _rgb(help_: str) -> dict[str, Any]:
     return {"type": float, "nargs": 3, "metavar": ("R", "G", "B"), "help": help_}
 
@@ -166,6 +171,31 @@ FIT_OPTIONS: list[Option] = [
     ("--checkpoint", {"metavar": "FILE", "help": "write training checkpoints here"}),
     ("--checkpoint-every", {"type": positive_int, "metavar": "N", "help": "default: 500"}),
     ("--resume", {"action": "store_true", "help": "continue from --checkpoint if it exists"}),
+    (
+        "--augment",
+        {
+            "action": "store_true",
+            "help": "random resize, crop and flip (see --crop, --scale-range)",
+        },
+    ),
+    (
+        "--crop",
+        {
+            "type": _side_or_none,
+            "nargs": "+",
+            "metavar": ("H", "W"),
+            "help": "--augment crop (default 512 1024; 'none': no crop, needs --batch-size 1)",
+        },
+    ),
+    (
+        "--scale-range",
+        {
+            "type": _number_in(1e-3, 1e3),
+            "nargs": 2,
+            "metavar": ("LOW", "HIGH"),
+            "help": "--augment resize factors (default 0.5 2.0)",
+        },
+    ),
 ]
 SCORE_OPTIONS: list[Option] = [
     ("inputs", {"nargs": "+", "metavar": "IMAGE_OR_FOLDER"}),

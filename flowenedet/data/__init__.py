@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .augment import AugmentDraw, FitAugment
 from .datasets import DATASETS, FolderDataset, SegmentationFiles, load_dataset
 
 __all__ = [
     "DATASETS",
+    "AugmentDraw",
+    "FitAugment",
     "FolderDataset",
     "SceneSet",
     "SegmentationFiles",

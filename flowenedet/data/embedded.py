@@ -18,7 +18,7 @@ import importlib.util
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
 from . import shift
+from .files import Transform
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class SceneSet(Dataset):
     """Generated scenes: ``images`` uint8 ``(N, 3, S, S)``, ``labels`` int64 ``(N, S, S)``.
 
     Indexing gives ``(image (3, S, S) float in [0, 1], label (S, S) int64)``, so the set can
-    be handed to a ``torch.utils.data.DataLoader`` directly.
+    be handed to a ``torch.utils.data.DataLoader`` directly; a ``transform(image, label)``
+    (e.g. :class:`flowenedet.data.FitAugment`) is applied to each indexed pair (not to
+    ``images`` / ``labels`` / :meth:`to_float`).
     """
 
     images: torch.Tensor
@@ -83,12 +86,16 @@ class SceneSet(Dataset):
     seed: int
     corruption: str | tuple[str, ...] | None = None
     severity: int | tuple[int, ...] = 0
+    transform: Transform | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index].float().div_(255.0), self.labels[index]
+        image, label = self.images[index].float().div_(255.0), self.labels[index]
+        if self.transform is not None:
+            image, label = self.transform(image, label)
+        return image, label
 
     def to_float(self) -> torch.Tensor:
         """All images as float32 ``(N, 3, S, S)`` in [0, 1]."""
@@ -110,6 +117,7 @@ def make_scenes(
     corruption: str | Sequence[str] | None = None,
     severity: int | Sequence[int] = 0,
     progress: bool = False,
+    transform: Transform | None = None,
 ) -> SceneSet:
     """Generate ``num_scenes`` scenes of ``split`` at ``size`` x ``size`` pixels.
 
@@ -119,6 +127,7 @@ def make_scenes(
     finished image; labels are unchanged by it. A sequence of names (and of severities)
     mixes them: scene ``i`` gets ``corruption[i % n]`` at
     ``severity[(i // n) % len(severity)]``, so every pair occurs equally often.
+    ``transform(image, label)`` is applied to each indexed pair (see :class:`SceneSet`).
     """
     _check_split(split)
     for name, value in (("num_scenes", num_scenes), ("seed", seed), ("size", size)):
@@ -149,6 +158,7 @@ def make_scenes(
         seed=seed,
         corruption=corruption if isinstance(corruption, str | None) else corruptions,
         severity=severity if isinstance(severity, int | np.integer) else severities,
+        transform=transform,
     )
 
 
