@@ -516,7 +516,7 @@ def test_void_as_miss_counts_void_pixels_as_misses_of_the_fit_data(segmenter, tr
     images, labels = train_loader[0]
     labels = labels.clone()
     labels[:, :4] = 255  # a void band across every image
-    labels[:, -3:] = PADDING_INDEX  # and padding, as a crop past the image adds
+    labels[:, -4:] = PADDING_INDEX  # and padding, as a crop past the image adds (whole cells)
     rates = {}
     for void_as_miss in (False, True):
         det = FlowEneDet(segmenter, variant="U", void_as_miss=void_as_miss)
