@@ -9,7 +9,7 @@ latent map ``u`` of the same shape, conditioned for FED-C on pooled decoder feat
 1. :class:`MapActNorm`: a per-channel affine map, initialised from the first training
    batch (nflows' ActNorm with the floor of :class:`~flowenedet.flow.FlooredActNorm`);
 2. :class:`InvertibleConv1x1`: a learned ``D x D`` channel mixing, ``W = P L U``
-   (Glow's LU form), initialised to a random orthogonal matrix;
+   (Glow's LU form), initialised to the identity (the release: random orthogonal);
 3. :class:`ConvAffineCoupling`: a RealNVP affine coupling with an alternating channel
    mask. Its network reads **only the identity half** of the channels plus the
    conditioning features (each block normalises them with its own ActNorm):
@@ -101,14 +101,18 @@ class InvertibleConv1x1(Transform):
     """Invertible 1x1 convolution ``y_i = W z_i`` with ``W = P L (U + diag(sign e^s))``.
 
     ``P`` (a permutation) and ``sign`` are fixed buffers; ``L`` is unit lower-triangular,
-    ``U`` strictly upper. Initialised to a random orthogonal ``W``; log-det per pixel
-    ``sum(s)``.
+    ``U`` strictly upper. Initialised to the identity, so the whole flow starts as the
+    identity (``orthogonal_init``: a random orthogonal ``W``, as the release does; on the
+    digits world's energy pair that start left FED-U at train AUROC 0.42 after 200 steps,
+    the identity at 0.81); log-det per pixel ``sum(s)``.
     """
 
-    def __init__(self, features: int) -> None:
+    def __init__(self, features: int, orthogonal_init: bool = False) -> None:
         super().__init__()
-        orthogonal = torch.linalg.qr(torch.randn(features, features))[0]
-        permutation, lower, upper = torch.linalg.lu(orthogonal)
+        start = torch.linalg.qr(torch.randn(features, features))[0]
+        if not orthogonal_init:
+            start = torch.eye(features)
+        permutation, lower, upper = torch.linalg.lu(start)
         diagonal = upper.diagonal()
         self.register_buffer("permutation", permutation)
         self.register_buffer("sign", diagonal.sign())
