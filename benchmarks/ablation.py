@@ -35,20 +35,15 @@ from typing import Any
 import torch
 
 from flowenedet import FlowEneDet
-from flowenedet.benchmark import (
+from flowenedet.evaluation.config import (
     CORRUPTIONS,
     FEATURE_LAYER,
-    QUALITY_BAR,
     SMALL_MAP_POSTPROCESS,
     BenchConfig,
-    best_baseline,
-    evaluate_split,
-    load_fit_split,
-    load_split,
-    make_baselines,
-    score_split,
-    shifted_split,
 )
+from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
+from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
+from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
 from flowenedet.postprocess import resize_labels
 from flowenedet.zoo import load_reference_segmenter
 

@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from flowenedet import FlowEneDet
-from flowenedet.baselines import MSP
 from flowenedet.cli import main
 from flowenedet.data import FolderDataset
+from flowenedet.evaluation.baselines import MSP
 
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
@@ -374,7 +374,7 @@ EXTRA_MESSAGE = 'needs the bench extra: pip install "flowenedet[bench]"'
 def fake_runs(monkeypatch, tmp_path):
     """run_demo / run_bench replaced by stand-ins that record their arguments, write one
     file and return one table; the working directory is an empty temporary folder."""
-    from flowenedet import benchmark
+    from flowenedet.evaluation import runner as benchmark
 
     calls = []
 
@@ -464,7 +464,7 @@ def test_a_missing_bench_extra_is_reported_before_any_work(
 
 
 def test_a_bench_module_missing_during_the_run_is_reported(fake_runs, capsys, monkeypatch):
-    from flowenedet import benchmark
+    from flowenedet.evaluation import runner as benchmark
 
     def needs_mlxtend(out_dir, cfg):
         raise ModuleNotFoundError("No module named 'mlxtend.data'", name="mlxtend.data")

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
-from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
-from flowenedet.metrics import (
+from flowenedet.evaluation.metrics import (
     PixelEvaluator,
     auroc,
     average_precision,
@@ -20,6 +19,7 @@ from flowenedet.metrics import (
     format_table,
     fpr_at_tpr,
 )
+from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
 
 
 def sk_fpr95(positives: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -351,3 +351,16 @@ def test_format_table_shows_percentages_with_two_decimals():
     assert lines[3].split("|")[-2].strip() == "-"  # FlowEneDet has no mIoU
     only_idm = format_table({"MSP": rows["MSP"]}).splitlines()[0]
     assert "OOD" not in only_idm and "IDM AUROC" in only_idm
+
+
+def test_the_old_module_names_are_the_evaluation_modules():
+    import flowenedet.baselines
+    import flowenedet.metrics
+    from flowenedet.baselines import MSP
+    from flowenedet.metrics import auroc as old_auroc
+
+    import flowenedet.evaluation
+
+    assert flowenedet.metrics is flowenedet.evaluation.metrics
+    assert flowenedet.baselines is flowenedet.evaluation.baselines
+    assert old_auroc is auroc and MSP is flowenedet.evaluation.baselines.MSP

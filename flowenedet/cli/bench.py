@@ -1,5 +1,5 @@
 """``flowenedet demo`` and ``flowenedet bench``: the embedded, offline benchmark
-(:mod:`flowenedet.benchmark`) from the shell."""
+(:mod:`flowenedet.evaluation.runner`) from the shell."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import benchmark
-from ..benchmark import FULL_BENCH, BenchConfig
+from ..evaluation import report, runner
+from ..evaluation.config import FULL_BENCH, BenchConfig
 from .errors import CLIError
 
 __all__ = ["BENCH", "DEMO", "QUICK", "bench_config", "cmd_bench", "cmd_demo"]
@@ -83,8 +83,8 @@ def _run(
         raise _missing_extra(what, [module]) from None
     seconds = time.perf_counter() - started
     written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
-    print(benchmark.tables(results))
-    print(f"{benchmark.report(results)}\n")
+    print(report.tables(results))
+    print(f"{report.report(results)}\n")
     print(f"wrote {len(written)} file(s):")
     for path in written:
         print(f"  {path}")
@@ -94,10 +94,10 @@ def _run(
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Fit FED-U / FED-C on the embedded benchmark and compare them with every baseline."""
-    return _run(args, "the demo", benchmark.run_demo, DEMO)
+    return _run(args, "the demo", runner.run_demo, DEMO)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The full embedded benchmark: every corruption at severities 1-4, tables as Markdown."""
     preset = QUICK if args.quick else BENCH
-    return _run(args, "the benchmark", benchmark.run_bench, preset)
+    return _run(args, "the benchmark", runner.run_bench, preset)

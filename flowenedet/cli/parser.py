@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..baselines import BASELINES
-from ..benchmark import BenchConfig
+from ..evaluation.baselines import BASELINES
+from ..evaluation.config import BenchConfig
 from .bench import BENCH, BENCH_OUT, DEMO, DEMO_OUT, QUICK, cmd_bench, cmd_demo
 from .evaluate import DEFAULT_BASELINES, cmd_evaluate
 from .fit import cmd_fit

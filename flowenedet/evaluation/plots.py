@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .io import atomic_write
-from .labels import IGNORE_INDEX, OOD_INDEX
+from ..io import atomic_write
+from ..labels import IGNORE_INDEX, OOD_INDEX
 from .metrics import PixelEvaluator
 
 if TYPE_CHECKING:
-    from .benchmark import SplitData
+    from .splits import SplitData
 
 __all__ = ["label_colours", "save_curves", "save_panels"]
 
