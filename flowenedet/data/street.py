@@ -320,17 +320,20 @@ def _glyph(rng, split: str, digits: tuple[int, ...], h: int, w: int, solid: bool
 
 def _paste(image, label, top: int, left: int, rgb, alpha, cls: int, solid: float = 0.5) -> int:
     """Blend ``rgb`` ``(h, w, 3)`` by ``alpha`` ``(h, w)`` at ``(top, left)`` (clipped to the
-    image) and label pixels with ``alpha >= solid`` as ``cls``; returns how many."""
+    image) and label pixels with ``alpha >= solid`` as ``cls``; returns how many (0: nothing
+    pasted, no pixel reached ``solid``)."""
     height, width = label.shape
     h, w = alpha.shape
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + h, height), min(left + w, width)
     if y0 >= y1 or x0 >= x1:
         return 0
     a = alpha[y0 - top : y1 - top, x0 - left : x1 - left, None]
+    hit = a[..., 0] >= solid
+    if not hit.any():  # too small to carry a label: leave the image alone too
+        return 0
     region = image[y0:y1, x0:x1]
     region *= 1 - a
     region += a * rgb[y0 - top : y1 - top, x0 - left : x1 - left]
-    hit = a[..., 0] >= solid
     label[y0:y1, x0:x1][hit] = cls
     return int(hit.sum())
 
@@ -439,7 +442,9 @@ def _paste_objects(rng, image, label, lay: Layout, kinds, count, area, cls, soli
         else:
             top = int(rng.integers(round(0.25 * height), max(round(0.25 * height) + 1, height - h)))
             left = int(rng.integers(0, max(1, width - w)))
-        sizes.append(_paste(image, label, top, left, rgb, alpha, cls, solid))
+        pasted = _paste(image, label, top, left, rgb, alpha, cls, solid)
+        if pasted:
+            sizes.append(pasted)
     return sizes
 
 
