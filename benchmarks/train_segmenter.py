@@ -72,6 +72,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=None, help="partial weights file")
     p.add_argument("--checkpoint-every", type=int, default=0, help="steps (0: never)")
     p.add_argument("--log", type=Path, default=None, help="also log progress to this file")
+    p.add_argument(
+        "--evaluate",
+        type=Path,
+        default=None,
+        metavar="WEIGHTS",
+        help="no training: evaluate these weights again and write them with fresh metrics "
+        "to --out (their card's training record is kept)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
     if args.out is None:
@@ -319,6 +327,23 @@ def make_card(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
     }
 
 
+def evaluate_again(args: argparse.Namespace) -> dict[str, Any]:
+    """``--evaluate``: fresh metrics for trained weights (e.g. after the world changed)."""
+    tensors, card = io.load_file(args.evaluate, kind=zoo.FORMAT, version=zoo.FORMAT_VERSION)
+    model = zoo.DigitSegmenter(**card["architecture"])
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    data = WORLD_DATA[args.world]
+    seen = data.make_scenes("train", args.eval_scenes, seed=card["data_seed"])
+    args.data_seed = card["data_seed"]
+    card["metrics"] = evaluate(model, args, seen)
+    card.pop("partial", None)
+    save(model, card, args.out)
+    logger.info("wrote %s with fresh metrics", args.out)
+    print(json.dumps(card["metrics"], indent=2))
+    return card
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -327,6 +352,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         logger.addHandler(handler)
     torch.set_num_threads(args.threads)
+    if args.evaluate is not None:
+        return evaluate_again(args)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     data = WORLD_DATA[args.world]

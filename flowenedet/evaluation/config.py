@@ -5,25 +5,33 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["CORRUPTIONS", "FEATURE_LAYER", "FIT_CORRUPTIONS", "FULL_BENCH", "BenchConfig"]
+__all__ = [
+    "CORRUPTIONS",
+    "FEATURE_LAYER",
+    "FIT_CORRUPTIONS",
+    "FULL_BENCH",
+    "REFERENCE_SML_SIZES",
+    "WORLDS",
+    "BenchConfig",
+    "sml_postprocess",
+]
 
-# Chosen on the validation splits (docs/benchmarks.md). The reference segmenter's logits
-# are 24x24: the reference release's sizes (boundary width 4, dilation 6, made for
-# 256x512 maps) wipe out whole objects, and even width 1 or plain 3x3 smoothing lowers
-# FlowEneDet's AP there. So no boundary suppression, idm and concurrent unsmoothed, and
-# the ood map smoothed (5x5, sigma 1.5) with its peaks kept: small objects keep their
-# score, and their weak pixels borrow from strong neighbours.
-SMALL_MAP_POSTPROCESS = {
-    "boundary_width": 0,
-    "boundary_iterations": 1,
-    "ood_dilation": 1,
-    "smooth_kernel": 1,
-    "ood_smooth_kernel": 5,
-    "ood_smooth_sigma": 1.5,
-    "ood_keep_peaks": True,
-}
-# SML's own post-processing, the smallest that still does something on 24x24 maps.
-SML_POSTPROCESS = {"boundary_width": 1, "boundary_iterations": 1, "dilation": 1}
+WORLDS = ("digits", "street")
+"""The embedded worlds: :mod:`flowenedet.data.embedded` (96 x 96 scenes, logits at stride 4)
+and :mod:`flowenedet.data.street` (256 x 512 scenes, logits at stride 8)."""
+REFERENCE_SML_SIZES = {"boundary_width": 4, "boundary_iterations": 4, "dilation": 6}
+"""SML's post-processing in the reference release, in image pixels at full resolution."""
+
+
+def sml_postprocess(stride: int) -> dict[str, int]:
+    """SML's post-processing sizes converted to logit pixels at ``stride``: each reference
+    size divided by the stride, rounded, at least 1 (stride 4: width 1, 1 iteration,
+    dilation 2; stride 8: 1, 1, 1)."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return {name: max(1, round(size / stride)) for name, size in REFERENCE_SML_SIZES.items()}
+
+
 FEATURE_LAYER = "classifier:input"
 CORRUPTIONS = (
     "snow",
@@ -62,7 +70,8 @@ class BenchConfig:
     one severity 1-4, every pair once in each run of ``4 * len(shift)`` scenes (empty: no
     shifted splits). ``corruptions``: further test splits of one ``(type, severity)`` each, the
     per-corruption breakdown. ``fit_corruptions``: the shifts of the detectors' extra
-    training copies, which no test split may use.
+    training copies, which no test split may use. ``world``: one of :data:`WORLDS`;
+    ``size``: its scene size (None: the world's default, 96 or 256 x 512).
     """
 
     train_scenes: int = 300
@@ -77,8 +86,12 @@ class BenchConfig:
     corruptions: Sequence[tuple[str, int]] = ()
     fit_corruptions: Sequence[str] = FIT_CORRUPTIONS
     progress: bool = True
+    world: str = "digits"
+    size: int | tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {WORLDS}, got {self.world!r}")
         tested = {name for name, _ in self.corruptions} | set(self.shift)
         tested &= set(self.fit_corruptions)
         if tested:

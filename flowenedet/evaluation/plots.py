@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = ["label_colours", "save_curves", "save_panels"]
 
+DPI = 90
+
 
 def label_colours(labels: torch.Tensor, num_classes: int) -> np.ndarray:
     """RGB ``(H, W, 3)`` in [0, 1] for a label map: classes from a qualitative colormap,
@@ -53,7 +55,13 @@ def save_panels(split: SplitData, path: Path, *, detector: str = "FED-C", count:
     columns = ("image", "ground truth", "prediction", f"{detector} IDM", f"{detector} OOD")
     maps = [split.scores[f"{detector} {kind}"] for kind in ("idm", "ood")]
     ranges = [_display_range(scores) for scores in maps]
-    fig, axes = plt.subplots(len(order), 5, figsize=(12, 2.5 * len(order)), squeeze=False)
+    height, width = split.labels.shape[-2:]
+    # every panel at least at its pixel size (DPI pixels per inch), so that an obstacle of a
+    # few pixels stays visible in a 256 x 512 scene
+    panel_w, panel_h = max(12 / 5, width / DPI), max(2.5, height / DPI + 0.4)
+    fig, axes = plt.subplots(
+        len(order), 5, figsize=(5 * panel_w, panel_h * len(order)), squeeze=False
+    )
     for row, index in enumerate(order.tolist()):
         panels = (
             split.images[index].permute(1, 2, 0).numpy(),
@@ -107,6 +115,6 @@ def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood
 
 
 def _save(fig, plt, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     plt.close(fig)
     return path

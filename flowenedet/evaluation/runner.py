@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .. import io
 from ..detector import MAPS, FlowEneDet
 from . import baselines
-from .config import FEATURE_LAYER, FULL_BENCH, SMALL_MAP_POSTPROCESS, SML_POSTPROCESS, BenchConfig
+from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig, sml_postprocess
 from .metrics import PixelEvaluator
 from .report import report, tables
 from .splits import SplitData, load_fit_split, load_split, shifted_split
@@ -57,7 +57,6 @@ def fit_detectors(
             variant=variant,
             feature_layer=FEATURE_LAYER,
             seed=cfg.seed,
-            **SMALL_MAP_POSTPROCESS,
         ).fit_logits(
             train.logits,
             train.labels,
@@ -72,15 +71,17 @@ def fit_detectors(
 
 
 def make_baselines(segmenter: nn.Module, detector: FlowEneDet, cfg: BenchConfig) -> dict:
-    """Every baseline, SML with the detector's class statistics."""
+    """Every baseline, SML with the detector's class statistics; SML+post with the
+    reference's sizes converted to the segmenter's logit stride (:func:`sml_postprocess`)."""
     stats = {"mean": detector.stats.mean, "var": detector.stats.var}
+    stride = _stride(segmenter)
     return {
         "MSP": baselines.MSP(segmenter),
         "MaxLogit": baselines.MaxLogit(segmenter),
         "Energy": baselines.Energy(segmenter),
         "Entropy": baselines.Entropy(segmenter),
         "SML": baselines.SML(segmenter, **stats, postprocess=False),
-        "SML+post": baselines.SML(segmenter, **stats, postprocess=True, **SML_POSTPROCESS),
+        "SML+post": baselines.SML(segmenter, **stats, postprocess=True, **sml_postprocess(stride)),
         "MC dropout": baselines.MCDropout(segmenter, samples=cfg.mc_samples),
     }
 
@@ -139,16 +140,21 @@ def evaluate_split(
     return rows, oracle
 
 
+def _stride(segmenter: nn.Module) -> int:
+    """The segmenter's output stride: its ``stride`` attribute, else 1 (logits at full size)."""
+    return int(getattr(segmenter, "stride", 1))
+
+
 def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
     from ..zoo import load_reference_segmenter
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter()
+    segmenter = load_reference_segmenter(world=cfg.world)
     num_classes = segmenter.num_classes
     detectors = fit_detectors(segmenter, load_fit_split(segmenter, cfg), cfg)
     methods = make_baselines(segmenter, detectors["FED-C"], cfg)
-    results: dict[str, Any] = {"config": _jsonable(cfg), "splits": {}}
+    results: dict[str, Any] = {"config": _jsonable(cfg), "world": cfg.world, "splits": {}}
     thresholds = None  # calibrated on the clean validation split, used for every test split
     for split_name, corruption, severity in _splits(cfg):
         num = cfg.val_scenes if split_name == "val" else cfg.test_scenes
@@ -163,6 +169,7 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
 
             save_panels(split, out_dir / "scenes.png", detector="FED-C")
             save_curves(split, num_classes, out_dir / "curves.png")
+            save_curves(split, num_classes, out_dir / "curves-idm.png", task="idm")
     for name, det in detectors.items():
         det.save(out_dir / f"{name.lower()}.safetensors")
     results["seconds"] = time.perf_counter() - started

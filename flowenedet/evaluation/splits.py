@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -11,14 +12,14 @@ from tqdm.auto import tqdm
 from ..hooks import SegmenterTap
 from .config import FEATURE_LAYER, BenchConfig
 
-__all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split"]
+__all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split", "world_data"]
 
 
 @dataclass
 class SplitData:
     """One split with the segmenter's outputs.
 
-    ``images`` uint8 ``(N, 3, S, S)``, ``labels`` ``(N, S, S)``, ``logits`` ``(N, K, h, w)``,
+    ``images`` uint8 ``(N, 3, H, W)``, ``labels`` ``(N, H, W)``, ``logits`` ``(N, K, h, w)``,
     ``features`` ``(N, F, h, w)`` (the classifier's input).
     """
 
@@ -31,16 +32,32 @@ class SplitData:
     pred: Tensor | None = None
 
 
+def world_data(world: str) -> Any:
+    """The scene module of ``world``: :mod:`flowenedet.data.embedded` or ``.street``."""
+    if world == "digits":
+        from ..data import embedded
+
+        return embedded
+    if world == "street":
+        from ..data import street
+
+        return street
+    raise ValueError(f"world must be 'digits' or 'street', got {world!r}")
+
+
 def load_split(
     segmenter: nn.Module, split: str, num: int, cfg: BenchConfig, corruption=None, severity=0
 ) -> SplitData:
     """Generate a split and run the segmenter over it once, in batches.
 
-    ``corruption`` and ``severity`` as for :func:`flowenedet.data.embedded.make_scenes`.
+    ``corruption`` and ``severity`` as for :func:`flowenedet.data.embedded.make_scenes`;
+    the scenes come from ``cfg.world``.
     """
-    from ..data.embedded import make_scenes
-
-    scenes = make_scenes(split, num, seed=cfg.seed, corruption=corruption, severity=severity)
+    make_scenes = world_data(cfg.world).make_scenes
+    size = {} if cfg.size is None else {"size": cfg.size}
+    scenes = make_scenes(
+        split, num, seed=cfg.seed, corruption=corruption, severity=severity, **size
+    )
     if corruption is None:
         name = split
     elif isinstance(corruption, str) and isinstance(severity, int):
