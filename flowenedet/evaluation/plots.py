@@ -95,13 +95,22 @@ def _display_range(scores: torch.Tensor) -> tuple[float, float]:
     return low, max(high, low + 1e-6)
 
 
-def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood") -> Path:
-    """ROC and precision-recall curves of every method for ``task``."""
+def save_curves(
+    split: SplitData,
+    num_classes: int,
+    path: Path,
+    task: str = "ood",
+    evaluators: dict[str, PixelEvaluator] | None = None,
+) -> Path:
+    """ROC and precision-recall curves of every method for ``task``; ``evaluators``, filled
+    ones by method name (e.g. from the runner's ``evaluate_split``), save scoring again."""
     plt = _figure()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(12, 5))
     for name, scores in split.scores.items():
-        evaluator = PixelEvaluator(num_classes)
-        evaluator.update(scores, split.labels, split.pred)
+        evaluator = (evaluators or {}).get(name)
+        if evaluator is None:
+            evaluator = PixelEvaluator(num_classes)
+            evaluator.update(scores, split.labels, split.pred)
         curve = evaluator.curve(task)
         style = "-" if name.startswith("FED") else "--"
         roc.plot(curve["fpr"], curve["tpr"], style, label=name)
@@ -109,7 +118,7 @@ def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC ({task})")
     pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({task})")
     roc.legend(fontsize=7, loc="lower right")
-    fig.suptitle(split.name)
+    fig.suptitle(f"{split.name} ({len(split.labels)} scenes, every pixel pooled)")
     fig.tight_layout()
     return _save(fig, plt, path)
 

@@ -120,16 +120,22 @@ def score_split(
 
 
 def evaluate_split(
-    split: SplitData, num_classes: int, thresholds: dict[str, float] | None = None
+    split: SplitData,
+    num_classes: int,
+    thresholds: dict[str, float] | None = None,
+    evaluators: dict[str, PixelEvaluator] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     """Metrics of every method on ``split``; returns ``(rows, oracle thresholds)``.
 
-    ``thresholds`` (calibrated on validation) give the honest open-mIoU.
+    ``thresholds`` (calibrated on validation) give the honest open-mIoU; ``evaluators``, a
+    dict, receives each method's filled :class:`PixelEvaluator` (for the curves).
     """
     rows, oracle = {}, {}
     for name, scores in split.scores.items():
         evaluator = PixelEvaluator(num_classes)
         evaluator.update(scores, split.labels, split.pred)
+        if evaluators is not None:
+            evaluators[name] = evaluator
         row: dict[str, Any] = dict(evaluator.compute())
         row["miou"] = evaluator.miou()
         oracle[name] = evaluator.threshold("cdd")
@@ -160,7 +166,8 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
         num = cfg.val_scenes if split_name == "val" else cfg.test_scenes
         split = load_split(segmenter, split_name, num, cfg, corruption, severity)
         score_split(split, detectors, methods, cfg)
-        rows, oracle = evaluate_split(split, num_classes, thresholds)
+        evaluators: dict[str, PixelEvaluator] = {}
+        rows, oracle = evaluate_split(split, num_classes, thresholds, evaluators)
         if thresholds is None:
             thresholds = oracle
         results["splits"][split.name] = rows
@@ -168,8 +175,11 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
             from .plots import save_curves, save_panels
 
             save_panels(split, out_dir / "scenes.png", detector="FED-C")
-            save_curves(split, num_classes, out_dir / "curves.png")
-            save_curves(split, num_classes, out_dir / "curves-idm.png", task="idm")
+            save_curves(split, num_classes, out_dir / "curves.png", evaluators=evaluators)
+            save_curves(
+                split, num_classes, out_dir / "curves-idm.png", "idm", evaluators=evaluators
+            )
+        del evaluators
     for name, det in detectors.items():
         det.save(out_dir / f"{name.lower()}.safetensors")
     results["seconds"] = time.perf_counter() - started
