@@ -101,6 +101,7 @@ def _run(
     what: str,
     run: Callable[[Path, BenchConfig], dict[str, Any]],
     presets: dict[str, BenchConfig],
+    notes: dict[str, str] | None = None,
 ) -> int:
     """Run ``run(out, cfg)`` for each world of ``--world`` (``all``: every world, each in a
     folder of its own below ``--out``); print the tables, the files written and the time."""
@@ -122,8 +123,8 @@ def _run(
                 raise
             raise _missing_extra(what, [module]) from None
         written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
-        if len(worlds) > 1:
-            print(f"## {world} world ({_sizes(cfg)})\n")
+        note = f"; {notes[world]}" if world in (notes or {}) else ""
+        print(f"## {world} world ({_sizes(cfg)}{note})\n")
         print(report.tables(results))
         print(f"{report.report(results)}\n")
         print(f"wrote {len(written)} file(s):")
@@ -143,7 +144,8 @@ def _sizes(cfg: BenchConfig) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Fit FED-U / FED-C on the embedded benchmark and compare them with every baseline."""
-    return _run(args, "the demo", runner.run_demo, PRESETS["demo"])
+    notes = {"street": "reduced to fit the demo's time: few scenes, numbers are rough"}
+    return _run(args, "the demo", runner.run_demo, PRESETS["demo"], notes)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
