@@ -30,16 +30,19 @@ from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 from . import shift
 from . import street_sources as src
 from .embedded import SPLITS, SceneSet
-from .street_objects import (
+from .street_objects import (  # the class ids are part of this module's interface
     _THING_FILLS,
     _TINTS,
     BUILDING,
     CLASS_NAMES,
     NUM_CLASSES,
+    PERSON,
+    POLE,
     ROAD,
     SIDEWALK,
     SKY,
     VEGETATION,
+    VEHICLE,
     Layout,
     _colourize,
     _paste_objects,
@@ -47,10 +50,18 @@ from .street_objects import (
 )
 
 __all__ = [
+    "BUILDING",
     "CLASS_NAMES",
     "NUM_CLASSES",
     "OOD_AREA",
+    "PERSON",
+    "POLE",
+    "ROAD",
+    "SIDEWALK",
+    "SKY",
     "SPLITS",
+    "VEGETATION",
+    "VEHICLE",
     "StreetSources",
     "check_disjoint",
     "make_scenes",
