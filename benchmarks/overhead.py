@@ -17,6 +17,11 @@ segmenter's outputs minus the prediction it includes, over the segmenter's time
 
     python benchmarks/overhead.py                      # 512x1024 on CPU
     python benchmarks/overhead.py --device cuda --size 1024 2048
+    python benchmarks/overhead.py --segmenter street --size 256 512
+
+``--segmenter street`` measures the street world's shipped reference instead (half-width
+ResNet-10-T + FPN, logits at stride 8, 8 classes, trained weights; FED-C reads its
+classifier's input).
 """
 
 from __future__ import annotations
@@ -99,13 +104,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variant", default="C", choices=("C", "U"))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--segmenter",
+        choices=("resnet50", "street"),
+        default="resnet50",
+        help="a random-weight ResNet-50 FPN (19 classes, stride 4) or the street reference",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    segmenter = FPNSegmenter().to(device).eval()
+    if args.segmenter == "street":
+        from flowenedet.zoo import load_reference_segmenter
+
+        segmenter = load_reference_segmenter(device, world="street")
+    else:
+        segmenter = FPNSegmenter().to(device).eval()
+    num_classes = segmenter.classifier.out_channels
     h, w = args.size
     fit_images = torch.rand(2, 3, 256, 512, device=device)
-    fit_labels = torch.randint(0, 19, (2, 256, 512), device=device)
+    fit_labels = torch.randint(0, num_classes, (2, 256, 512), device=device)
     det = FlowEneDet(segmenter, variant=args.variant).fit(
         [(fit_images, fit_labels)], steps=3, progress=False
     )
@@ -149,6 +166,7 @@ def main() -> None:
     det_params = sum(p.numel() for p in det.flow.parameters())
     result = {
         "device": str(device),
+        "segmenter": args.segmenter,
         "size": [h, w],
         "variant": args.variant,
         "repeats": args.repeats,

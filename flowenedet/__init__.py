@@ -9,12 +9,20 @@ Three lines::
 
 from __future__ import annotations
 
-from . import baselines, metrics
+import sys
+
 from .detector import DetectorConfig, FlowEneDet, Scores, Stats
 from .energy import ClassStats, energy_inputs, flow_inputs
+from .evaluation import baselines, metrics
+from .evaluation.metrics import PixelEvaluator
 from .io import FormatError
 from .labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
-from .metrics import PixelEvaluator
+
+# ``flowenedet.metrics`` and ``flowenedet.baselines`` stay importable under their old names
+# (``import flowenedet.metrics``, ``from flowenedet.baselines import MSP``): the very module
+# objects of :mod:`flowenedet.evaluation`, so monkeypatching one patches the other.
+sys.modules[f"{__name__}.metrics"] = metrics
+sys.modules[f"{__name__}.baselines"] = baselines
 
 __version__ = "0.1.0"
 

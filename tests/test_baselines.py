@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowenedet.baselines import (
+from flowenedet.evaluation.baselines import (
     BASELINES,
     MSP,
     SML,

@@ -20,9 +20,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from flowenedet import FlowEneDet
-from flowenedet.baselines import MSP
 from flowenedet.cli import main
 from flowenedet.data import FolderDataset
+from flowenedet.evaluation.baselines import MSP
 
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
@@ -574,6 +574,7 @@ def test_augment_options_that_cannot_work_are_one_line_errors(
 
 # ------------------------------------------------------------------------ demo / bench
 REFERENCE_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "digits.safetensors"
+STREET_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "street.safetensors"
 FAKE_ROW = {task: {"auroc": 0.9, "ap": 0.5, "fpr95": 0.2} for task in ("ood", "idm", "cdd")} | {
     "miou": 0.8
 }
@@ -585,7 +586,7 @@ EXTRA_MESSAGE = 'needs the bench extra: pip install "flowenedet[bench]"'
 def fake_runs(monkeypatch, tmp_path):
     """run_demo / run_bench replaced by stand-ins that record their arguments, write one
     file and return one table; the working directory is an empty temporary folder."""
-    from flowenedet import benchmark
+    from flowenedet.evaluation import runner as benchmark
 
     calls = []
 
@@ -613,13 +614,18 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     Path("flowenedet-demo/old.txt").write_text("from an earlier run")
     code, stdout, _ = _run(capsys, ["demo"])
     assert code == 0
-    [(kind, out, cfg)] = fake_runs
-    assert kind == "demo" and out == Path("flowenedet-demo")
+    [(kind, out, cfg), (street_kind, street_out, street)] = fake_runs  # both worlds
+    assert kind == street_kind == "demo"
+    assert out == Path("flowenedet-demo/digits") and cfg.world == "digits"
+    assert street_out == Path("flowenedet-demo/street") and street.world == "street"
     assert _sizes(cfg) == (300, 80, 120, 400)  # the sizes docs/benchmarks.md reports
+    assert _sizes(street) == (32, 16, 24, 200)  # reduced to fit the demo's time
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
+    assert tuple(street.shift) == tuple(cfg.shift)
     assert cfg.seed == 0 and cfg.progress
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
-    assert str(Path("flowenedet-demo") / "results.json") in stdout
+    assert "## digits world" in stdout and "## street world" in stdout
+    assert str(Path("flowenedet-demo/street") / "results.json") in stdout
     assert "old.txt" not in stdout  # only the files this run wrote are listed
     assert "finished in" in stdout and " s" in stdout
 
@@ -628,15 +634,20 @@ def test_demo_options_reach_the_benchmark_config(fake_runs, capsys):
     argv = ["demo", "--out", "tour", "--steps", "7", "--train-scenes", "30"]
     argv += ["--val-scenes", "10", "--test-scenes", "20", "--seed", "3", "--no-progress"]
     assert _run(capsys, argv)[0] == 0
-    [(_, out, cfg)] = fake_runs
-    assert out == Path("tour") and _sizes(cfg) == (30, 10, 20, 7)
-    assert cfg.seed == 3 and not cfg.progress
+    assert _run(capsys, [*argv, "--world", "street"])[0] == 0
+    (_, digits_out, digits), (_, street_out, street), (_, out, cfg) = fake_runs
+    assert (digits_out, street_out) == (Path("tour/digits"), Path("tour/street"))
+    assert out == Path("tour") and cfg.world == "street"  # one world: right in --out
+    for run in (digits, street, cfg):
+        assert _sizes(run) == (30, 10, 20, 7)
+        assert run.seed == 3 and not run.progress
 
 
 def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
-    assert _run(capsys, ["bench"])[0] == 0
-    assert _run(capsys, ["bench", "--quick"])[0] == 0
-    assert _run(capsys, ["bench", "--quick", "--steps", "5", "--out", "smoke"])[0] == 0
+    assert _run(capsys, ["bench", "--world", "digits"])[0] == 0
+    assert _run(capsys, ["bench", "--quick", "--world", "digits"])[0] == 0
+    argv = ["bench", "--quick", "--steps", "5", "--out", "smoke", "--world", "digits"]
+    assert _run(capsys, argv)[0] == 0
     (_, out, full), (_, _, quick), (_, smoke_out, smoke) = fake_runs
     assert out == Path("flowenedet-bench") and _sizes(full) == (1000, 200, 300, 800)
     corruptions = {"snow", "fog", "frost", "motion_blur", "gaussian_noise"}
@@ -647,6 +658,16 @@ def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
     assert 1 <= len(quick.corruptions) < len(full.corruptions)
     assert smoke_out == Path("smoke") and smoke.steps == 5
     assert smoke.train_scenes == quick.train_scenes  # the rest stays quick
+
+
+def test_bench_runs_every_world_by_default(fake_runs, capsys):
+    assert _run(capsys, ["bench"])[0] == 0
+    (_, digits_out, digits), (_, street_out, street) = fake_runs
+    assert digits.world == "digits" and street.world == "street"
+    assert digits_out == Path("flowenedet-bench/digits")
+    assert street_out == Path("flowenedet-bench/street")
+    assert sorted(street.corruptions) == sorted(digits.corruptions)  # same split structure
+    assert street.test_scenes >= 100
 
 
 @pytest.mark.parametrize(
@@ -675,7 +696,7 @@ def test_a_missing_bench_extra_is_reported_before_any_work(
 
 
 def test_a_bench_module_missing_during_the_run_is_reported(fake_runs, capsys, monkeypatch):
-    from flowenedet import benchmark
+    from flowenedet.evaluation import runner as benchmark
 
     def needs_mlxtend(out_dir, cfg):
         raise ModuleNotFoundError("No module named 'mlxtend.data'", name="mlxtend.data")
@@ -699,9 +720,11 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--train-scenes", "32", "--val-scenes", "8"]
+    argv += ["--world", "digits"]
     code, stdout, _ = _run(capsys, [*argv, "--test-scenes", "8", "--steps", "3", "--no-progress"])
     assert code == 0
-    files = ["curves.png", "fed-c.safetensors", "fed-u.safetensors", "results.json", "scenes.png"]
+    files = ["curves-idm.png", "curves.png", "fed-c.safetensors", "fed-u.safetensors"]
+    files += ["results.json", "scenes.png"]
     assert sorted(p.name for p in out.iterdir()) == files
     assert all(str(out / name) in stdout for name in files)
     assert "### test\n" in stdout and "### test/shifted" in stdout and "| MC dropout |" in stdout
@@ -713,3 +736,16 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     # The detector written is usable with the shipped segmenter.
     det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
     assert det.config.variant == "C" and det.config.num_classes == 11
+
+
+def test_a_tiny_street_demo_runs_end_to_end(tmp_path, capsys):
+    if not STREET_WEIGHTS.is_file():
+        pytest.skip("the street reference weights flowenedet/zoo/street.safetensors are not there")
+    out = tmp_path / "street"
+    argv = ["demo", "--world", "street", "--out", str(out), "--train-scenes", "4"]
+    argv += ["--val-scenes", "2", "--test-scenes", "2", "--steps", "3", "--no-progress"]
+    code, stdout, _ = _run(capsys, argv)
+    assert code == 0 and "### test/shifted" in stdout and "| SML+post |" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["world"] == "street" and results["config"]["world"] == "street"
+    assert (out / "scenes.png").is_file() and (out / "curves-idm.png").is_file()

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from flowenedet import FlowEneDet
-from flowenedet.baselines import MSP
+from flowenedet.evaluation.baselines import MSP
+from flowenedet.evaluation.metrics import auroc
 from flowenedet.labels import PADDING_INDEX
-from flowenedet.metrics import auroc
 from flowenedet.postprocess import upsampled_argmax
 
 from .toy import NUM_CLASSES, OOD_LABEL, ToySegmenter, make_scenes

@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score, roc_curve
 
-from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
-from flowenedet.metrics import (
+from flowenedet.evaluation.metrics import (
     PixelEvaluator,
     auroc,
     average_precision,
@@ -21,6 +20,7 @@ from flowenedet.metrics import (
     format_table,
     fpr_at_tpr,
 )
+from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
 
 
 def sk_fpr95(positives: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -365,3 +365,16 @@ def test_tied_infinite_scores_are_one_group_whatever_their_order():
         assert average_precision(scores[order], positives[order]) == pytest.approx(
             average_precision_score(positives, np.array([9.0, 9.0, 0.5, -9.0]))
         )
+
+
+def test_the_old_module_names_are_the_evaluation_modules():
+    import flowenedet.baselines
+    import flowenedet.metrics
+    from flowenedet.baselines import MSP
+    from flowenedet.metrics import auroc as old_auroc
+
+    import flowenedet.evaluation
+
+    assert flowenedet.metrics is flowenedet.evaluation.metrics
+    assert flowenedet.baselines is flowenedet.evaluation.baselines
+    assert old_auroc is auroc and MSP is flowenedet.evaluation.baselines.MSP

@@ -14,6 +14,7 @@ from flowenedet.data.embedded import NUM_CLASSES, make_scenes
 from flowenedet.hooks import SegmenterTap, find_classifier, frozen
 from flowenedet.zoo import (
     REFERENCE_ARCHITECTURE,
+    STREET_ARCHITECTURE,
     DigitSegmenter,
     build_reference_segmenter,
     load_reference_segmenter,
@@ -140,3 +141,80 @@ def test_build_gives_the_same_architecture_untrained():
     state = fresh.state_dict()
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in shipped.items()}
     assert not torch.equal(state["classifier.weight"], shipped["classifier.weight"])
+
+
+# ----------------------------------------------------------------------------- street
+
+STREET_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "street.safetensors"
+
+
+@pytest.fixture(scope="module")
+def street_model():
+    return load_reference_segmenter(world="street")
+
+
+@pytest.fixture(scope="module")
+def street_test():
+    from flowenedet.data.street import make_scenes as make_street
+
+    return make_street("test", 16, seed=0)
+
+
+def test_street_weights_load_without_network_and_are_at_most_10_mb(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the street segmenter tried to open a network socket")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    model = load_reference_segmenter(world="street")
+    assert isinstance(model, DigitSegmenter) and not model.training
+    with importlib.resources.as_file(STREET_WEIGHTS) as path:
+        assert path.stat().st_size <= 10 * 2**20
+        with safe_open(str(path), "pt") as f:
+            stored = {name: f.get_tensor(name) for name in f.keys()}
+    state = model.state_dict()
+    assert set(stored) == set(state)
+    for name, tensor in stored.items():
+        assert torch.equal(state[name], tensor.float()), name
+    card = reference_card("street")
+    assert card["architecture"] == STREET_ARCHITECTURE and "partial" not in card
+    command = card["training_command"]
+    assert command.startswith("python -m benchmarks.train_segmenter --world street")
+
+
+def test_street_card_meets_the_issue_targets():
+    clean = reference_card("street")["metrics"]["clean_test"]
+    assert clean["miou"] >= 0.65  # worth protecting
+    assert 0.02 <= clean["error_share"] <= 0.10  # and still makes real mistakes
+    assert 0.0 < clean["errors_near_boundary"] < 1.0
+
+
+def test_street_logits_come_at_stride_8(street_model):
+    assert street_model.stride == 8
+    assert street_model(torch.rand(1, 3, 256, 512)).shape == (1, 8, 32, 64)
+    assert street_model(torch.rand(1, 3, 64, 128)).shape == (1, 8, 8, 16)
+
+
+def test_street_accuracy_on_a_small_subset_matches_the_card(street_model, street_test):
+    pred = _predict(street_model, street_test.to_float())
+    labels = street_test.labels
+    valid = labels < 8  # known classes: not void, not OOD
+    accuracy = ((pred == labels) & valid).sum().item() / valid.sum().item()
+    shipped = reference_card("street")["metrics"]["clean_test"]["pixel_accuracy"]
+    assert abs(accuracy - shipped) < 0.025  # 16 scenes vs the card's 300
+
+
+def test_street_classifier_is_found_and_mc_dropout_varies(street_model, street_test):
+    images = street_test.to_float()[:2]
+    assert find_classifier(street_model, images) == "classifier"
+    _, features = SegmenterTap(street_model, "classifier:input")(images)
+    assert features.shape == (2, STREET_ARCHITECTURE["hidden"], 32, 64)
+    with frozen(street_model, dropout=True):
+        torch.manual_seed(0)
+        a, b = street_model(images), street_model(images)
+    assert not torch.equal(a, b)
+
+
+def test_unknown_world_is_refused():
+    with pytest.raises(ValueError, match="world must be one of"):
+        load_reference_segmenter(world="mars")

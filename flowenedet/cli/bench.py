@@ -1,5 +1,5 @@
 """``flowenedet demo`` and ``flowenedet bench``: the embedded, offline benchmark
-(:mod:`flowenedet.benchmark`) from the shell."""
+(:mod:`flowenedet.evaluation.runner`) from the shell."""
 
 from __future__ import annotations
 
@@ -11,11 +11,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .. import benchmark
-from ..benchmark import FULL_BENCH, BenchConfig
+from ..evaluation import report, runner
+from ..evaluation.config import CORRUPTIONS, FULL_BENCH, WORLDS, BenchConfig
 from .errors import CLIError, require_output_dir
 
-__all__ = ["BENCH", "DEMO", "QUICK", "bench_config", "cmd_bench", "cmd_demo"]
+__all__ = [
+    "BENCH",
+    "DEMO",
+    "PRESETS",
+    "QUICK",
+    "STREET_BENCH",
+    "STREET_DEMO",
+    "STREET_QUICK",
+    "bench_config",
+    "cmd_bench",
+    "cmd_demo",
+]
 
 DEMO = BenchConfig()
 """What ``flowenedet demo`` runs: the defaults of :class:`BenchConfig` (clean and shifted
@@ -32,6 +43,31 @@ QUICK = BenchConfig(
     corruptions=(("snow", 3),),
 )
 """``flowenedet bench --quick``: a smoke test of the whole pipeline, not a measurement."""
+STREET_DEMO = BenchConfig(
+    world="street", train_scenes=32, val_scenes=16, test_scenes=24, steps=200, mc_samples=2
+)
+"""The demo's street part, reduced to fit the demo's time budget (under 90 s for both
+worlds on 2 cores): 32 training scenes (and their shifted copies), 16 validation and 24
+test scenes of 256 x 512, 200 flow steps, 2 MC dropout samples."""
+STREET_BENCH = BenchConfig(
+    world="street",
+    train_scenes=300,
+    val_scenes=100,
+    test_scenes=150,
+    steps=800,
+    corruptions=tuple((c, s) for c in CORRUPTIONS for s in (1, 2, 3, 4)),
+)
+"""``flowenedet bench``'s street part: the full split structure at 256 x 512."""
+STREET_QUICK = dataclasses.replace(
+    QUICK, world="street", train_scenes=8, val_scenes=4, test_scenes=4, mc_samples=2
+)
+"""``flowenedet bench --quick``'s street part."""
+PRESETS = {
+    "demo": {"digits": DEMO, "street": STREET_DEMO},
+    "bench": {"digits": BENCH, "street": STREET_BENCH},
+    "quick": {"digits": QUICK, "street": STREET_QUICK},
+}
+"""``{run: {world: preset}}`` of ``flowenedet demo``, ``bench`` and ``bench --quick``."""
 DEMO_OUT, BENCH_OUT = "flowenedet-demo", "flowenedet-bench"
 SIZE_OPTIONS = ("train_scenes", "val_scenes", "test_scenes", "steps")
 BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotlib")
@@ -64,41 +100,56 @@ def _run(
     args: argparse.Namespace,
     what: str,
     run: Callable[[Path, BenchConfig], dict[str, Any]],
-    preset: BenchConfig,
+    presets: dict[str, BenchConfig],
+    notes: dict[str, str] | None = None,
 ) -> int:
-    """Run ``run(out, cfg)``; print the tables, the files written and the time taken."""
-    cfg = bench_config(args, preset)
+    """Run ``run(out, cfg)`` for each world of ``--world`` (``all``: every world, each in a
+    folder of its own below ``--out``); print the tables, the files written and the time."""
+    worlds = WORLDS if args.world == "all" else (args.world,)
     require_output_dir(args.out, "--out")
     missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
     if missing:  # fail before minutes of work, not at the first scene or figure
         raise _missing_extra(what, missing)
-    out = Path(args.out)
-    before = _signatures(out)
     started = time.perf_counter()
-    try:
-        results = run(out, cfg)
-    except ImportError as error:
-        module = (error.name or "").partition(".")[0]
-        if module not in BENCH_MODULES:
-            raise
-        raise _missing_extra(what, [module]) from None
-    seconds = time.perf_counter() - started
-    written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
-    print(benchmark.tables(results))
-    print(f"{benchmark.report(results)}\n")
-    print(f"wrote {len(written)} file(s):")
-    for path in written:
-        print(f"  {path}")
-    print(f"finished in {seconds:.1f} s")
+    for world in worlds:
+        cfg = bench_config(args, presets[world])
+        out = Path(args.out) / world if len(worlds) > 1 else Path(args.out)
+        before = _signatures(out)
+        world_started = time.perf_counter()
+        try:
+            results = run(out, cfg)
+        except ImportError as error:
+            module = (error.name or "").partition(".")[0]
+            if module not in BENCH_MODULES:
+                raise
+            raise _missing_extra(what, [module]) from None
+        written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
+        note = f"; {notes[world]}" if world in (notes or {}) else ""
+        print(f"## {world} world ({_sizes(cfg)}{note})\n")
+        print(report.tables(results))
+        print(f"{report.report(results)}\n")
+        print(f"wrote {len(written)} file(s):")
+        for path in written:
+            print(f"  {path}")
+        print(f"{world} world finished in {time.perf_counter() - world_started:.1f} s\n")
+    print(f"finished in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _sizes(cfg: BenchConfig) -> str:
+    return (
+        f"{cfg.train_scenes} training, {cfg.val_scenes} validation, {cfg.test_scenes} test "
+        f"scenes, {cfg.steps} steps"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Fit FED-U / FED-C on the embedded benchmark and compare them with every baseline."""
-    return _run(args, "the demo", benchmark.run_demo, DEMO)
+    notes = {"street": "reduced to fit the demo's time: few scenes, numbers are rough"}
+    return _run(args, "the demo", runner.run_demo, PRESETS["demo"], notes)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """The full embedded benchmark: every corruption at severities 1-4, tables as Markdown."""
-    preset = QUICK if args.quick else BENCH
-    return _run(args, "the benchmark", benchmark.run_bench, preset)
+    presets = PRESETS["quick"] if args.quick else PRESETS["bench"]
+    return _run(args, "the benchmark", runner.run_bench, presets)

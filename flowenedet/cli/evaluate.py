@@ -11,10 +11,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .. import io
-from ..baselines import make_baseline
 from ..detector import MAPS
+from ..evaluation.baselines import make_baseline
+from ..evaluation.metrics import PixelEvaluator, format_table
 from ..hooks import SegmenterTap
-from ..metrics import PixelEvaluator, format_table
 from .dataset import build_dataset, make_loader
 from .errors import CLIError, require_file, require_output_file
 from .segmenter import load_detector, load_segmenter, select_device

@@ -68,21 +68,22 @@ def _global_numpy_seed(seed: int) -> Iterator[None]:
 
 
 def corrupt(image: np.ndarray, name: str, severity: int, key: np.random.SeedSequence):
-    """Apply corruption ``name`` to uint8 ``(S, S, 3)``; returns uint8 ``(S, S, 3)``.
+    """Apply corruption ``name`` to uint8 ``(H, W, 3)``; returns uint8 ``(H, W, 3)``.
 
     Corruptions with pixel-sized parameters (blurs, snow, frost, fog, spatter, elastic) were
-    tuned for >= 224 px images: small scenes are upsampled to ``CORRUPTION_RESOLUTION``,
+    tuned for >= 224 px images: small scenes are upsampled so that their shorter side is
+    ``CORRUPTION_RESOLUTION``,
     corrupted and area-downsampled back, so e.g. a frost crop or a motion blur covers the
     same fraction of the scene at every ``size``.
     """
     import imagecorruptions
 
-    size = image.shape[0]
+    height, width = image.shape[:2]
     work = image
-    if name not in _SCALE_FREE and size < CORRUPTION_RESOLUTION:
-        work = np.asarray(
-            Image.fromarray(image).resize((CORRUPTION_RESOLUTION,) * 2, Image.BILINEAR)
-        )
+    if name not in _SCALE_FREE and min(height, width) < CORRUPTION_RESOLUTION:
+        scale = CORRUPTION_RESOLUTION / min(height, width)  # the shorter side becomes 224
+        shape = (round(width * scale), round(height * scale))
+        work = np.asarray(Image.fromarray(image).resize(shape, Image.BILINEAR))
     seed = int(key.generate_state(1)[0])
     kwargs = {"seed": seed} if name in _SEEDED else {}
     with _global_numpy_seed(seed):
@@ -91,5 +92,5 @@ def corrupt(image: np.ndarray, name: str, severity: int, key: np.random.SeedSequ
     if out.shape != work.shape:
         raise RuntimeError(f"corruption {name} returned shape {out.shape}, expected {work.shape}")
     if work is not image:
-        out = np.asarray(Image.fromarray(out).resize((size, size), Image.BOX))
+        out = np.asarray(Image.fromarray(out).resize((width, height), Image.BOX))
     return out

@@ -2,13 +2,16 @@
 
 ``load_reference_segmenter()`` returns the trained :class:`DigitSegmenter` for the embedded
 benchmark (:mod:`flowenedet.data.embedded`): images ``(B, 3, H, W)`` in [0, 1] -> logits
-``(B, 11, H/4, W/4)``. See ``docs/zoo.md`` for its architecture, training and metrics.
+``(B, 11, H/4, W/4)``; ``load_reference_segmenter(world="street")`` the stride-8 one for
+the street world (:mod:`flowenedet.data.street`): ``(B, 3, H, W)`` -> ``(B, 8, H/8, W/8)``.
+See ``docs/zoo.md`` for their architectures, training and metrics.
 """
 
 from __future__ import annotations
 
 from .segmenter import (
     REFERENCE_ARCHITECTURE,
+    STREET_ARCHITECTURE,
     DigitSegmenter,
     build_reference_segmenter,
     load_reference_segmenter,
@@ -17,6 +20,7 @@ from .segmenter import (
 
 __all__ = [
     "REFERENCE_ARCHITECTURE",
+    "STREET_ARCHITECTURE",
     "DigitSegmenter",
     "build_reference_segmenter",
     "load_reference_segmenter",

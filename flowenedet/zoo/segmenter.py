@@ -1,11 +1,14 @@
-"""The reference segmenter of the embedded benchmark: a timm backbone with a light FPN head.
+"""The reference segmenters of the embedded worlds: a timm backbone with a light FPN head.
 
-``DigitSegmenter`` maps images in [0, 1] ``(B, 3, H, W)`` to logits ``(B, K, H/4, W/4)``
-(not upsampled). The decoder ends in ``dropout -> classifier``, where ``classifier`` is a
+``DigitSegmenter`` maps images in [0, 1] ``(B, 3, H, W)`` to logits ``(B, K, H/s, W/s)``
+(not upsampled), ``s`` the stride of its finest backbone stage: 4 for the digits world's
+reference, 8 for the street world's (:data:`STREET_ARCHITECTURE`). The decoder ends in
+``dropout -> classifier``, where ``classifier`` is a
 ``Conv2d(hidden, K, 1)``: FlowEneDet's FED-C reads the classifier's input as decoder
 features, and the dropout makes MC dropout a meaningful baseline. The trained weights for
-the 11 classes of :mod:`flowenedet.data.embedded` ship with the package as safetensors
-(``digits.safetensors``) and load without pickle or network.
+the 11 classes of :mod:`flowenedet.data.embedded` and for the 8 classes of
+:mod:`flowenedet.data.street` ship with the package as safetensors (``digits.safetensors``,
+``street.safetensors``) and load without pickle or network.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "REFERENCE_ARCHITECTURE",
+    "STREET_ARCHITECTURE",
     "WEIGHTS_FILE",
+    "WORLDS",
     "DigitSegmenter",
     "build_reference_segmenter",
     "load_reference_segmenter",
@@ -40,6 +45,7 @@ FORMAT = "flowenedet-segmenter"
 FORMAT_VERSION = 2  # 2: the checksum covers the header too
 LEGACY_VERSIONS = (1,)  # the shipped weights; read, their header unprotected
 WEIGHTS_FILE = "digits.safetensors"
+STREET_WEIGHTS_FILE = "street.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -54,6 +60,23 @@ REFERENCE_ARCHITECTURE: dict[str, Any] = {
 """Keyword arguments of :class:`DigitSegmenter` for the shipped model: a half-width
 ResNet-10-T (timm ``resnet10t`` with ``channels=(32, 64, 128, 256)``) cut after its
 third stage, so it uses features at strides 4, 8 and 16."""
+
+STREET_ARCHITECTURE: dict[str, Any] = {
+    "backbone": "resnet10t",
+    "out_indices": [2, 3, 4],
+    "hidden": 64,
+    "num_classes": 8,
+    "dropout": 0.1,
+    "backbone_kwargs": {"channels": [32, 64, 128, 256], "stem_width": 16},
+}
+"""The street world's reference: the same half-width ResNet-10-T, all four stages, features
+at strides 8, 16 and 32, so its logits come out at stride 8 (32 x 64 for 256 x 512 scenes)."""
+
+WORLDS: dict[str, tuple[dict[str, Any], str]] = {
+    "digits": (REFERENCE_ARCHITECTURE, WEIGHTS_FILE),
+    "street": (STREET_ARCHITECTURE, STREET_WEIGHTS_FILE),
+}
+"""``{world: (architecture, weights file)}`` of the shipped reference segmenters."""
 
 
 class DigitSegmenter(nn.Module):
@@ -70,7 +93,7 @@ class DigitSegmenter(nn.Module):
             ``channels`` and ``stem_width`` of a timm ResNet).
 
     Forward: images float ``(B, 3, H, W)`` in [0, 1] (normalised inside) -> logits
-    ``(B, K, ceil(H/4), ceil(W/4))``; ``stride`` holds the output stride (4).
+    ``(B, K, ceil(H/s), ceil(W/s))``; ``stride`` holds the output stride ``s``.
     """
 
     def __init__(
@@ -111,7 +134,7 @@ class DigitSegmenter(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def features(self, images: Tensor) -> Tensor:
-        """Decoder features ``(B, hidden, H/4, W/4)``: the classifier's input in eval mode."""
+        """Decoder features ``(B, hidden, H/s, W/s)``: the classifier's input in eval mode."""
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
             raise ValueError(
                 "images must be float (B, 3, H, W) in [0, 1]; got "
@@ -126,21 +149,28 @@ class DigitSegmenter(nn.Module):
         return self.fuse(x)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Logits ``(B, K, H/4, W/4)`` for images ``(B, 3, H, W)`` in [0, 1]."""
+        """Logits ``(B, K, H/s, W/s)`` for images ``(B, 3, H, W)`` in [0, 1]."""
         return self.classifier(self.dropout(self.features(images)))
 
 
-def build_reference_segmenter() -> DigitSegmenter:
-    """An untrained segmenter with the architecture of the shipped weights (random init)."""
-    return DigitSegmenter(**copy.deepcopy(REFERENCE_ARCHITECTURE))
+def _world(world: str) -> tuple[dict[str, Any], str]:
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {tuple(WORLDS)}, got {world!r}")
+    return WORLDS[world]
 
 
-def _read_weights() -> tuple[dict[str, Tensor], dict[str, Any]]:
-    resource = importlib.resources.files(__package__) / WEIGHTS_FILE
+def build_reference_segmenter(world: str = "digits") -> DigitSegmenter:
+    """An untrained segmenter with the architecture of ``world``'s shipped weights."""
+    return DigitSegmenter(**copy.deepcopy(_world(world)[0]))
+
+
+def _read_weights(world: str = "digits") -> tuple[dict[str, Tensor], dict[str, Any]]:
+    weights_file = _world(world)[1]
+    resource = importlib.resources.files(__package__) / weights_file
     if not resource.is_file():
         raise FileNotFoundError(
-            f"the reference weights {WEIGHTS_FILE} are missing from {__package__}; reinstall "
-            "flowenedet or train them with `python -m benchmarks.train_segmenter`"
+            f"the reference weights {weights_file} are missing from {__package__}; reinstall "
+            f"flowenedet or train them with `python -m benchmarks.train_segmenter --world {world}`"
         )
     with importlib.resources.as_file(resource) as path:
         tensors, card, _ = io.load_file(
@@ -149,21 +179,22 @@ def _read_weights() -> tuple[dict[str, Tensor], dict[str, Any]]:
         return tensors, card
 
 
-def reference_card() -> dict[str, Any]:
-    """The header of the shipped weights: architecture, training command, seed, metrics."""
-    return _read_weights()[1]
+def reference_card(world: str = "digits") -> dict[str, Any]:
+    """The header of ``world``'s shipped weights: architecture, training command, metrics."""
+    return _read_weights(world)[1]
 
 
-def load_reference_segmenter(device: str | torch.device = "cpu") -> DigitSegmenter:
-    """The trained reference segmenter for :mod:`flowenedet.data.embedded`, in eval mode.
-
-    Loads ``digits.safetensors`` shipped inside the package (no pickle, no network).
-    """
-    tensors, card = _read_weights()
+def load_reference_segmenter(
+    device: str | torch.device = "cpu", world: str = "digits"
+) -> DigitSegmenter:
+    """The trained reference segmenter of ``world`` (``"digits"``:
+    :mod:`flowenedet.data.embedded`, ``"street"``: :mod:`flowenedet.data.street`), in eval
+    mode. Loads the safetensors file shipped inside the package (no pickle, no network)."""
+    tensors, card = _read_weights(world)
     architecture = card.get("architecture")
     if not isinstance(architecture, Mapping):
-        raise io.FormatError(f"{WEIGHTS_FILE} has no architecture in its header")
+        raise io.FormatError(f"{_world(world)[1]} has no architecture in its header")
     model = DigitSegmenter(**architecture)
-    model.load_state_dict(tensors, strict=True)
-    logger.debug("loaded reference segmenter (%s)", architecture)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    logger.debug("loaded reference segmenter %s (%s)", world, architecture)
     return model.to(device).eval()

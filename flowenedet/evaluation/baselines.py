@@ -20,11 +20,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checks import check_images, check_labels, check_logits, unpack_batch
-from .energy import ClassStats, free_energy, standardize
-from .hooks import SegmenterTap, segmenter_device
-from .labels import IGNORE_INDEX
-from .postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
+from ..checks import check_images, check_labels, check_logits, unpack_batch
+from ..energy import ClassStats, free_energy, standardize
+from ..hooks import SegmenterTap, segmenter_device
+from ..labels import IGNORE_INDEX
+from ..postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
 
 __all__ = [
     "BASELINES",

@@ -1,8 +1,9 @@
-"""The quality-bar summary of the benchmark results (flowenedet.benchmark.quality_bar)."""
+"""The quality-bar summary of the benchmark results (flowenedet.evaluation.report)."""
 
 import pytest
 
-from flowenedet.benchmark import BenchConfig, quality_bar, report
+from flowenedet.evaluation.config import BenchConfig
+from flowenedet.evaluation.report import quality_bar, report
 
 
 def _row(ood_ap, ood_fpr, idm_ap, cdd_ap):

@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .io import atomic_write
-from .labels import IGNORE_INDEX, OOD_INDEX
+from ..io import atomic_write
+from ..labels import IGNORE_INDEX, OOD_INDEX
 from .metrics import PixelEvaluator
 
 if TYPE_CHECKING:
-    from .benchmark import SplitData
+    from .splits import SplitData
 
 __all__ = ["label_colours", "save_curves", "save_panels"]
+
+DPI = 90
 
 
 def label_colours(labels: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -53,7 +55,13 @@ def save_panels(split: SplitData, path: Path, *, detector: str = "FED-C", count:
     columns = ("image", "ground truth", "prediction", f"{detector} IDM", f"{detector} OOD")
     maps = [split.scores[f"{detector} {kind}"] for kind in ("idm", "ood")]
     ranges = [_display_range(scores) for scores in maps]
-    fig, axes = plt.subplots(len(order), 5, figsize=(12, 2.5 * len(order)), squeeze=False)
+    height, width = split.labels.shape[-2:]
+    # every panel at least at its pixel size (DPI pixels per inch), so that an obstacle of a
+    # few pixels stays visible in a 256 x 512 scene
+    panel_w, panel_h = max(12 / 5, width / DPI), max(2.5, height / DPI + 0.4)
+    fig, axes = plt.subplots(
+        len(order), 5, figsize=(5 * panel_w, panel_h * len(order)), squeeze=False
+    )
     for row, index in enumerate(order.tolist()):
         panels = (
             split.images[index].permute(1, 2, 0).numpy(),
@@ -87,13 +95,22 @@ def _display_range(scores: torch.Tensor) -> tuple[float, float]:
     return low, max(high, low + 1e-6)
 
 
-def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood") -> Path:
-    """ROC and precision-recall curves of every method for ``task``."""
+def save_curves(
+    split: SplitData,
+    num_classes: int,
+    path: Path,
+    task: str = "ood",
+    evaluators: dict[str, PixelEvaluator] | None = None,
+) -> Path:
+    """ROC and precision-recall curves of every method for ``task``; ``evaluators``, filled
+    ones by method name (e.g. from the runner's ``evaluate_split``), save scoring again."""
     plt = _figure()
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(12, 5))
     for name, scores in split.scores.items():
-        evaluator = PixelEvaluator(num_classes)
-        evaluator.update(scores, split.labels, split.pred)
+        evaluator = (evaluators or {}).get(name)
+        if evaluator is None:
+            evaluator = PixelEvaluator(num_classes)
+            evaluator.update(scores, split.labels, split.pred)
         curve = evaluator.curve(task)
         style = "-" if name.startswith("FED") else "--"
         roc.plot(curve["fpr"], curve["tpr"], style, label=name)
@@ -101,12 +118,12 @@ def save_curves(split: SplitData, num_classes: int, path: Path, task: str = "ood
     roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title=f"ROC ({task})")
     pr.set(xlabel="recall", ylabel="precision", title=f"precision-recall ({task})")
     roc.legend(fontsize=7, loc="lower right")
-    fig.suptitle(split.name)
+    fig.suptitle(f"{split.name} ({len(split.labels)} scenes, every pixel pooled)")
     fig.tight_layout()
     return _save(fig, plt, path)
 
 
 def _save(fig, plt, path: Path) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     plt.close(fig)
     return path

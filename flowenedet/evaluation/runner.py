@@ -1,0 +1,233 @@
+"""The embedded, offline benchmark: FlowEneDet against every baseline on the same pixels.
+
+Pipeline: generate scenes (:mod:`flowenedet.data.embedded`), run the shipped reference
+segmenter (:mod:`flowenedet.zoo`) once per split and keep its logits and decoder
+features, fit FED-U and FED-C on the train split's outputs (``fit_logits``), score every
+method on validation and test splits (clean and corrupted), and evaluate with
+:class:`flowenedet.metrics.PixelEvaluator`. Thresholds for the honest open-mIoU are
+calibrated on the validation split; the oracle one is tuned on the split itself.
+
+``run_demo`` is the quick tour behind ``flowenedet demo``; ``run_bench`` the full run
+behind ``flowenedet bench``. Needs the ``bench`` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import io
+from ..detector import MAPS, FlowEneDet
+from . import baselines
+from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig, sml_postprocess
+from .metrics import PixelEvaluator
+from .report import report, tables
+from .splits import SplitData, load_fit_split, load_split, shifted_split
+
+__all__ = [
+    "evaluate_split",
+    "fit_detectors",
+    "make_baselines",
+    "run_bench",
+    "run_demo",
+    "score_split",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def fit_detectors(
+    segmenter: nn.Module, train: SplitData, cfg: BenchConfig
+) -> dict[str, FlowEneDet]:
+    """FED-U and FED-C fitted on ``train``'s logits (and features), from
+    :func:`load_fit_split`: class statistics from its first ``cfg.train_scenes`` (clean)
+    scenes, which the SML baselines share; the flows train on all of it."""
+    detectors = {}
+    for variant in "UC":
+        logger.info("fitting FED-%s", variant)
+        detectors[f"FED-{variant}"] = FlowEneDet(
+            segmenter,
+            variant=variant,
+            feature_layer=FEATURE_LAYER,
+            seed=cfg.seed,
+        ).fit_logits(
+            train.logits,
+            train.labels,
+            train.features if variant == "C" else None,
+            batch_size=cfg.batch_size,
+            stats_items=cfg.train_scenes,
+            steps=cfg.steps,
+            pixels_per_image=cfg.pixels_per_image,
+            progress=cfg.progress,
+        )
+    return detectors
+
+
+def make_baselines(segmenter: nn.Module, detector: FlowEneDet, cfg: BenchConfig) -> dict:
+    """Every baseline, SML with the detector's class statistics; SML+post with the
+    reference's sizes converted to the segmenter's logit stride (:func:`sml_postprocess`)."""
+    stats = {"mean": detector.stats.mean, "var": detector.stats.var}
+    stride = _stride(segmenter)
+    return {
+        "MSP": baselines.MSP(segmenter),
+        "MaxLogit": baselines.MaxLogit(segmenter),
+        "Energy": baselines.Energy(segmenter),
+        "Entropy": baselines.Entropy(segmenter),
+        "SML": baselines.SML(segmenter, **stats, postprocess=False),
+        "SML+post": baselines.SML(segmenter, **stats, postprocess=True, **sml_postprocess(stride)),
+        "MC dropout": baselines.MCDropout(segmenter, samples=cfg.mc_samples),
+    }
+
+
+@torch.no_grad()
+def score_split(
+    split: SplitData, detectors: dict[str, FlowEneDet], methods: dict, cfg: BenchConfig
+) -> None:
+    """Fill ``split.scores`` (each ``(N, S, S)``) and ``split.pred``."""
+    size = tuple(split.labels.shape[-2:])
+    out: dict[str, list[Tensor]] = {}
+    preds = []
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)  # MC dropout masks
+    for start in tqdm(
+        range(0, len(split.labels), cfg.batch_size),
+        desc=f"scoring {split.name}",
+        disable=not cfg.progress,
+    ):
+        chunk = slice(start, start + cfg.batch_size)
+        logits, features = split.logits[chunk], split.features[chunk]
+        for name, det in detectors.items():
+            maps = det.score_logits(logits, features, size=size)
+            for kind in MAPS:
+                out.setdefault(f"{name} {kind}", []).append(getattr(maps, kind))
+        preds.append(maps.pred)
+        for name, method in methods.items():
+            if isinstance(method, baselines.MCDropout):
+                value = method.score(split.images[chunk].float() / 255)
+            else:
+                value = method.score_logits(logits, size=size)
+            out.setdefault(name, []).append(value)
+    torch.random.set_rng_state(generator_state)
+    split.scores = {name: torch.cat(parts) for name, parts in out.items()}
+    split.pred = torch.cat(preds)
+
+
+def evaluate_split(
+    split: SplitData,
+    num_classes: int,
+    thresholds: dict[str, float] | None = None,
+    evaluators: dict[str, PixelEvaluator] | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Metrics of every method on ``split``; returns ``(rows, oracle thresholds)``.
+
+    ``thresholds`` (calibrated on validation) give the honest open-mIoU; ``evaluators``, a
+    dict, receives each method's filled :class:`PixelEvaluator` (for the curves).
+    """
+    rows, oracle = {}, {}
+    for name, scores in split.scores.items():
+        evaluator = PixelEvaluator(num_classes)
+        evaluator.update(scores, split.labels, split.pred)
+        if evaluators is not None:
+            evaluators[name] = evaluator
+        row: dict[str, Any] = dict(evaluator.compute())
+        row["miou"] = evaluator.miou()
+        oracle[name] = evaluator.threshold("cdd")
+        row["open_miou_oracle"] = evaluator.open_miou(oracle[name])
+        if thresholds is not None:
+            row["open_miou"] = evaluator.open_miou(thresholds[name])
+        rows[name] = row
+    return rows, oracle
+
+
+def _stride(segmenter: nn.Module) -> int:
+    """The segmenter's output stride: its ``stride`` attribute, else 1 (logits at full size)."""
+    return int(getattr(segmenter, "stride", 1))
+
+
+def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
+    from ..zoo import load_reference_segmenter
+
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    segmenter = load_reference_segmenter(world=cfg.world)
+    num_classes = segmenter.num_classes
+    detectors = fit_detectors(segmenter, load_fit_split(segmenter, cfg), cfg)
+    methods = make_baselines(segmenter, detectors["FED-C"], cfg)
+    results: dict[str, Any] = {"config": _jsonable(cfg), "world": cfg.world, "splits": {}}
+    thresholds = None  # calibrated on the clean validation split, used for every test split
+    for split_name, corruption, severity in _splits(cfg):
+        num = cfg.val_scenes if split_name == "val" else cfg.test_scenes
+        split = load_split(segmenter, split_name, num, cfg, corruption, severity)
+        score_split(split, detectors, methods, cfg)
+        evaluators: dict[str, PixelEvaluator] = {}
+        rows, oracle = evaluate_split(split, num_classes, thresholds, evaluators)
+        if thresholds is None:
+            thresholds = oracle
+        results["splits"][split.name] = rows
+        if figures and split.name == "test":
+            from .plots import save_curves, save_panels
+
+            save_panels(split, out_dir / "scenes.png", detector="FED-C")
+            save_curves(split, num_classes, out_dir / "curves.png", evaluators=evaluators)
+            save_curves(
+                split, num_classes, out_dir / "curves-idm.png", "idm", evaluators=evaluators
+            )
+        del evaluators
+    for name, det in detectors.items():
+        det.save(out_dir / f"{name.lower()}.safetensors")
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def _splits(cfg: BenchConfig) -> list[tuple[str, Any, Any]]:
+    """``(split, corruption, severity)`` of every evaluated split, clean validation first."""
+    shifted = shifted_split(cfg)
+    splits: list[tuple[str, Any, Any]] = []
+    for split in ("val", "test"):
+        splits.append((split, None, 0))
+        if shifted:
+            splits.append((split, *shifted))
+    return splits + [("test", c, s) for c, s in cfg.corruptions]
+
+
+def run_demo(out_dir: str | Path = "flowenedet-demo", cfg: BenchConfig | None = None) -> dict:
+    """The quick tour: fit FED-U/FED-C, score clean and shifted scenes, print the table,
+    write ``scenes.png``, ``curves.png``, ``results.json`` and the detectors to ``out_dir``."""
+    cfg = cfg or BenchConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _run(cfg, out_dir, figures=True)
+    _write_json(out_dir / "results.json", results)
+    return results
+
+
+def run_bench(out_dir: str | Path = "flowenedet-bench", cfg: BenchConfig | None = None) -> dict:
+    """The full benchmark: every corruption at severities 1-4; ``results.json`` and
+    ``results.md`` in ``out_dir``."""
+    cfg = cfg or FULL_BENCH
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = _run(cfg, out_dir, figures=True)
+    _write_json(out_dir / "results.json", results)
+    text = (
+        "# flowenedet embedded benchmark\n\n## Quality bar\n\n"
+        f"{report(results)}\n\n## Every method on every split\n\n{tables(results)}"
+    )
+    io.atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(text))
+    return results
+
+
+def _jsonable(cfg: BenchConfig) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    text = json.dumps(results, indent=2, default=float)
+    io.atomic_write(path, lambda tmp: tmp.write_text(text))

@@ -1,0 +1,99 @@
+"""One benchmark split: generated scenes with the segmenter's logits and features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..hooks import SegmenterTap
+from .config import FEATURE_LAYER, BenchConfig
+
+__all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split", "world_data"]
+
+
+@dataclass
+class SplitData:
+    """One split with the segmenter's outputs.
+
+    ``images`` uint8 ``(N, 3, H, W)``, ``labels`` ``(N, H, W)``, ``logits`` ``(N, K, h, w)``,
+    ``features`` ``(N, F, h, w)`` (the classifier's input).
+    """
+
+    name: str
+    images: Tensor
+    labels: Tensor
+    logits: Tensor
+    features: Tensor
+    scores: dict[str, Tensor] = field(default_factory=dict)
+    pred: Tensor | None = None
+
+
+def world_data(world: str) -> Any:
+    """The scene module of ``world``: :mod:`flowenedet.data.embedded` or ``.street``."""
+    if world == "digits":
+        from ..data import embedded
+
+        return embedded
+    if world == "street":
+        from ..data import street
+
+        return street
+    raise ValueError(f"world must be 'digits' or 'street', got {world!r}")
+
+
+def load_split(
+    segmenter: nn.Module, split: str, num: int, cfg: BenchConfig, corruption=None, severity=0
+) -> SplitData:
+    """Generate a split and run the segmenter over it once, in batches.
+
+    ``corruption`` and ``severity`` as for :func:`flowenedet.data.embedded.make_scenes`;
+    the scenes come from ``cfg.world``.
+    """
+    make_scenes = world_data(cfg.world).make_scenes
+    size = {} if cfg.size is None else {"size": cfg.size}
+    scenes = make_scenes(
+        split, num, seed=cfg.seed, corruption=corruption, severity=severity, **size
+    )
+    if corruption is None:
+        name = split
+    elif isinstance(corruption, str) and isinstance(severity, int):
+        name = f"{split}/{corruption}-{severity}"
+    else:
+        name = f"{split}/shifted"
+    tap = SegmenterTap(segmenter, FEATURE_LAYER)
+    logits, features = [], []
+    for start in tqdm(
+        range(0, num, cfg.batch_size), desc=f"segmenting {name}", disable=not cfg.progress
+    ):
+        batch = scenes.images[start : start + cfg.batch_size].float() / 255
+        out, feats = tap(batch)
+        logits.append(out)
+        features.append(feats)
+    return SplitData(name, scenes.images, scenes.labels, torch.cat(logits), torch.cat(features))
+
+
+def load_fit_split(segmenter: nn.Module, cfg: BenchConfig) -> SplitData:
+    """The training scenes, followed by a copy shifted by ``cfg.fit_corruptions`` (if any)."""
+    from ..data.embedded import MAX_SEVERITY
+
+    train = load_split(segmenter, "train", cfg.train_scenes, cfg)
+    if not cfg.fit_corruptions:
+        return train
+    levels = tuple(range(1, MAX_SEVERITY + 1))
+    shifted = load_split(segmenter, "train", cfg.train_scenes, cfg, cfg.fit_corruptions, levels)
+    parts = ("images", "labels", "logits", "features")
+    return SplitData(
+        "train+shifted", *(torch.cat([getattr(train, p), getattr(shifted, p)]) for p in parts)
+    )
+
+
+def shifted_split(cfg: BenchConfig) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """``(corruptions, severities)`` of the shifted splits, as ``make_scenes`` takes them
+    (every ``cfg.shift`` type at every severity 1-4); None when ``cfg.shift`` is empty."""
+    from ..data.embedded import MAX_SEVERITY
+
+    return (tuple(cfg.shift), tuple(range(1, MAX_SEVERITY + 1))) if cfg.shift else None
