@@ -1,134 +1,190 @@
-"""What each departure from the paper's detector does, measured on the validation split.
+"""From the paper's detector to the library's default, one setting at a time, on validation.
 
-FED-C on the embedded benchmark (reference segmenter, 300 training scenes; validation
-scenes clean, shifted as in the benchmark's ``val/shifted`` split, and with each test
-corruption at severity 3), one design change at a time, each expressed through the
-public API:
+FED-C on both embedded worlds (the shipped reference segmenters, the benchmark's fit data:
+clean training scenes followed by a shifted copy, statistics from the clean ones),
+scored on the clean and the shifted validation splits (never on test), every quality-bar
+column. Each row changes one more setting from the ``"paper-deeplabv3plus"`` preset
+towards ``"default"``:
 
-1. the paper's detector: energy pair as input, labels nearest-resized to the logits
-   (hard miss targets at logit resolution), the posterior as the only score;
-2. miss targets at full resolution (labels at input resolution, ``training.miss_targets``);
-3. the ``"rich"`` input set;
-4. 800 instead of 400 steps (``--steps``);
-5. the energy term in the ``ood`` and ``concurrent`` maps (weight 1 in both);
-6. a shifted copy of every training scene in the fit data (``BenchConfig.fit_corruptions``,
-   corruption types no test split uses);
-7. the ``concurrent`` map's own energy weight (``concurrent_energy_weight=0.5``);
-8. the ``ood`` map smoothed with its peaks kept (``ood_keep_peaks``, 5x5 kernel, sigma
-   1.5) and its energy weight 1.5: the defaults.
+1. the paper preset (the reference release's valid options: energy pair, void as miss,
+   natural prevalence, learned prior, convolutional couplings in 4 blocks, post-processing
+   in image pixels at image resolution, test-time scales 1, 0.5, 0.25, the posterior as
+   the only score; its schedule's shape scaled to ``--steps``: 8 % warm-up, x0.1 every
+   30 % of the steps, weight decay 0.01);
+2. without test-time augmentation;
+3. post-processing sizes in logit pixels at logit resolution;
+4. the per-pixel flow with a masked 7x7 context, 8 blocks;
+5. equal priors in the posterior;
+6. balanced pixel sampling and a class-balanced loss;
+7. void pixels left out of the fit;
+8. the rich input set;
+9. the energy terms of the ``ood`` and ``concurrent`` maps (weights 1.5, 0.5);
+10. the library's schedule (5 % warm-up, one decay at 80 %, weight decay 1e-4): the
+    default detector.
 
-Every row is scored with the map the quality bar reads for each task (``idm`` for IDM,
-``ood`` for OOD, ``concurrent`` for concurrent detection); rows 1-7 with no
-post-processing at all (so with equal energy weights the ``concurrent`` map is the
-``ood`` map), row 8 with the benchmark's. The best baseline per column is printed for
-reference.
+Rows 1-3 are one fitted detector scored three ways. The best baseline per column is
+printed for reference.
 
-    python -m benchmarks.ablation               # about 6 minutes on 2 CPU cores
-    python -m benchmarks.ablation --shifts snow # clean and snow-3 only
+    python -m benchmarks.ablation                   # both worlds
+    python -m benchmarks.ablation --world digits    # one
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 import torch
 
 from flowenedet import FlowEneDet
-from flowenedet.evaluation.config import CORRUPTIONS, FEATURE_LAYER, BenchConfig
+from flowenedet.config import preset
+from flowenedet.detector import MAPS
+from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
-from flowenedet.postprocess import resize_labels
+from flowenedet.evaluation.splits import SplitData, load_fit_split, load_split, shifted_split
 from flowenedet.zoo import load_reference_segmenter
 
-# The post-processing the digits benchmark used before it ran the detector's defaults
-# (docs/benchmarks.md): on 24x24 logits no boundary suppression, idm and concurrent
-# unsmoothed, the ood map smoothed (5x5, sigma 1.5) with its peaks kept. The ablation's
-# rows were measured with it.
-SMALL_MAP_POSTPROCESS = {
-    "boundary_width": 0,
-    "boundary_iterations": 1,
-    "ood_dilation": 1,
-    "smooth_kernel": 1,
-    "ood_smooth_kernel": 5,
-    "ood_smooth_sigma": 1.5,
-    "ood_keep_peaks": True,
+PAPER, _ = preset("paper-deeplabv3plus")
+DEFAULT = {
+    "inputs": "rich",
+    "void_as_miss": False,
+    "loss_weighting": "balanced",
+    "prior": "equal",
+    "coupling": "pixel",
+    "num_blocks": 8,
+    "postprocess": "logit-pixels",
+    "ood_smooth_kernel": None,
+    "ood_energy_weight": 1.5,
+    "concurrent_energy_weight": 0.5,
+    "tta": False,
 }
+# (row, settings changed from the row before, whether it needs a new fit)
+ROWS: list[tuple[str, dict[str, Any], bool]] = [
+    ("1. paper preset", {}, True),
+    ("2. - test-time augmentation", {"tta": False}, False),
+    ("3. post-processing in logit pixels", {"postprocess": "logit-pixels"}, False),
+    ("4. per-pixel flow, 8 blocks", {"coupling": "pixel", "num_blocks": 8}, True),
+    ("5. equal priors", {"prior": "equal"}, True),
+    ("6. balanced sampling and loss", {"loss_weighting": "balanced"}, True),
+    ("7. void left out", {"void_as_miss": False}, True),
+    ("8. rich inputs", {"inputs": "rich"}, True),
+    (
+        "9. energy terms in ood / concurrent",
+        {k: DEFAULT[k] for k in DEFAULT if "weight" in k},
+        True,
+    ),
+    ("10. library schedule (the default)", {"schedule": "default"}, True),
+]
+
+
+def _schedule(steps: int, kind: str) -> dict[str, Any]:
+    if kind == "default":
+        return {}
+    return {
+        "warmup_steps": round(0.08 * steps),
+        "decay_every": round(0.3 * steps),
+        "weight_decay": 0.01,
+    }
+
+
+def _fit(segmenter, data: SplitData, cfg: BenchConfig, settings: dict[str, Any]) -> FlowEneDet:
+    settings = dict(settings)
+    schedule = _schedule(cfg.steps, settings.pop("schedule", "paper"))
+    started = time.perf_counter()
+    det = FlowEneDet(segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed, **settings)
+    det.fit_logits(
+        data.logits,
+        data.labels,
+        data.features,
+        batch_size=cfg.batch_size,
+        stats_items=cfg.train_scenes,
+        steps=cfg.steps,
+        pixels_per_image=cfg.pixels_per_image,
+        progress=False,
+        **schedule,
+    )
+    print(f"  fitted in {time.perf_counter() - started:.0f} s", flush=True)
+    return det
+
+
+@torch.no_grad()
+def _score_with_images(split: SplitData, det: FlowEneDet, name: str, cfg: BenchConfig) -> None:
+    """``det.score`` on the split's images (test-time augmentation needs them)."""
+    parts: dict[str, list] = {}
+    for start in range(0, len(split.labels), cfg.batch_size):
+        maps = det.score(split.images[start : start + cfg.batch_size].float() / 255)
+        for kind in MAPS:
+            parts.setdefault(f"{name} {kind}", []).append(getattr(maps, kind))
+    split.scores |= {key: torch.cat(value) for key, value in parts.items()}
+
+
+def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
+    cfg = BenchConfig(world=world, progress=False)
+    if steps:
+        cfg.steps = steps
+    if val_scenes:
+        cfg.val_scenes = val_scenes
+    torch.manual_seed(cfg.seed)
+    segmenter = load_reference_segmenter(world=world)
+    data = load_fit_split(segmenter, cfg)
+    settings: dict[str, Any] = dict(PAPER)
+    detectors: dict[str, FlowEneDet] = {}
+    for row, change, refit in ROWS:
+        settings |= change
+        print(f"{world}: {row}", flush=True)
+        if refit:
+            det = _fit(segmenter, data, cfg, settings)
+        else:
+            det = _copy_with(det, change)
+        detectors[row] = det
+    baselines = make_baselines(segmenter, detectors[ROWS[-1][0]], cfg)
+    baselines.pop("MC dropout")  # needs the images again for every sample; not the point here
+    for corruption, severity in ((None, 0), shifted_split(cfg)):
+        split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
+        plain = {name: det for name, det in detectors.items() if not det.config.tta}
+        score_split(split, plain, baselines, cfg)
+        for name, det in detectors.items():
+            if det.config.tta:
+                _score_with_images(split, det, name, cfg)
+        rows, _ = evaluate_split(split, segmenter.num_classes)
+        _print_table(world, split.name, cfg, detectors, baselines, rows)
+
+
+def _copy_with(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
+    """The same fitted detector scored with other score-time settings."""
+    copy = FlowEneDet(det.segmenter)
+    copy.config = type(det.config)(**{**vars(det.config), **change})
+    copy.flow, copy.stats, copy._tap = det.flow, det.stats, det._tap
+    return copy
+
+
+def _print_table(world, split, cfg, detectors, baselines, rows) -> None:
+    print(f"\n### {world}, {split} ({cfg.val_scenes} scenes, {cfg.steps} steps)\n")
+    titles = [f"{t.upper()} {metric.upper()} ({m})" for t, metric, m in QUALITY_BAR]
+    print("| FED-C | " + " | ".join(titles) + " |")
+    print("| --- |" + " --: |" * len(QUALITY_BAR))
+    for name in detectors:
+        cells = [f"{100 * rows[f'{name} {m}'][t][metric]:.2f}" for t, metric, m in QUALITY_BAR]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    best, baseline_rows = [], {name: rows[name] for name in baselines}
+    for task, metric, _ in QUALITY_BAR:
+        winner = best_baseline(baseline_rows, task, metric)
+        best.append(f"{100 * rows[winner][task][metric]:.2f} {winner}")
+    print("| best baseline | " + " | ".join(best) + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--val-scenes", type=int, default=200)
-    parser.add_argument("--shifts", nargs="*", default=list(CORRUPTIONS), metavar="NAME")
+    parser.add_argument("--world", choices=(*WORLDS, "all"), default="all")
+    parser.add_argument("--steps", type=int, help="fit steps (default: the benchmark's)")
+    parser.add_argument("--val-scenes", type=int, help="default: the benchmark's")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    cfg = BenchConfig(val_scenes=args.val_scenes, steps=args.steps, progress=False)
-    segmenter = load_reference_segmenter()
-    train = load_split(segmenter, "train", cfg.train_scenes, cfg)
-    shifted_train = load_fit_split(segmenter, cfg)
-    hard_labels = resize_labels(train.labels, tuple(train.logits.shape[-2:]))
-    steps = {"steps": cfg.steps}
-    plain = {**SMALL_MAP_POSTPROCESS, "ood_smooth_kernel": 1, "ood_keep_peaks": False}
-    paper = {"ood_energy_weight": 0.0, "concurrent_energy_weight": 0.0, **plain}
-    energy = {"ood_energy_weight": 1.0, "concurrent_energy_weight": 1.0, **plain}
-    variants: dict[str, dict[str, Any]] = {
-        "1. paper (energy pair, hard targets, posterior only)": dict(
-            inputs="energy", labels=hard_labels, **paper, **steps
-        ),
-        "2. + full-resolution miss targets": dict(inputs="energy", **paper, **steps),
-        "3. + rich inputs": dict(inputs="rich", **paper, **steps),
-        f"4. + {2 * cfg.steps} steps": dict(inputs="rich", **paper, steps=2 * cfg.steps),
-        "5. + energy term in the ood and concurrent maps": dict(inputs="rich", **energy, **steps),
-        "6. + shifted training copies": dict(inputs="rich", data=shifted_train, **energy, **steps),
-        "7. + concurrent map's own energy weight": dict(
-            inputs="rich", data=shifted_train, **plain, ood_energy_weight=1.0, **steps
-        ),
-        "8. + ood map smoothed keeping peaks, energy weight 1.5 (defaults)": dict(
-            inputs="rich", data=shifted_train, **SMALL_MAP_POSTPROCESS, **steps
-        ),
-    }
-    detectors = {}
-    for name, options in variants.items():
-        data = options.pop("data", train)
-        labels = options.pop("labels", data.labels)
-        fit_steps = options.pop("steps")
-        print(f"fitting {name}", flush=True)
-        detectors[name] = FlowEneDet(
-            segmenter,
-            feature_layer=FEATURE_LAYER,
-            seed=cfg.seed,
-            **options,
-        ).fit_logits(
-            data.logits,
-            labels,
-            data.features,
-            batch_size=cfg.batch_size,
-            stats_items=cfg.train_scenes,  # the clean scenes come first
-            steps=fit_steps,
-            pixels_per_image=cfg.pixels_per_image,
-            progress=False,
-        )
-    baselines = make_baselines(segmenter, next(iter(detectors.values())), cfg)
-    baselines.pop("MC dropout")  # needs the images again for every sample; not the point here
-    splits = ((None, 0), shifted_split(cfg), *((name, 3) for name in args.shifts))
-    for corruption, severity in splits:
-        split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
-        score_split(split, detectors, baselines, cfg)
-        rows, _ = evaluate_split(split, segmenter.num_classes)
-        print(f"\n### {split.name} ({cfg.val_scenes} scenes)\n")
-        titles = [f"{t.upper()} {metric.upper()} ({m})" for t, metric, m in QUALITY_BAR]
-        print("| FED-C | " + " | ".join(titles) + " |")
-        print("| --- |" + " --: |" * len(QUALITY_BAR))
-        for name in detectors:
-            cells = [f"{100 * rows[f'{name} {m}'][t][metric]:.2f}" for t, metric, m in QUALITY_BAR]
-            print(f"| {name} | " + " | ".join(cells) + " |")
-        best, baseline_rows = [], {name: rows[name] for name in baselines}
-        for task, metric, _ in QUALITY_BAR:
-            winner = best_baseline(baseline_rows, task, metric)
-            best.append(f"{100 * rows[winner][task][metric]:.2f} {winner}")
-        print("| best baseline | " + " | ".join(best) + " |")
+    started = time.perf_counter()
+    for world in WORLDS if args.world == "all" else (args.world,):
+        run_world(world, args.steps, args.val_scenes)
+    print(f"\nfinished in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
