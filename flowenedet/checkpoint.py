@@ -7,6 +7,7 @@ interrupted one stopped. Writes are atomic: a crash mid-write keeps the previous
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,12 @@ from typing import Any
 from torch import Tensor
 
 from . import io
+from .config import DetectorConfig, FitOptions, config_from_dict, differences
 
-__all__ = ["TrainingState", "load_checkpoint", "save_checkpoint"]
+ADOPTED = ("num_classes", "feature_layer", "feature_channels", "stride", "segmenter_fingerprint")
+"""Settings a fit reads off the segmenter and the data unless they were given."""
+
+__all__ = ["TrainingState", "check_resumable", "load_checkpoint", "save_checkpoint"]
 
 KIND = "flowenedet-checkpoint"
 VERSION = 2  # 2: the checksum covers the header; the fit's options and segmenter stored
@@ -99,3 +104,43 @@ def _check_header(header: Any, path: str | os.PathLike[str]) -> None:
         fail("param_groups is not a list of objects")
     if not isinstance(header.get("schedule"), dict) or not isinstance(header.get("detector"), dict):
         fail("it has no schedule or detector settings")
+
+
+def check_resumable(
+    state: TrainingState,
+    path: str | os.PathLike[str],
+    config: DetectorConfig,
+    options: FitOptions,
+    fingerprint: str,
+) -> None:
+    """Refuse a checkpoint that is not of the fit being resumed: other settings, other fit
+    options or another segmenter (``ValueError`` listing what differs); one that does not
+    record its fit is a :class:`flowenedet.io.FormatError`."""
+    stored = state.config
+    if not (
+        isinstance(stored.get("detector"), dict)
+        and isinstance(stored.get("fit"), dict)
+        and isinstance(stored.get("segmenter_fingerprint"), str)
+    ):
+        raise io.FormatError(f"checkpoint {path} does not record the fit it belongs to")
+    try:
+        config_from_dict(DetectorConfig, stored["detector"], str(path))
+    except ValueError as error:
+        raise io.FormatError(str(error)) from None
+    found = []
+    if stored["segmenter_fingerprint"] != fingerprint:
+        found.append("the segmenter (its weights differ)")
+    requested = {
+        name: value
+        for name, value in dataclasses.asdict(config).items()
+        if not (name in ADOPTED and value is None)
+    }
+    found += differences(stored["detector"], requested, "setting")
+    fit = dataclasses.asdict(options)
+    fit.pop("checkpoint_every")  # does not change the result
+    found += differences(stored["fit"], fit, "fit option")
+    if found:
+        raise ValueError(
+            f"checkpoint {path} is not of this fit: {'; '.join(found)}. Resume with the "
+            "same segmenter and arguments, or delete the checkpoint to start afresh."
+        )

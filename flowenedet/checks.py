@@ -6,19 +6,26 @@ expected and what arrived, so bad input never turns into a silently wrong answer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .config import Spec, check_field
 from .labels import PADDING_INDEX
+
+SCALE = Spec(float, 0.05, 4.0)  # a test-time scale
+MAX_SCALES = 16
+SIDE = Spec(int, 1, 1 << 15)  # a side of an output map, in pixels
 
 __all__ = [
     "check_finite",
     "check_images",
     "check_labels",
     "check_logits",
+    "check_scales",
+    "check_size",
     "unpack_batch",
 ]
 
@@ -112,4 +119,23 @@ def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
     raise TypeError(
         "loader batches must be (images, labels) pairs or dicts with 'image' and 'label'; "
         f"got {type(batch).__name__}"
+    )
+
+
+def check_scales(scales: Any) -> tuple[float, ...]:
+    """Test-time ``scales``: 1 to :data:`MAX_SCALES` numbers in [0.05, 4]."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"scales must be a sequence of numbers like (1.0, 0.5); got {scales!r}")
+    if not 1 <= len(scales) <= MAX_SCALES:
+        raise ValueError(f"scales must hold 1 to {MAX_SCALES} scales; got {len(scales)}")
+    return tuple(check_field("score", "scales", s, SCALE) for s in scales)
+
+
+def check_size(size: Any) -> tuple[int, int]:
+    """An output ``size``: two integers ``(H, W)`` in [1, 32768]."""
+    if not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(f"size must be (H, W); got {size!r}")
+    return tuple(
+        check_field("score_logits", "size", int(s) if isinstance(s, Tensor) else s, SIDE)
+        for s in size
     )

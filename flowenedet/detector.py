@@ -18,28 +18,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import config as presets
-from . import io, storage
-from .checkpoint import load_checkpoint
-from .checks import check_images, check_labels, check_logits, unpack_batch
+from . import storage
+from .checkpoint import check_resumable, load_checkpoint
+from .checks import (
+    check_images,
+    check_labels,
+    check_logits,
+    check_scales,
+    check_size,
+    unpack_batch,
+)
 from .config import (
     TTA_SCALES,
     DetectorConfig,
     FitOptions,
     Spec,
     check_field,
-    config_from_dict,
-    differences,
 )
 from .conv_flow import ConvEnergyFlow
-from .energy import INPUT_SETS, MIN_VARIANCE, flow_inputs
+from .energy import INPUT_SETS, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_classifier, segmenter_device
-from .postprocess import Gaussian, convert_boundary, resize, suppress_boundaries, upsampled_argmax
+from .postprocess import postprocess_maps, resize, upsampled_argmax
 from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
 from .training import (
     balanced_pixel_sample,
+    divergence_hint,
     fit_statistics,
     miss_targets,
+    passes,
     pooled_mean_std,
     train_flow,
     uniform_pixel_sample,
@@ -51,9 +58,6 @@ logger = logging.getLogger(__name__)
 
 LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at input size, features
 MAPS = ("idm", "ood", "concurrent")  # the score maps of :class:`Scores`
-SCALE = Spec(float, 0.05, 4.0)  # a test-time scale
-MAX_SCALES = 16
-SIDE = Spec(int, 1, 1 << 15)  # a side of an output map, in pixels
 BATCH = Spec(int, 1, 1 << 20)
 
 
@@ -255,7 +259,7 @@ class FlowEneDet:
         fingerprint = segmenter_fingerprint(self.segmenter)
         if resume and checkpoint is not None and Path(checkpoint).exists():
             state = load_checkpoint(checkpoint)
-            self._check_resumable(state, checkpoint, options, fingerprint)
+            check_resumable(state, checkpoint, self.config, options, fingerprint)
             self.config = DetectorConfig(**state.config["detector"])
             self._tap = SegmenterTap(self.segmenter, self._tap_layer())
             mean, var = state.extra["mean"], state.extra["var"]
@@ -286,7 +290,7 @@ class FlowEneDet:
         try:
             train_flow(
                 self.flow,
-                _passes(raw_batches),
+                passes(raw_batches),
                 pixels,
                 total_steps=total,
                 lr=options.lr,
@@ -307,56 +311,16 @@ class FlowEneDet:
                 },
             )
         except FloatingPointError as error:
-            raise FloatingPointError(f"{error}{_divergence_hint(var, options.lr)}") from None
+            raise FloatingPointError(f"{error}{divergence_hint(var, options.lr)}") from None
         ood_scale = self._measure_ood_scale(prepare(next(raw_batches())), mean, var)
         if not torch.isfinite(ood_scale).all():
             raise FloatingPointError(
                 "the fitted flow gives non-finite scores on the fit data: training diverged"
-                + _divergence_hint(var, options.lr)
+                + divergence_hint(var, options.lr)
             )
         self.stats = Stats(mean, var, ood_scale)
         self.config.segmenter_fingerprint = fingerprint
         return self
-
-    def _check_resumable(
-        self, state: Any, path: str | Path, options: FitOptions, fingerprint: str
-    ) -> None:
-        """Refuse a checkpoint that is not of this fit: other settings, other fit options
-        or another segmenter; the message lists what differs."""
-        stored = state.config
-        if not (
-            isinstance(stored.get("detector"), dict)
-            and isinstance(stored.get("fit"), dict)
-            and isinstance(stored.get("segmenter_fingerprint"), str)
-        ):
-            raise io.FormatError(f"checkpoint {path} does not record the fit it belongs to")
-        try:
-            config_from_dict(DetectorConfig, stored["detector"], str(path))
-        except ValueError as error:
-            raise io.FormatError(str(error)) from None
-        found = []
-        if stored["segmenter_fingerprint"] != fingerprint:
-            found.append("the segmenter (its weights differ)")
-        requested = dataclasses.asdict(self.config)
-        adopted = (
-            "num_classes",
-            "feature_layer",
-            "feature_channels",
-            "stride",
-            "segmenter_fingerprint",
-        )
-        for name in adopted:  # sizes the fit reads off the segmenter, unless given
-            if requested[name] is None:
-                requested.pop(name)
-        found += differences(stored["detector"], requested, "setting")
-        fit = dataclasses.asdict(options)
-        fit.pop("checkpoint_every")  # does not change the result
-        found += differences(stored["fit"], fit, "fit option")
-        if found:
-            raise ValueError(
-                f"checkpoint {path} is not of this fit: {'; '.join(found)}. Resume with the "
-                "same segmenter and arguments, or delete the checkpoint to start afresh."
-            )
 
     @torch.no_grad()
     def _measure_ood_scale(self, batch: LogitBatch, mean: Tensor, var: Tensor) -> Tensor:
@@ -389,7 +353,7 @@ class FlowEneDet:
         images = check_images(images)
         if scales is None:
             scales = TTA_SCALES if self.config.tta else (1.0,)
-        scales = _check_scales(scales)
+        scales = check_scales(scales)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
         result, softmax = None, None
@@ -424,7 +388,7 @@ class FlowEneDet:
         (default: the logits' size)."""
         self._require_fitted()
         logits, _, features = self._prepare(logits, None, features)
-        size = _check_size(size) if size is not None else tuple(logits.shape[-2:])
+        size = check_size(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
         log_odds = self._log_odds(inputs, features)
@@ -439,10 +403,10 @@ class FlowEneDet:
         pred = upsampled_argmax(logits, size)
         if cfg.postprocess == "image-pixels":  # the reference: upsample first
             raw = [resize(m, size) for m in raw]
-            maps = self._postprocess(*raw, pred=pred, stride=1.0)
+            maps = postprocess_maps(*raw, pred=pred, config=cfg, stride=1.0)
         else:
             stride = 1.0 if cfg.postprocess == "logit-pixels" else cfg.stride
-            maps = self._postprocess(*raw, pred=logits.argmax(1), stride=stride)
+            maps = postprocess_maps(*raw, pred=logits.argmax(1), config=cfg, stride=stride)
         maps = [resize(m, size).clamp(0, 1) for m in maps]
         if not all(torch.isfinite(m).all() for m in maps):
             top = logits.abs().max().item()
@@ -459,23 +423,6 @@ class FlowEneDet:
         prior = self.flow._distribution.log_prior()
         ratio = self.flow.log_odds_map(inputs, features, self.config.chunk_pixels)
         return ratio + (prior[MISS] - prior[HIT])
-
-    def _postprocess(
-        self, idm: Tensor, ood: Tensor, concurrent: Tensor, *, pred: Tensor, stride: float
-    ) -> list[Tensor]:
-        """Smoothing and boundary suppression of the three raw maps ``(B, h, w)`` (``pred``
-        at the same resolution), with the configured sizes divided by ``stride``."""
-        cfg = self.config
-        smooth = Gaussian(cfg.smooth_kernel).at_stride(stride)
-        ood_kernel = cfg.smooth_kernel if cfg.ood_smooth_kernel is None else cfg.ood_smooth_kernel
-        ood_smooth = Gaussian(ood_kernel, cfg.ood_smooth_sigma, cfg.ood_dilation)
-        width, iterations = convert_boundary(cfg.boundary_width, cfg.boundary_iterations, stride)
-        if stride != 1.0:
-            ood_smooth = ood_smooth.at_stride(stride)
-        ood = suppress_boundaries(ood, pred, width, iterations)
-        smoothed = ood_smooth.apply(ood)
-        ood = torch.maximum(ood, smoothed) if cfg.ood_keep_peaks else smoothed
-        return [smooth.apply(idm), ood, smooth.apply(concurrent)]
 
     # ------------------------------------------------------------------ plumbing
     def _segment(self, images: Tensor, labels: Tensor, device: torch.device) -> LogitBatch:
@@ -591,55 +538,6 @@ class FlowEneDet:
             f"FlowEneDet(variant={cfg.variant!r}, num_classes={cfg.num_classes}, "
             f"feature_layer={cfg.feature_layer!r}, {state})"
         )
-
-
-def _passes(raw_batches: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    """The loader's batches, pass after pass, endlessly; a pass that yields nothing (a
-    loader that can be read only once) is an error, never an endless loop. Pass 1 was
-    the statistics pass."""
-    passes = 1
-    while True:
-        passes += 1
-        empty = True
-        for batch in raw_batches():
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError(
-                f"the loader yielded no batches on pass {passes}: fit reads it several times "
-                "(statistics, then training); pass a list or a DataLoader, not a generator"
-            )
-
-
-def _divergence_hint(var: Tensor, lr: float) -> str:
-    """Likely causes of a diverged fit, for its error message."""
-    floored = (var <= MIN_VARIANCE * 1.01).nonzero().flatten().tolist()
-    hint = f". Likely causes: the learning rate (lr={lr:g}) is too high"
-    if floored:
-        hint += (
-            f"; or the segmenter's logits barely vary (classes {floored[:10]} have a max-"
-            "logit variance at its floor), as with an untrained model"
-        )
-    return hint
-
-
-def _check_scales(scales: Any) -> tuple[float, ...]:
-    """Test-time ``scales``: 1 to :data:`MAX_SCALES` numbers in [0.05, 4]."""
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
-        raise TypeError(f"scales must be a sequence of numbers like (1.0, 0.5); got {scales!r}")
-    if not 1 <= len(scales) <= MAX_SCALES:
-        raise ValueError(f"scales must hold 1 to {MAX_SCALES} scales; got {len(scales)}")
-    return tuple(check_field("score", "scales", s, SCALE) for s in scales)
-
-
-def _check_size(size: Any) -> tuple[int, int]:
-    """An output ``size``: two integers ``(H, W)`` in [1, 32768]."""
-    if not isinstance(size, Sequence) or len(size) != 2:
-        raise ValueError(f"size must be (H, W); got {size!r}")
-    return tuple(
-        check_field("score_logits", "size", int(s) if isinstance(s, Tensor) else s, SIDE)
-        for s in size
-    )
 
 
 def _energy_of(inputs: Tensor) -> Tensor:

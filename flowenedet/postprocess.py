@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ __all__ = [
     "boundary_mask",
     "convert_boundary",
     "gaussian_smooth",
+    "postprocess_maps",
     "resize",
     "resize_labels",
     "suppress_boundaries",
@@ -94,6 +96,27 @@ def convert_boundary(width: int, iterations: int, stride: float) -> tuple[int, i
     iterations."""
     converted = math.floor(width / stride + 0.5)
     return converted, min(iterations, converted)
+
+
+def postprocess_maps(
+    idm: Tensor, ood: Tensor, concurrent: Tensor, *, pred: Tensor, config: Any, stride: float
+) -> list[Tensor]:
+    """The detector's smoothing and boundary suppression of its three raw maps ``(B, h, w)``
+    (``pred`` at the same resolution), with ``config``'s sizes (a
+    :class:`~flowenedet.config.DetectorConfig`) divided by ``stride``: ``idm`` and
+    ``concurrent`` get the plain Gaussian, ``ood`` boundary suppression, then the dilated
+    Gaussian (keeping peaks with ``ood_keep_peaks``)."""
+    cfg = config
+    smooth = Gaussian(cfg.smooth_kernel).at_stride(stride)
+    ood_kernel = cfg.smooth_kernel if cfg.ood_smooth_kernel is None else cfg.ood_smooth_kernel
+    ood_smooth = Gaussian(ood_kernel, cfg.ood_smooth_sigma, cfg.ood_dilation)
+    if stride != 1.0:
+        ood_smooth = ood_smooth.at_stride(stride)
+    width, iterations = convert_boundary(cfg.boundary_width, cfg.boundary_iterations, stride)
+    ood = suppress_boundaries(ood, pred, width, iterations)
+    smoothed = ood_smooth.apply(ood)
+    ood = torch.maximum(ood, smoothed) if cfg.ood_keep_peaks else smoothed
+    return [smooth.apply(idm), ood, smooth.apply(concurrent)]
 
 
 def boundary_mask(pred: Tensor, width: int) -> Tensor:

@@ -20,16 +20,18 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from .energy import ClassStats
+from .energy import MIN_VARIANCE, ClassStats
 from .labels import PADDING_INDEX
 from .postprocess import resize_labels, upsampled_argmax
 
 __all__ = [
     "FitStatistics",
     "balanced_pixel_sample",
+    "divergence_hint",
     "fit_statistics",
     "hit_miss_loss",
     "miss_targets",
+    "passes",
     "pooled_mean_std",
     "train_flow",
     "uniform_pixel_sample",
@@ -317,3 +319,33 @@ def train_flow(
                 ),
             )
     flow.eval()
+
+
+def passes(raw_batches: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+    """The loader's batches, pass after pass, endlessly; a pass that yields nothing (a
+    loader that can be read only once) is an error, never an endless loop. Pass 1 was
+    the statistics pass."""
+    passes = 1
+    while True:
+        passes += 1
+        empty = True
+        for batch in raw_batches():
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(
+                f"the loader yielded no batches on pass {passes}: fit reads it several times "
+                "(statistics, then training); pass a list or a DataLoader, not a generator"
+            )
+
+
+def divergence_hint(var: Tensor, lr: float) -> str:
+    """Likely causes of a diverged fit, for its error message."""
+    floored = (var <= MIN_VARIANCE * 1.01).nonzero().flatten().tolist()
+    hint = f". Likely causes: the learning rate (lr={lr:g}) is too high"
+    if floored:
+        hint += (
+            f"; or the segmenter's logits barely vary (classes {floored[:10]} have a max-"
+            "logit variance at its floor), as with an untrained model"
+        )
+    return hint
