@@ -308,7 +308,7 @@ segmenter of each world, scores clean and shifted (8 corruptions, severities 1-4
 validation and test scenes with them and every baseline, prints the tables and the
 quality bar and writes {DEMO_OUT}/<world>/ scenes.png, curves.png, curves-idm.png,
 results.json, fed-u.safetensors and fed-c.safetensors. The street part is reduced to
-fit the demo's time (32 training, 16 validation, 24 test scenes, 200 steps).
+fit the demo's time (16 training, 4 validation, 8 test scenes, 100 steps).
 Needs the bench extra: pip install "flowenedet[bench]".""",
     "bench": f"""Example:
   flowenedet bench --out results/

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["label_colours", "save_curves", "save_panels"]
 
 DPI = 90
+CURVE_POINTS = 4000
 
 
 def label_colours(labels: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -111,7 +112,7 @@ def save_curves(
         if evaluator is None:
             evaluator = PixelEvaluator(num_classes)
             evaluator.update(scores, split.labels, split.pred)
-        curve = evaluator.curve(task)
+        curve = _thin(evaluator.curve(task))
         style = "-" if name.startswith("FED") else "--"
         roc.plot(curve["fpr"], curve["tpr"], style, label=name)
         pr.plot(curve["recall"], curve["precision"], style, label=name)
@@ -121,6 +122,16 @@ def save_curves(
     fig.suptitle(f"{split.name} ({len(split.labels)} scenes, every pixel pooled)")
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def _thin(curve: dict[str, np.ndarray], points: int = CURVE_POINTS) -> dict[str, np.ndarray]:
+    """At most about ``points`` evenly spaced thresholds of a curve, its ends kept (a line
+    through millions of thresholds draws no differently at figure size, only slower)."""
+    n = len(next(iter(curve.values())))
+    if n <= points:
+        return curve
+    keep = np.unique(np.r_[np.linspace(0, n - 1, points).round().astype(np.int64), n - 1])
+    return {key: values[keep] for key, values in curve.items()}
 
 
 def _save(fig, plt, path: Path) -> Path:
