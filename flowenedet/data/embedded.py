@@ -145,11 +145,8 @@ def make_scenes(
     for i in tqdm(range(num_scenes), desc=desc, unit="scene", disable=not progress):
         image, labels[i] = _render_scene(split, i, seed, size)
         if corruptions:
-            name = corruptions[i % len(corruptions)]
-            level = severities[(i // len(corruptions)) % len(severities)]
-            index = 1 + shift.corruption_names().index(name)
-            key = [seed, SPLITS.index(split), i, index, level]
-            image = shift.corrupt(image, name, level, np.random.SeedSequence(key))
+            key = (seed, SPLITS.index(split), i)
+            image = shift.corrupt_in_turn(image, i, corruptions, severities, key)
         images[i] = image
     return SceneSet(
         images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),

@@ -13,7 +13,13 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image
 
-__all__ = ["MAX_SEVERITY", "check_corruptions", "corrupt", "corruption_names"]
+__all__ = [
+    "MAX_SEVERITY",
+    "check_corruptions",
+    "corrupt",
+    "corrupt_in_turn",
+    "corruption_names",
+]
 
 MAX_SEVERITY = 4
 CORRUPTION_RESOLUTION = 224  # spatial corruptions run at >= this side (ImageNet-C scale)
@@ -94,3 +100,22 @@ def corrupt(image: np.ndarray, name: str, severity: int, key: np.random.SeedSequ
     if work is not image:
         out = np.asarray(Image.fromarray(out).resize((width, height), Image.BOX))
     return out
+
+
+def corrupt_in_turn(
+    image: np.ndarray,
+    index: int,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    key: Sequence[int],
+    salt: Sequence[int] = (),
+) -> np.ndarray:
+    """Scene ``index`` of a run shifted Cityscapes-C style: the corruptions in turn, each
+    at the severities in turn, so every (type, severity) pair occurs equally often. The
+    random state comes from ``key`` (the scene's seed words), the corruption's number and
+    severity, then ``salt`` (which keeps another world's draws apart)."""
+    name = corruptions[index % len(corruptions)]
+    level = severities[(index // len(corruptions)) % len(severities)]
+    number = 1 + corruption_names().index(name)
+    seed = np.random.SeedSequence([*key, number, level, *salt])
+    return corrupt(image, name, level, seed)
