@@ -50,7 +50,7 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Delete temporary files left beside ``path`` by writers on this host that were
     killed mid-write (their process is gone and the file is older than a minute)."""
     prefix = _tmp_prefix(path)
-    for tmp in path.parent.glob(f"{glob_escape(prefix)}*.tmp"):
+    for tmp in path.parent.glob(f"{_glob_escape(prefix)}*.tmp"):
         pid = tmp.name[len(prefix) :].split(".", 1)[0]
         if not pid.isdigit() or _alive(int(pid)):
             continue
@@ -62,7 +62,7 @@ def _remove_stale_temporaries(path: Path) -> None:
             pass  # another writer cleaned it, or it is not ours to remove
 
 
-def glob_escape(text: str) -> str:
+def _glob_escape(text: str) -> str:
     """``text`` with glob wildcards escaped, for :meth:`Path.glob`."""
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
