@@ -19,6 +19,7 @@ import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,6 +102,32 @@ class SceneSet(Dataset):
         """All images as float32 ``(N, 3, S, S)`` in [0, 1]."""
         return self.images.float().div_(255.0)
 
+    @classmethod
+    def from_arrays(
+        cls,
+        images: np.ndarray,
+        labels: np.ndarray,
+        split: str,
+        seed: int,
+        shift_request: tuple[Any, Any],
+        shifts: tuple[tuple[str, ...], tuple[int, ...]],
+        transform: Transform | None = None,
+    ) -> SceneSet:
+        """A set from generated uint8 ``images`` ``(N, H, W, 3)`` and ``labels`` ``(N, H, W)``;
+        ``shift_request`` is the ``(corruption, severity)`` asked for, kept as given when it
+        named one, else the checked ``shifts``."""
+        corruption, severity = shift_request
+        corruptions, severities = shifts
+        return cls(
+            images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            labels=torch.from_numpy(labels),
+            split=split,
+            seed=seed,
+            corruption=corruption if isinstance(corruption, str | None) else corruptions,
+            severity=severity if isinstance(severity, int | np.integer) else severities,
+            transform=transform,
+        )
+
 
 def split_sources(split: str) -> SplitSources:
     """Background names, OOD source names and MNIST row indices used by ``split``."""
@@ -148,14 +175,8 @@ def make_scenes(
             key = (seed, SPLITS.index(split), i)
             image = shift.corrupt_in_turn(image, i, corruptions, severities, key)
         images[i] = image
-    return SceneSet(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        labels=torch.from_numpy(labels),
-        split=split,
-        seed=seed,
-        corruption=corruption if isinstance(corruption, str | None) else corruptions,
-        severity=severity if isinstance(severity, int | np.integer) else severities,
-        transform=transform,
+    return SceneSet.from_arrays(
+        images, labels, split, seed, (corruption, severity), (corruptions, severities), transform
     )
 
 

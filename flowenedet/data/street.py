@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 from tqdm.auto import tqdm
 
@@ -182,13 +181,8 @@ def make_scenes(
             key = (seed, SPLITS.index(split), i)
             image = shift.corrupt_in_turn(image, i, corruptions, severities, key, salt=(1,))
         images[i] = image
-    return SceneSet(
-        images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-        labels=torch.from_numpy(labels),
-        split=split,
-        seed=seed,
-        corruption=corruption if isinstance(corruption, str | None) else corruptions,
-        severity=severity if isinstance(severity, int | np.integer) else severities,
+    return SceneSet.from_arrays(
+        images, labels, split, seed, (corruption, severity), (corruptions, severities)
     )
 
 
