@@ -59,11 +59,7 @@ def balanced_pixel_sample(
     chosen = []
     for b in range(valid.shape[0]):
         for wanted in (valid[b] & ~miss[b], valid[b] & miss[b]):
-            candidates = wanted.flatten().nonzero().flatten()
-            if candidates.numel() > half:
-                order = torch.randperm(candidates.numel(), generator=generator)[:half]
-                candidates = candidates[order.to(candidates.device)]
-            chosen.append(candidates + b * pixels)
+            chosen.append(_draw(wanted, half, generator) + b * pixels)
     return torch.cat(chosen)
 
 
@@ -73,14 +69,18 @@ def uniform_pixel_sample(valid: Tensor, per_image: int, generator: torch.Generat
     if valid.dim() != 3:
         raise ValueError(f"valid must be (B, h, w); got {tuple(valid.shape)}")
     pixels = valid.shape[1] * valid.shape[2]
-    chosen = []
-    for b in range(valid.shape[0]):
-        candidates = valid[b].flatten().nonzero().flatten()
-        if candidates.numel() > per_image:
-            order = torch.randperm(candidates.numel(), generator=generator)[:per_image]
-            candidates = candidates[order.to(candidates.device)]
-        chosen.append(candidates + b * pixels)
+    chosen = [_draw(valid[b], per_image, generator) + b * pixels for b in range(valid.shape[0])]
     return torch.cat(chosen)
+
+
+def _draw(mask: Tensor, limit: int, generator: torch.Generator) -> Tensor:
+    """Flat indices of up to ``limit`` of the True pixels of ``mask`` ``(h, w)``, drawn
+    uniformly without replacement (all of them when there are no more)."""
+    candidates = mask.flatten().nonzero().flatten()
+    if candidates.numel() > limit:
+        order = torch.randperm(candidates.numel(), generator=generator)[:limit]
+        candidates = candidates[order.to(candidates.device)]
+    return candidates
 
 
 def miss_targets(
