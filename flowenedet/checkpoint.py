@@ -112,10 +112,10 @@ def check_resumable(
     config: DetectorConfig,
     options: FitOptions,
     fingerprint: str,
-) -> None:
-    """Refuse a checkpoint that is not of the fit being resumed: other settings, other fit
-    options or another segmenter (``ValueError`` listing what differs); one that does not
-    record its fit is a :class:`flowenedet.io.FormatError`."""
+) -> DetectorConfig:
+    """The checkpoint's settings (validated), if it is of the fit being resumed; refuses
+    other settings, other fit options or another segmenter (``ValueError`` listing what
+    differs); one that does not record its fit is a :class:`flowenedet.io.FormatError`."""
     stored = state.config
     if not (
         isinstance(stored.get("detector"), dict)
@@ -124,7 +124,7 @@ def check_resumable(
     ):
         raise io.FormatError(f"checkpoint {path} does not record the fit it belongs to")
     try:
-        config_from_dict(DetectorConfig, stored["detector"], str(path))
+        resumed = config_from_dict(DetectorConfig, stored["detector"], str(path))
     except ValueError as error:
         raise io.FormatError(str(error)) from None
     found = []
@@ -144,3 +144,4 @@ def check_resumable(
             f"checkpoint {path} is not of this fit: {'; '.join(found)}. Resume with the "
             "same segmenter and arguments, or delete the checkpoint to start afresh."
         )
+    return resumed

@@ -259,8 +259,7 @@ class FlowEneDet:
         fingerprint = segmenter_fingerprint(self.segmenter)
         if resume and checkpoint is not None and Path(checkpoint).exists():
             state = load_checkpoint(checkpoint)
-            check_resumable(state, checkpoint, self.config, options, fingerprint)
-            self.config = DetectorConfig(**state.config["detector"])
+            self.config = check_resumable(state, checkpoint, self.config, options, fingerprint)
             self._tap = SegmenterTap(self.segmenter, self._tap_layer())
             mean, var = state.extra["mean"], state.extra["var"]
             self._build_flow(device)
@@ -362,8 +361,8 @@ class FlowEneDet:
             logits, features = self._tap(scaled.to(device))
             scores = self.score_logits(logits, features, size=size)
             if len(scales) > 1:
-                probs = F.interpolate(
-                    check_logits(logits), size=size, mode="bilinear", align_corners=False
+                probs = F.interpolate(  # logits checked by score_logits
+                    logits.float(), size=size, mode="bilinear", align_corners=False
                 ).softmax(1)
                 softmax = probs if softmax is None else softmax.add_(probs)
             if result is None:
