@@ -32,15 +32,25 @@ __all__ = ["COMMANDS", "build_parser", "non_negative_int", "positive_int"]
 Option = tuple[str, dict[str, Any]]
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+def _integer_from(low: int, wanted: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (``wanted`` names it in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {wanted}; got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _integer_from(1, "a positive integer")
+positive_int.__doc__ = "An argparse type: an integer >= 1."
+non_negative_int = _integer_from(0, "an integer >= 0")
+non_negative_int.__doc__ = "An argparse type: an integer >= 0."
 
 
 def _number_in(low: float, high: float) -> Callable[[str], float]:
@@ -59,17 +69,6 @@ def _number_in(low: float, high: float) -> Callable[[str], float]:
 
     parse.__name__ = "number"
     return parse
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
-    return value
 
 
 def _side_or_none(text: str) -> int | None:
