@@ -77,11 +77,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], *, clean_stale: bool = False
+) -> Path:
     """Call ``write(tmp_path)`` then move the result to ``path`` in one atomic rename.
 
     The temporary file lives in the destination folder; if ``write`` fails, it is removed
-    and any existing file at ``path`` is left untouched. A successful write also removes
+    and any existing file at ``path`` is left untouched. With ``clean_stale`` (detector
+    and checkpoint files: big, rewritten in place) a successful write also removes
     temporaries that earlier, killed writes of ``path`` left behind. Any failure to write
     (a full disk, a folder where the file should be) is an ``OSError`` naming ``path``.
     """
@@ -109,7 +112,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         if isinstance(error, SafetensorError):
             raise OSError(f"cannot write {path}: {error}") from None
         raise
-    _remove_stale_temporaries(path)
+    if clean_stale:  # one directory listing; not for the many small maps of a folder
+        _remove_stale_temporaries(path)
     return path
 
 
@@ -146,7 +150,9 @@ def save_file_atomic(
         "config": json.dumps(dict(config), sort_keys=True, allow_nan=False),
     }
     metadata["sha256"] = _file_checksum(plain, metadata)
-    return atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+    return atomic_write(
+        path, lambda tmp: save_file(plain, str(tmp), metadata=metadata), clean_stale=True
+    )
 
 
 def load_file(
