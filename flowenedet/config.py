@@ -19,6 +19,7 @@ from typing import Any
 from .energy import INPUT_SETS
 
 __all__ = [
+    "DEFAULT_STEPS",
     "POSTPROCESS_MODES",
     "PRESETS",
     "TTA_SCALES",
@@ -166,13 +167,20 @@ class DetectorConfig(_Checked):
     tta: bool = setting(False, Spec(bool))
 
 
+DEFAULT_STEPS = 2000
+"""The default fit budget in optimizer steps, whatever the loader's length (the fit cycles
+through it): chosen from the validation AP-against-steps curves of both embedded worlds
+(docs/benchmarks.md, "Fit length")."""
+
+
 @dataclass
 class FitOptions(_Checked):
     """How :meth:`FlowEneDet.fit` trains; checked like :class:`DetectorConfig` and stored
     in training checkpoints so a resumed fit must ask for the same."""
 
-    steps: int | None = setting(None, Spec(int, 1, 10**8, optional=True))
-    epochs: int = setting(1, Spec(int, 1, 10**6))
+    # None: ``epochs`` passes over the loader; both None is refused by the fit
+    steps: int | None = setting(DEFAULT_STEPS, Spec(int, 1, 10**8, optional=True))
+    epochs: int | None = setting(None, Spec(int, 1, 10**6, optional=True))
     lr: float = setting(1e-3, Spec(float, 1e-8, 1.0))
     pixels_per_image: int = setting(1024, Spec(int, 2, 1 << 24))
     checkpoint_every: int = setting(500, Spec(int, 1, 10**8))

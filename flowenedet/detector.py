@@ -29,6 +29,7 @@ from .checks import (
     unpack_batch,
 )
 from .config import (
+    DEFAULT_STEPS,
     TTA_SCALES,
     DetectorConfig,
     FitOptions,
@@ -156,8 +157,10 @@ class FlowEneDet:
         ``options`` are :class:`FitOptions` fields (``steps``, ``epochs``, ``lr``,
         ``pixels_per_image``, ``checkpoint_every``, ``warmup_steps``, ``decay_every``,
         ``weight_decay``); those not given come from the preset. Training runs ``steps``
-        optimizer steps (one per batch, cycling through the loader) or, if ``steps`` is
-        None (or only ``epochs`` is given), ``epochs`` passes. With ``checkpoint`` the
+        optimizer steps (one per batch, cycling through the loader as often as needed;
+        default :data:`~flowenedet.config.DEFAULT_STEPS`, whatever the loader's length)
+        or, if only ``epochs`` is given, ``epochs`` passes (with a warning when that is
+        fewer steps than the default budget). With ``checkpoint`` the
         training state is saved every ``checkpoint_every`` steps; ``resume=True``
         continues from it (same loader order and seed give the same result as an
         uninterrupted fit). Under torch.distributed (torchrun) each process passes its
@@ -187,7 +190,10 @@ class FlowEneDet:
             raise TypeError(f"unknown fit options: {sorted(unknown)}")
         if "epochs" in given and "steps" not in given:
             given = {**given, "steps": None}
-        return FitOptions(**(dataclasses.asdict(self.fit_options) | given))
+        options = FitOptions(**(dataclasses.asdict(self.fit_options) | given))
+        if options.steps is None and options.epochs is None:
+            raise ValueError("give the fit's length: steps= (optimizer steps) or epochs=")
+        return options
 
     def fit_logits(
         self,
@@ -270,6 +276,15 @@ class FlowEneDet:
             )
             mean, var = stats.finalize()
             total = options.steps or options.epochs * num_batches
+            if total < DEFAULT_STEPS:
+                logger.warning(
+                    "the flow trains for %d optimizer steps; on both embedded worlds its "
+                    "validation AP was still rising up to %d (the default budget, "
+                    "docs/benchmarks.md): pass steps=%d, or more epochs",
+                    total,
+                    DEFAULT_STEPS,
+                    DEFAULT_STEPS,
+                )
         self.flow.to(device)
         cfg = self.config
         balanced = cfg.loss_weighting == "balanced"

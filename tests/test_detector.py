@@ -570,3 +570,27 @@ def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted)
         a, b = (getattr(maps[m], kind).flatten() for m in maps)
         assert torch.corrcoef(torch.stack([a, b]))[0, 1] > least, kind
         assert (a - b).abs().mean() < 0.1, kind
+
+
+def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loader, caplog):
+    """Two batches and steps=5: five optimizer steps, cycling through the loader; epochs=1
+    alone makes one pass (two steps) and warns that it is far below the default budget;
+    neither steps nor epochs is refused."""
+    seen = []
+
+    class Counting(list):
+        def __iter__(self):
+            seen.append(len(self))
+            return super().__iter__()
+
+    loader = Counting(train_loader[:2])
+    FlowEneDet(segmenter, variant="U").fit(loader, steps=5, progress=False)
+    # one statistics pass, then 5 steps over passes of 2 batches (the 3rd pass is cut
+    # short), then the batch that measures the score scales
+    assert len(seen) == 1 + 3 + 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="flowenedet"):
+        FlowEneDet(segmenter, variant="U").fit(loader, epochs=1, progress=False)
+    assert any("trains for 2 optimizer steps" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="steps= .* or epochs="):
+        FlowEneDet(segmenter, variant="U").fit(loader, steps=None, progress=False)

@@ -3,7 +3,7 @@
 import pytest
 
 from flowenedet.evaluation.config import BenchConfig
-from flowenedet.evaluation.report import quality_bar, report
+from flowenedet.evaluation.report import quality_bar, report, seed_summary
 
 
 def _row(ood_ap, ood_fpr, idm_ap, cdd_ap):
@@ -81,3 +81,24 @@ def test_fitting_on_a_tested_corruption_is_refused():
         BenchConfig(shift=("snow",), fit_corruptions=("snow", "pixelate"))
     config = BenchConfig(shift=("frost",), corruptions=(("snow", 1),), fit_corruptions=("fog",))
     assert config.fit_corruptions == ("fog",)
+
+
+def test_seed_summary_counts_a_cell_only_when_every_seed_wins_it():
+    baselines = {"MSP": _row(0.20, 0.40, 0.30, 0.40)}
+
+    def run(seed, ood_ap):
+        rows = {
+            "FED-C idm": _row(0.0, 1.0, 0.35, 0.0),
+            "FED-C ood": _row(ood_ap, 0.39, 0.0, 0.0),
+            "FED-C concurrent": _row(0.0, 1.0, 0.0, 0.46),
+            **baselines,
+        }
+        return {"config": {"seed": seed}, "splits": {"test": rows}}
+
+    # OOD AP 0.25 beats MSP's 0.20 in seed 0; 0.15 loses in seed 1
+    table = seed_summary([run(0, 0.25), run(1, 0.15)])
+    test_row = next(line for line in table.splitlines() if line.startswith("| test |"))
+    cells = [cell.strip() for cell in test_row.strip("|").split("|")][1:]
+    assert cells[0] == "20.00 (15.00-25.00) vs 20.00 (20.00-20.00); won 1/2"
+    assert all(cell.endswith("won 2/2") for cell in cells[1:])
+    assert table.splitlines()[-1] == "FED-C wins 3 of 4 cells in every one of 2 runs (seeds 0, 1)."

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import io
 from ..evaluation import report, runner
 from ..evaluation.config import CORRUPTIONS, FULL_BENCH, WORLDS, BenchConfig
 from .errors import CLIError, require_output_dir
@@ -83,10 +84,10 @@ BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotli
 """Import names of the ``bench`` extra."""
 
 
-def bench_config(args: argparse.Namespace, preset: BenchConfig) -> BenchConfig:
-    """``preset`` with the sizes given on the command line, ``--seed`` and ``--no-progress``."""
+def bench_config(args: argparse.Namespace, preset: BenchConfig, seed: int) -> BenchConfig:
+    """``preset`` with the sizes given on the command line, ``seed`` and ``--no-progress``."""
     sizes = {name: getattr(args, name) for name in SIZE_OPTIONS if getattr(args, name) is not None}
-    return dataclasses.replace(preset, seed=args.seed, progress=args.progress, **sizes)
+    return dataclasses.replace(preset, seed=seed, progress=args.progress, **sizes)
 
 
 def _missing_extra(what: str, modules: list[str]) -> CLIError:
@@ -113,36 +114,59 @@ def _run(
     notes: dict[str, str] | None = None,
 ) -> int:
     """Run ``run(out, cfg)`` for each world of ``--world`` (``all``: every world, each in a
-    folder of its own below ``--out``); print the tables, the files written and the time."""
+    folder of its own below ``--out``) and each of ``--seeds`` seeds from ``--seed`` (more
+    than one: each in ``seed-N/``, and a summary over them in ``seeds.md``); print the
+    tables, the files written and the time."""
     worlds = WORLDS if args.world == "all" else (args.world,)
     require_output_dir(args.out, "--out")
     missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
     if missing:  # fail before minutes of work, not at the first scene or figure
         raise _missing_extra(what, missing)
     started = time.perf_counter()
+    seeds = range(args.seed, args.seed + args.seeds)
     for world in worlds:
-        cfg = bench_config(args, presets[world])
-        out = Path(args.out) / world if len(worlds) > 1 else Path(args.out)
-        before = _signatures(out)
-        world_started = time.perf_counter()
-        try:
-            results = run(out, cfg)
-        except ImportError as error:
-            module = (error.name or "").partition(".")[0]
-            if module not in BENCH_MODULES:
-                raise
-            raise _missing_extra(what, [module]) from None
-        written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
-        note = f"; {notes[world]}" if world in (notes or {}) else ""
-        print(f"## {world} world ({_sizes(cfg)}{note})\n")
-        print(report.tables(results))
-        print(f"{report.report(results)}\n")
-        print(f"wrote {len(written)} file(s):")
-        for path in written:
-            print(f"  {path}")
-        print(f"{world} world finished in {time.perf_counter() - world_started:.1f} s\n")
+        world_out = Path(args.out) / world if len(worlds) > 1 else Path(args.out)
+        runs = []
+        for seed in seeds:
+            cfg = bench_config(args, presets[world], seed)
+            out = world_out / f"seed-{seed}" if len(seeds) > 1 else world_out
+            runs.append(_run_one(run, out, cfg, world, what, (notes or {}).get(world)))
+        if len(runs) > 1:
+            summary = f"## {world} world over {len(runs)} seeds\n\n{report.seed_summary(runs)}\n"
+            io.atomic_write(world_out / "seeds.md", lambda tmp: tmp.write_text(summary))
+            print(f"{summary}\nwrote {world_out / 'seeds.md'}\n")
     print(f"finished in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _run_one(
+    run: Callable[[Path, BenchConfig], dict[str, Any]],
+    out: Path,
+    cfg: BenchConfig,
+    world: str,
+    what: str,
+    note: str | None,
+) -> dict[str, Any]:
+    """One world at one seed: run, print its tables and the files it wrote."""
+    before = _signatures(out)
+    world_started = time.perf_counter()
+    try:
+        results = run(out, cfg)
+    except ImportError as error:
+        module = (error.name or "").partition(".")[0]
+        if module not in BENCH_MODULES:
+            raise
+        raise _missing_extra(what, [module]) from None
+    written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
+    note = f"; {note}" if note else ""
+    print(f"## {world} world, seed {cfg.seed} ({_sizes(cfg)}{note})\n")
+    print(report.tables(results))
+    print(f"{report.report(results)}\n")
+    print(f"wrote {len(written)} file(s):")
+    for path in written:
+        print(f"  {path}")
+    print(f"{world} world finished in {time.perf_counter() - world_started:.1f} s\n")
+    return results
 
 
 def _sizes(cfg: BenchConfig) -> str:

@@ -166,10 +166,10 @@ FIT_OPTIONS: list[Option] = [
         {
             "type": positive_int,
             "metavar": "N",
-            "help": "optimizer steps (default: --epochs passes)",
+            "help": "optimizer steps, cycling through the data (default: 2000)",
         },
     ),
-    ("--epochs", {"type": positive_int, "metavar": "N", "help": "default: 1"}),
+    ("--epochs", {"type": positive_int, "metavar": "N", "help": "passes instead of --steps"}),
     ("--lr", {"type": _number_in(1e-8, 1.0), "help": "default: 1e-3"}),
     ("--pixels-per-image", {"type": positive_int, "metavar": "N", "help": "default: 1024"}),
     (
@@ -273,6 +273,17 @@ def _run_options(
         sized("--val-scenes", "scenes the thresholds are calibrated on"),
         sized("--test-scenes", "scenes per test split"),
         SEED,
+        (
+            "--seeds",
+            {
+                "type": positive_int,
+                "default": 1,
+                "metavar": "N",
+                "help": "run each world N times, seeds --seed .. --seed+N-1 (scenes and fit; "
+                "the same segmenter), each in DIR/<world>/seed-K/, with the quality bar's "
+                "mean and spread in DIR/<world>/seeds.md (default 1)",
+            },
+        ),
     ]
     if quick is not None:
         help_ = "fewer scenes, steps and corruptions: a smoke test, not a measurement"

@@ -7,7 +7,16 @@ from typing import Any
 
 from .metrics import format_table
 
-__all__ = ["BAR_SPLITS", "QUALITY_BAR", "best_baseline", "quality_bar", "report", "tables"]
+__all__ = [
+    "BAR_SPLITS",
+    "QUALITY_BAR",
+    "bar_cells",
+    "best_baseline",
+    "quality_bar",
+    "report",
+    "seed_summary",
+    "tables",
+]
 
 
 def tables(results: dict[str, Any]) -> str:
@@ -41,42 +50,84 @@ BAR_SPLITS = ("test", "test/shifted")
 """The splits the issue's quality bar is judged on: clean and shifted test scenes."""
 
 
+def bar_cells(
+    rows: dict[str, dict[str, Any]], detector: str = "FED-C"
+) -> list[tuple[float, float, str, bool]]:
+    """``(ours, best baseline's value, its name, won)`` for each :data:`QUALITY_BAR` column
+    of one split's ``rows`` (FPR95: lower is better)."""
+    cells = []
+    for task, metric, fed_map in QUALITY_BAR:
+        sign = -1 if metric == "fpr95" else 1
+        ours = rows[f"{detector} {fed_map}"][task][metric]
+        best = best_baseline(rows, task, metric)
+        theirs = rows[best][task][metric]
+        cells.append((ours, theirs, best, sign * ours > sign * theirs))
+    return cells
+
+
+def _bar_titles(detector: str) -> list[str]:
+    return [f"{t.upper()} {m.upper()} ({detector} {fed_map})" for t, m, fed_map in QUALITY_BAR]
+
+
+def _markdown(lines: list[list[str]]) -> str:
+    return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in lines)
+
+
 def quality_bar(
     results: dict[str, Any], splits: Sequence[str] | None = None, detector: str = "FED-C"
 ) -> str:
     """Markdown table: on each of ``splits`` (default: the :data:`BAR_SPLITS` in
     ``results``), ``detector`` against the best baseline on each metric of
     :data:`QUALITY_BAR`, and whether it beats them all (FPR95: lower is better)."""
-    header = ["Split"]
-    header += [
-        f"{task.upper()} {metric.upper()} ({detector} {fed_map})"
-        for task, metric, fed_map in QUALITY_BAR
-    ]
-    header.append("Beats every baseline")
+    header = ["Split", *_bar_titles(detector), "Beats every baseline"]
     lines = [header, ["---"] + ["--:"] * (len(header) - 2) + [":-:"]]
     met = 0
     if splits is None:
         splits = [name for name in BAR_SPLITS if name in results["splits"]]
     for split in splits:
-        rows = results["splits"][split]
-        cells, wins = [split], []
-        for task, metric, fed_map in QUALITY_BAR:
-            sign = -1 if metric == "fpr95" else 1
-            ours = rows[f"{detector} {fed_map}"][task][metric]
-            best = best_baseline(rows, task, metric)
-            theirs = rows[best][task][metric]
-            wins.append(sign * ours > sign * theirs)
-            cells.append(f"{100 * ours:.2f} vs {100 * theirs:.2f} {best}")
+        cells = bar_cells(results["splits"][split], detector)
         missed = [
             f"{task.upper()} {metric.upper()}"
-            for (task, metric, _), won in zip(QUALITY_BAR, wins, strict=True)
+            for (task, metric, _), (*_, won) in zip(QUALITY_BAR, cells, strict=True)
             if not won
         ]
         met += not missed
-        cells.append("no: " + ", ".join(missed) if missed else "yes")
-        lines.append(cells)
-    table = "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in lines)
-    return f"{table}\n\n{detector} beats every baseline on {met} of {len(splits)} splits."
+        lines.append(
+            [split]
+            + [f"{100 * ours:.2f} vs {100 * theirs:.2f} {best}" for ours, theirs, best, _ in cells]
+            + ["no: " + ", ".join(missed) if missed else "yes"]
+        )
+    summary = f"{detector} beats every baseline on {met} of {len(splits)} splits."
+    return f"{_markdown(lines)}\n\n{summary}"
+
+
+def seed_summary(runs: Sequence[dict[str, Any]], detector: str = "FED-C") -> str:
+    """Markdown table of the quality bar over several runs (seeds) of one world: per bar
+    split and column, the mean and spread (min-max) of ours and of the best baseline
+    (per run), and in how many runs the cell is won; a cell counts only if won in all."""
+    header = ["Split", *_bar_titles(detector)]
+    lines = [header, ["---"] + ["--:"] * (len(header) - 1)]
+    splits = [name for name in BAR_SPLITS if all(name in run["splits"] for run in runs)]
+    held = 0
+    for split in splits:
+        per_run = [bar_cells(run["splits"][split], detector) for run in runs]
+        row = [split]
+        for column in zip(*per_run, strict=True):
+            won = sum(cell[3] for cell in column)
+            held += won == len(runs)
+            ours, theirs = (_spread([100 * cell[i] for cell in column]) for i in (0, 1))
+            row.append(f"{ours} vs {theirs}; won {won}/{len(runs)}")
+        lines.append(row)
+    cells = len(splits) * len(QUALITY_BAR)
+    return (
+        f"{_markdown(lines)}\n\n{detector} wins {held} of {cells} cells in every one of "
+        f"{len(runs)} runs (seeds {', '.join(str(run['config']['seed']) for run in runs)})."
+    )
+
+
+def _spread(values: Sequence[float]) -> str:
+    """``"mean (min-max)"`` of ``values``."""
+    return f"{sum(values) / len(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def report(results: dict[str, Any]) -> str:
