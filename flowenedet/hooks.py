@@ -111,12 +111,12 @@ def find_classifier(segmenter: nn.Module, images: Tensor) -> str:
     classifier) give the one with the most input channels. Raises ``ValueError`` listing
     the candidate layers when none fits.
     """
-    model = unwrap(segmenter)
-    with frozen(segmenter):
-        logits = logits_of(segmenter(images))
+    model = unwrap(segmenter)  # hooks need the eager model: compiled graphs skip them
+    with frozen(model):
+        logits = logits_of(model(images))
         num_classes = logits.shape[1]
         candidates = {name: m for name, m in model.named_modules() if _out_width(m) == num_classes}
-        outputs = _record_outputs(segmenter, images, candidates)
+        outputs = _record_outputs(model, images, candidates)
     resized = {}
     for name, out in outputs.items():
         if isinstance(candidates[name], nn.Linear):
@@ -139,7 +139,7 @@ def find_classifier(segmenter: nn.Module, images: Tensor) -> str:
                     "the logits are the sum of %s; taking the widest, %r", list(group), widest
                 )
                 return widest
-    raise ValueError(_no_classifier_message(segmenter, images, logits, similarity))
+    raise ValueError(_no_classifier_message(model, images, logits, similarity))
 
 
 def find_feature_layer(segmenter: nn.Module, images: Tensor) -> str:
@@ -213,7 +213,7 @@ def _no_classifier_message(
     if similarity:
         found = ", ".join(f"{n!r} (similarity {v:.2f})" for n, v in similarity.items())
         text += f" (layers with {k} outputs: {found})"
-    modules = dict(unwrap(segmenter).named_modules())
+    modules = dict(segmenter.named_modules())
     outputs = _record_outputs(segmenter, images, {n: m for n, m in modules.items() if n})
     maps = [
         f"{name!r} {tuple(out.shape)}"
@@ -295,7 +295,8 @@ class SegmenterTap:
         feature_layer: name of the submodule whose *output* is taken as features, or
             ``"<name>:input"`` to take the *input* of that module (used for the classifier
             conv found by :func:`find_classifier`). ``None`` captures no features. Names
-            are those of the model inside a ``torch.compile`` wrapper (:func:`unwrap`).
+            are those of the model inside a ``torch.compile`` wrapper (:func:`unwrap`);
+            with features, that model runs uncompiled (compiled graphs skip hooks).
 
     Features come back channels-first ``(B, F, h', w')``: a channels-last ``(B, h', w', F)``
     tensor (the input or output of an ``nn.Linear`` or ``nn.LayerNorm``, or one whose
@@ -336,9 +337,11 @@ class SegmenterTap:
         dtype = segmenter_dtype(self.segmenter)
         if images.is_floating_point() and images.dtype != dtype:
             images = images.to(dtype)  # float64 / half images for a float32 model, and back
+        # a torch.compile'd graph skips hooks added after compiling: capture on the model
+        model = self.segmenter if self._module is None else unwrap(self.segmenter)
         try:
-            with frozen(self.segmenter, dropout=dropout):
-                logits = logits_of(self.segmenter(images))
+            with frozen(model, dropout=dropout):
+                logits = logits_of(model(images))
         except RuntimeError as error:
             raise _explain_failure(self.segmenter, images, error) from error
         finally:
