@@ -112,6 +112,8 @@ def find_classifier(segmenter: nn.Module, images: Tensor) -> str:
     the candidate layers when none fits.
     """
     model = unwrap(segmenter)  # hooks need the eager model: compiled graphs skip them
+    if images.is_floating_point():
+        images = images.to(segmenter_dtype(model))
     with frozen(model):
         logits = logits_of(model(images))
         num_classes = logits.shape[1]
@@ -299,9 +301,9 @@ class SegmenterTap:
             with features, that model runs uncompiled (compiled graphs skip hooks).
 
     Features come back channels-first ``(B, F, h', w')``: a channels-last ``(B, h', w', F)``
-    tensor (the input or output of an ``nn.Linear`` or ``nn.LayerNorm``, or one whose
-    dims 1-2 rather than 2-3 have the logits' size or aspect ratio) is permuted; a 4-D
-    tensor that fits neither layout raises ``ValueError``.
+    tensor (the input or output of an ``nn.Linear``, or of an ``nn.LayerNorm`` over the
+    last dim, or one whose dims 1-2 rather than 2-3 have the logits' size or aspect ratio)
+    is permuted; a 4-D tensor that fits neither layout raises ``ValueError``.
     """
 
     def __init__(self, segmenter: nn.Module, feature_layer: str | None = None) -> None:
@@ -364,7 +366,6 @@ class SegmenterTap:
         module, size = self._module, logits.shape[-2:]
         if isinstance(module, nn.Linear) or (
             isinstance(module, nn.LayerNorm)
-            and not self._take_input
             and tuple(module.normalized_shape) == (features.shape[-1],)
         ):
             return features.permute(0, 3, 1, 2)

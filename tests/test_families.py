@@ -5,6 +5,7 @@ package is not installed is skipped."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import runpy
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from flowenedet import FlowEneDet
+from flowenedet import FlowEneDet, io
 from flowenedet.hooks import MaskClassificationLogits, logits_of
 from flowenedet.storage import segmenter_fingerprint
 
@@ -168,11 +169,13 @@ def test_a_half_precision_copy_loads_and_scores_like_the_float32_model(fitted, t
     path = det.save(tmp_path / "det.safetensors")
     half = copy.deepcopy(det.segmenter).half()
     loaded = FlowEneDet.load(path, half)  # no "fitted on a different segmenter"
-    images, _ = make_scenes(4, seed=3)
+    images, labels = make_scenes(4, seed=3)
     maps, reference = loaded.score(images), det.score(images)
     assert maps.ood.dtype == torch.float32
     assert (maps.idm - reference.idm).abs().max() < 0.05
     assert (maps.pred == reference.pred).float().mean() > 0.95
+    refit = FlowEneDet(half).fit([(images, labels)], steps=1, progress=False)  # fits too
+    assert refit.config.feature_layer == "classifier:input"
     other = copy.deepcopy(det.segmenter)
     with torch.no_grad():
         other.classifier.bias.add_(0.1)
@@ -217,3 +220,13 @@ def test_the_torchvision_example_runs_and_says_its_numbers_mean_nothing(
     assert "classifier.4:input" in out
     assert "mean nothing" in out and "random weights" in out
     assert (tmp_path / "torchvision_detector.safetensors").is_file()
+
+
+def test_detectors_saved_with_the_earlier_fingerprint_still_load(fitted, segmenter, tmp_path):
+    det = copy.copy(fitted["U"])
+    det.config = dataclasses.replace(det.config)
+    # earlier releases: the SHA-256 of the exact state dict's bytes
+    det.config.segmenter_fingerprint = io.tensor_checksum(segmenter.state_dict())
+    path = det.save(tmp_path / "old.safetensors")
+    images, _ = make_scenes(2, seed=6)
+    assert torch.equal(FlowEneDet.load(path, segmenter).score(images).idm, det.score(images).idm)
