@@ -89,7 +89,8 @@ class FlowEneDet:
 
     Args:
         segmenter: any ``nn.Module`` mapping images ``(B, 3, H, W)`` to logits
-            ``(B, K, h, w)`` (tensor, dict with "out", tuple, or ``.logits``). Never changed.
+            ``(B, K, h, w)`` (tensor, dict with "out", tuple, or ``.logits``; Mask2Former:
+            wrap it in :class:`flowenedet.hooks.MaskClassificationLogits`). Never changed.
         variant: ``"C"`` (flow conditioned on decoder features) or ``"U"`` (logits only).
         inputs: the flow's per-pixel inputs: ``"rich"`` (energy pair plus four confidence
             measures, the default) or ``"energy"`` (the paper's pair); see
