@@ -363,7 +363,7 @@ class FlowEneDet:
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
         result, softmax = None, None
-        self._resolve_feature_layer(images.to(device))  # after fit_logits: as fit does
+        self._resolve_feature_layer(images[:1].to(device))  # after fit_logits: as fit does
         for scale in scales:
             scaled = images if scale == 1.0 else _rescale(images, scale)
             logits, features = self._tap(scaled.to(device))
@@ -476,8 +476,16 @@ class FlowEneDet:
         if self.config.variant != "C" or self._tap.feature_layer is not None:
             return
         layer = find_feature_layer(self.segmenter, images[:1])
+        tap = SegmenterTap(self.segmenter, layer)
+        fitted = self.config.feature_channels  # set when fit_logits got the features
+        if fitted is not None and (found := tap(images[:1])[1].shape[1]) != fitted:
+            raise ValueError(
+                f"the detector was fitted on features with {fitted} channels, but {layer!r} "
+                f"(found as fit finds it) gives {found}; pass feature_layer= naming the layer "
+                "the fit features came from"
+            )
         logger.info("FED-C features: %r", layer)
-        self._tap = SegmenterTap(self.segmenter, layer)
+        self._tap = tap
         self.config.feature_layer = layer
 
     def _prepare(
@@ -510,15 +518,8 @@ class FlowEneDet:
         if current is None:
             setattr(self.config, field, value)
         elif value != current:
-            hint = ""
-            if field == "feature_channels":
-                hint = (
-                    f" (features from {self.config.feature_layer!r}; pass feature_layer= "
-                    "naming the layer the fit features came from)"
-                )
             raise ValueError(
-                f"the segmenter gives {value} {what} but the detector is for "
-                f"{field}={current}{hint}"
+                f"the segmenter gives {value} {what} but the detector is for {field}={current}"
             )
 
     def _build_flow(self, device: torch.device) -> None:
