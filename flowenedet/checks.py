@@ -20,6 +20,7 @@ MAX_SCALES = 16
 SIDE = Spec(int, 1, 1 << 15)  # a side of an output map, in pixels
 
 __all__ = [
+    "BATCH_KEYS",
     "check_finite",
     "check_images",
     "check_labels",
@@ -106,14 +107,28 @@ def check_finite(tensor: Tensor, name: str) -> Tensor:
     return tensor
 
 
-def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    """``(images, labels)`` from a loader batch: a pair, or a dict with "image" and "label"."""
+BATCH_KEYS: tuple[tuple[str, str], ...] = (("image", "label"), ("pixel_values", "labels"))
+"""The ``(images, labels)`` keys a dict batch is read with by default, in order: ours, then
+transformers' (``pixel_values`` / ``labels``)."""
+
+
+def unpack_batch(batch: Any, keys: tuple[str, str] | None = None) -> tuple[Tensor, Tensor]:
+    """``(images, labels)`` from a loader batch: a pair, or a dict read with ``keys``
+    ``(image_key, label_key)`` (default: the first pair of :data:`BATCH_KEYS` it holds)."""
+    if keys is not None and (
+        not isinstance(keys, (tuple, list))
+        or len(keys) != 2
+        or not all(isinstance(k, str) for k in keys)
+    ):
+        raise TypeError(f"batch_keys must be (image_key, label_key), two strings; got {keys!r}")
     if isinstance(batch, Mapping):
-        if "image" not in batch or "label" not in batch:
-            raise ValueError(
-                f"a dict batch needs keys 'image' and 'label'; got keys {sorted(batch)}"
-            )
-        return batch["image"], batch["label"]
+        choices = [tuple(keys)] if keys is not None else BATCH_KEYS
+        for image_key, label_key in choices:
+            if image_key in batch and label_key in batch:
+                return batch[image_key], batch[label_key]
+        wanted = " or ".join(f"{a!r} and {b!r}" for a, b in choices)
+        hint = "" if keys is not None else "; name others with batch_keys=(image_key, label_key)"
+        raise ValueError(f"a dict batch needs keys {wanted}; got keys {sorted(batch)}{hint}")
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise TypeError(

@@ -39,7 +39,7 @@ from .config import (
 from .conv_flow import ConvEnergyFlow
 from .energy import INPUT_SETS, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
-from .hooks import SegmenterTap, find_classifier, segmenter_device
+from .hooks import SegmenterTap, find_feature_layer, segmenter_device
 from .postprocess import postprocess_maps, resize, upsampled_argmax
 from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
 from .training import (
@@ -90,7 +90,8 @@ class FlowEneDet:
 
     Args:
         segmenter: any ``nn.Module`` mapping images ``(B, 3, H, W)`` to logits
-            ``(B, K, h, w)`` (tensor, dict with "out", tuple, or ``.logits``). Never changed.
+            ``(B, K, h, w)`` (tensor, dict with "out", tuple, or ``.logits``; Mask2Former:
+            wrap it in :class:`flowenedet.hooks.MaskClassificationLogits`). Never changed.
         variant: ``"C"`` (flow conditioned on decoder features) or ``"U"`` (logits only).
         inputs: the flow's per-pixel inputs: ``"rich"`` (energy pair plus four confidence
             measures, the default) or ``"energy"`` (the paper's pair); see
@@ -147,12 +148,15 @@ class FlowEneDet:
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        batch_keys: tuple[str, str] | None = None,
         **options: Any,
     ) -> FlowEneDet:
         """Estimate class statistics, then train the flow; returns ``self``.
 
         ``loader`` yields ``(images (B, 3, H, W), labels (B, H, W))`` or dicts with "image"
-        and "label", from the segmenter's training distribution; it is read once for the
+        and "label" (or "pixel_values" and "labels", as transformers' datasets give them;
+        other keys with ``batch_keys=(image_key, label_key)``), from the segmenter's
+        training distribution; it is read once for the
         statistics and again for every training pass, so it must be re-iterable.
         ``options`` are :class:`FitOptions` fields (``steps``, ``epochs``, ``lr``,
         ``pixels_per_image``, ``checkpoint_every``, ``warmup_steps``, ``decay_every``,
@@ -174,7 +178,7 @@ class FlowEneDet:
         device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
         return self._fit(
             lambda: iter(loader),
-            lambda batch: self._segment(*unpack_batch(batch), device=device),
+            lambda batch: self._segment(*unpack_batch(batch, batch_keys), device=device),
             device,
             self._fit_options(options),
             progress=progress,
@@ -210,6 +214,9 @@ class FlowEneDet:
     ) -> FlowEneDet:
         """Fit from logits computed elsewhere: ``logits`` ``(N, K, h, w)``, ``labels``
         ``(N, H, W)`` at input resolution, ``features`` ``(N, F, h', w')`` for FED-C.
+
+        Without ``feature_layer``, :meth:`score` on images later finds the layer as
+        :meth:`fit` does (the classifier's input), which must give the features' ``F``.
 
         ``stats_items=n`` takes the class statistics (and the hit / miss prior) from the
         first ``n`` items only, while the flow trains on all: for clean data followed by
@@ -371,6 +378,7 @@ class FlowEneDet:
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
         result, softmax = None, None
+        self._resolve_feature_layer(images[:1].to(device))  # after fit_logits: as fit does
         for scale in scales:
             scaled = images if scale == 1.0 else _rescale(images, scale)
             logits, features = self._tap(scaled.to(device))
@@ -401,7 +409,9 @@ class FlowEneDet:
         """Scores from ``logits`` ``(B, K, h, w)`` (and ``features`` for FED-C), at ``size``
         (default: the logits' size)."""
         self._require_fitted()
-        logits, _, features = self._prepare(logits, None, features)
+        device = next(self.flow.parameters()).device  # logits from anywhere
+        features = None if features is None else features.to(device)
+        logits, _, features = self._prepare(logits.to(device), None, features)
         size = check_size(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
@@ -431,6 +441,31 @@ class FlowEneDet:
             )
         return Scores(*maps, pred=pred)
 
+    def predict(
+        self, images: Tensor, *, map: str = "ood", scales: Sequence[float] | None = None
+    ) -> Tensor:
+        """One map of :meth:`score` for ``images`` ``(B, 3, H, W)``: ``(B, H, W)`` in [0, 1],
+        higher = more anomalous (pytorch-ood's ``Detector.predict``). ``map`` is ``"ood"``
+        (unknown objects, the default), ``"idm"`` or ``"concurrent"``."""
+        if map not in MAPS:
+            raise ValueError(f"map must be one of {MAPS}; got {map!r}")
+        return getattr(self.score(images, scales=scales), map)
+
+    def __call__(self, images: Tensor, **kwargs: Any) -> Tensor:
+        """:meth:`predict`: ``det(images)`` is the ``(B, H, W)`` ``"ood"`` map."""
+        return self.predict(images, **kwargs)
+
+    def to(self, device: str | torch.device) -> FlowEneDet:
+        """Move the segmenter (in place, as ``nn.Module.to`` does), the flow and the
+        statistics to ``device``; returns ``self``. Weights and results are unchanged."""
+        device = torch.device(device)
+        self.segmenter.to(device)
+        if self.flow is not None:
+            self.flow.to(device)
+        if self.stats is not None:
+            self.stats = Stats(**{k: t.to(device) for k, t in vars(self.stats).items()})
+        return self
+
     def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
         """The posterior's log-odds ``log p(miss | z) - log p(hit | z)`` ``(B, h, w)``:
         the flow's likelihood ratio plus the prior's log-odds (0 for equal priors)."""
@@ -455,10 +490,18 @@ class FlowEneDet:
     def _resolve_feature_layer(self, images: Tensor) -> None:
         if self.config.variant != "C" or self._tap.feature_layer is not None:
             return
-        name = find_classifier(self.segmenter, images[:1])
-        logger.info("FED-C features: input of the classifier %r", name)
-        self.config.feature_layer = f"{name}:input"
-        self._tap = SegmenterTap(self.segmenter, self.config.feature_layer)
+        layer = find_feature_layer(self.segmenter, images[:1])
+        tap = SegmenterTap(self.segmenter, layer)
+        fitted = self.config.feature_channels  # set when fit_logits got the features
+        if fitted is not None and (found := tap(images[:1])[1].shape[1]) != fitted:
+            raise ValueError(
+                f"the detector was fitted on features with {fitted} channels, but {layer!r} "
+                f"(found as fit finds it) gives {found}; pass feature_layer= naming the layer "
+                "the fit features came from"
+            )
+        logger.info("FED-C features: %r", layer)
+        self._tap = tap
+        self.config.feature_layer = layer
 
     def _prepare(
         self, logits: Tensor, labels: Tensor | None, features: Tensor | None
@@ -473,7 +516,7 @@ class FlowEneDet:
             if features is None:
                 raise ValueError("variant 'C' needs decoder features; pass features=")
             self._adopt("feature_channels", features.shape[1], "feature channels")
-            features = pool_feature_channels(features, cfg.pooled_channels)
+            features = pool_feature_channels(features.float(), cfg.pooled_channels)
             if features.shape[-2:] != logits.shape[-2:]:
                 features = F.interpolate(
                     features, size=logits.shape[-2:], mode="bilinear", align_corners=False

@@ -9,6 +9,7 @@ file fits the segmenter it is loaded for.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from . import io
 from .config import DetectorConfig, config_from_dict
+from .hooks import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ __all__ = [
     "Stats",
     "check_segmenter",
     "check_tensors",
+    "fingerprint_matches",
     "read_detector",
     "segmenter_fingerprint",
     "write_detector",
@@ -57,8 +60,29 @@ class Stats:
 
 
 def segmenter_fingerprint(segmenter: nn.Module) -> str:
-    """SHA-256 of the segmenter's parameter and buffer names, shapes and values."""
-    return io.tensor_checksum(segmenter.state_dict())
+    """SHA-256 of the segmenter's parameter and buffer names, shapes and values, floating
+    values at float16 precision.
+
+    So the fingerprint survives ``model.half()`` (and back to float32), ``.to(device)`` and
+    ``torch.compile`` (names are the wrapped model's, :func:`flowenedet.hooks.unwrap`);
+    bfloat16 rounds more coarsely than float16, so ``model.bfloat16()`` of a detector
+    fitted in float32 does not match.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unwrap(segmenter).state_dict().items()):
+        tensor = tensor.detach()
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+        digest.update(io.tensor_checksum({name: tensor}).encode())
+    return digest.hexdigest()
+
+
+def fingerprint_matches(stored: str, segmenter: nn.Module) -> bool:
+    """Whether ``stored`` is ``segmenter``'s fingerprint, by the current definition or by
+    the one of earlier releases (the exact bytes of the state dict)."""
+    if stored == segmenter_fingerprint(segmenter):
+        return True
+    return stored == io.tensor_checksum(unwrap(segmenter).state_dict())
 
 
 def write_detector(
@@ -146,18 +170,21 @@ def check_segmenter(
     """Refuse a segmenter the stored detector does not fit: other classes or feature
     channels at a classifier-conv feature layer, or (``weights=True``) other weights."""
     if config.variant == "C" and config.feature_layer and config.feature_layer.endswith(":input"):
-        modules = dict(segmenter.named_modules())
-        conv = modules.get(config.feature_layer.removesuffix(":input"))
-        if isinstance(conv, nn.Conv2d) and (
-            conv.out_channels != config.num_classes or conv.in_channels != config.feature_channels
-        ):
+        modules = dict(unwrap(segmenter).named_modules())
+        layer = modules.get(config.feature_layer.removesuffix(":input"))
+        widths = None
+        if isinstance(layer, nn.Conv2d):
+            widths = layer.out_channels, layer.in_channels
+        elif isinstance(layer, nn.Linear):
+            widths = layer.out_features, layer.in_features
+        if widths is not None and widths != (config.num_classes, config.feature_channels):
             raise ValueError(
                 f"the detector was fitted for {config.num_classes} classes and "
                 f"{config.feature_channels} feature channels, but the segmenter's "
-                f"{config.feature_layer} has {conv.out_channels} and {conv.in_channels}"
+                f"{config.feature_layer} has {widths[0]} and {widths[1]}"
             )
     stored = config.segmenter_fingerprint
-    if weights and stored and stored != segmenter_fingerprint(segmenter):
+    if weights and stored and not fingerprint_matches(stored, segmenter):
         raise ValueError(
             f"{path} was fitted on a different segmenter (its weights differ); its class "
             "statistics and flow would be wrong for this one. Refit the detector, or pass "

@@ -1,7 +1,8 @@
 """Pooled pixel metrics: AUROC / AP / FPR95 for OOD, IDM and CDD, mIoU and open-mIoU.
 
 Conventions (benchmark.md, "Metric conventions"): all valid pixels of all
-images are pooled into one curve; a higher score means more suspicious.
+images are pooled into one curve (per-image averages on request); a higher score means
+more suspicious.
 
 * ``"ood"``: positives are OOD pixels, negatives are in-distribution pixels (a class
   label or ``UNLABELLED_ID``).
@@ -186,6 +187,8 @@ class PixelEvaluator:
         ignore_index: void label, left out of everything.
         ood_index: label of out-of-distribution pixels.
         unlabelled_index: in-distribution pixels without a class label.
+        per_image: also measure every image on its own (exact curves of its valid pixels,
+            FPR at 95 % TPR) for :meth:`compute_per_image`; everything else stays pooled.
     """
 
     def __init__(
@@ -197,7 +200,10 @@ class PixelEvaluator:
         ignore_index: int = IGNORE_INDEX,
         ood_index: int = OOD_INDEX,
         unlabelled_index: int = UNLABELLED_ID,
+        per_image: bool = False,
     ) -> None:
+        if not isinstance(per_image, bool):
+            raise TypeError(f"per_image must be True or False, got {per_image!r}")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         specials = (ignore_index, ood_index, unlabelled_index)
@@ -222,6 +228,7 @@ class PixelEvaluator:
         self.ignore_index = ignore_index
         self.ood_index = ood_index
         self.unlabelled_index = unlabelled_index
+        self.per_image = per_image
         self.reset()
 
     # ---------------------------------------------------------------- accumulation
@@ -232,6 +239,7 @@ class PixelEvaluator:
         empty = (np.zeros(0), np.zeros(0, np.uint8), np.zeros(0, np.int32))
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [empty]
         self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._images: list[dict[str, dict[str, float] | None]] = []
         # rows 0..K-1: correct by class; K..2K-1: wrong or OOD by prediction;
         # 2K: unlabelled; 2K+1: OOD (also counted in the wrong-or-OOD rows).
         self._hist = (
@@ -255,7 +263,10 @@ class PixelEvaluator:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"{name} must be an integer array, got {arr.dtype}")
         k = self.num_classes
+        images = y.shape[0] if y.ndim == 3 else 1  # per_image: measured after the checks
+        image_of = np.repeat(np.arange(images), y.size // max(images, 1))
         valid = y.reshape(-1) != self.ignore_index
+        image_of = image_of[valid]
         y = y.reshape(-1)[valid].astype(np.int64)
         p = p.reshape(-1)[valid].astype(np.int64)
         s = s.reshape(-1)[valid].astype(np.float64)
@@ -284,6 +295,10 @@ class PixelEvaluator:
         code[is_ood] = _OOD
         code[is_unl] = _UNLABELLED
         self._confusion += np.bincount(y[is_class] * k + p[is_class], minlength=k * k)
+        if self.per_image:
+            for image in range(images):
+                mine = image_of == image
+                self._images.append(_image_metrics(s[mine], code[mine]))
 
         if self._hist is None:
             self._chunks.append((s, code, p.astype(np.int32)))
@@ -363,6 +378,29 @@ class PixelEvaluator:
             out[task] = _curve_metrics(tps, fps, tpr)
         return out
 
+    def compute_per_image(self) -> dict[str, dict[str, float] | None]:
+        """``{task: {"auroc", "ap", "fpr95", "images"}}``: each metric averaged over the images
+        that have positives and negatives for the task (``"images"`` of them; FPR at 95 %
+        TPR); ``None`` for a task no image can measure. Needs ``per_image=True``."""
+        if not self.per_image:
+            raise RuntimeError("per-image metrics need PixelEvaluator(..., per_image=True)")
+        out: dict[str, dict[str, float] | None] = {}
+        for task in TASKS:
+            measured = [image[task] for image in self._images if image[task] is not None]
+            if not measured:
+                out[task] = None
+                continue
+            out[task] = {m: float(np.mean([r[m] for r in measured])) for m in measured[0]}
+            out[task]["images"] = len(measured)
+        return out
+
+    def image_results(self) -> list[dict[str, dict[str, float] | None]]:
+        """Per image, in update order: ``{task: {"auroc", "ap", "fpr95"} or None}`` (``None``
+        without positives or negatives). Needs ``per_image=True``."""
+        if not self.per_image:
+            raise RuntimeError("per-image metrics need PixelEvaluator(..., per_image=True)")
+        return [dict(image) for image in self._images]
+
     def curve(self, task: str) -> dict[str, np.ndarray]:
         """ROC and precision-recall curves of ``task``: arrays ``fpr``, ``tpr``,
         ``precision``, ``recall`` over the distinct thresholds, highest first."""
@@ -427,6 +465,20 @@ class PixelEvaluator:
         if not (union > 0).any():
             raise ValueError("open_miou: no pixel with a class label or OOD label was seen")
         return float(np.mean(inter[union > 0] / union[union > 0]))
+
+
+def _image_metrics(scores: np.ndarray, code: np.ndarray) -> dict[str, dict[str, float] | None]:
+    """One image's exact metrics per task from its valid pixels' scores and categories."""
+    out: dict[str, dict[str, float] | None] = {}
+    for task, (members, pos_codes) in _TASK_CODES.items():
+        keep = _code_table(members)[code]
+        positives = _code_table(pos_codes)[code[keep]]
+        if positives.all() or not positives.any():
+            out[task] = None
+            continue
+        tps, fps, _ = _exact_counts(scores[keep], positives, task)
+        out[task] = _curve_metrics(tps, fps)
+    return out
 
 
 # ------------------------------------------------------------------------ table
