@@ -592,5 +592,5 @@ def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loa
     with caplog.at_level("WARNING", logger="flowenedet"):
         FlowEneDet(segmenter, variant="U").fit(loader, epochs=1, progress=False)
     assert any("trains for 2 optimizer steps" in r.getMessage() for r in caplog.records)
-    with pytest.raises(ValueError, match="steps= .* or epochs="):
+    with pytest.raises(ValueError, match=r"steps= .* or epochs="):
         FlowEneDet(segmenter, variant="U").fit(loader, steps=None, progress=False)

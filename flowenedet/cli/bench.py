@@ -133,7 +133,7 @@ def _run(
             runs.append(_run_one(run, out, cfg, world, what, (notes or {}).get(world)))
         if len(runs) > 1:
             summary = f"## {world} world over {len(runs)} seeds\n\n{report.seed_summary(runs)}\n"
-            io.atomic_write(world_out / "seeds.md", lambda tmp: tmp.write_text(summary))
+            io.atomic_write(world_out / "seeds.md", lambda tmp, text=summary: tmp.write_text(text))
             print(f"{summary}\nwrote {world_out / 'seeds.md'}\n")
     print(f"finished in {time.perf_counter() - started:.1f} s")
     return 0
