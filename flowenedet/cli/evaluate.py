@@ -86,6 +86,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = build_dataset(args, split)
     segmenter = load_segmenter(args, device)
     detector = load_detector(args, segmenter)
+    if not calibrated and detector.calibration is not None:  # the thresholds stored with it
+        calibrated = {f"FED {m}": t for m, t in detector.calibration.thresholds.items()}
     k = detector.config.num_classes
     baselines = {}
     for key in args.baselines:
