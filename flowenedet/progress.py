@@ -1,6 +1,7 @@
 """Progress bars on a terminal only; elsewhere (a log file, CI) one summary line per stage.
 
-``progress=None`` (the default everywhere) means "a bar when stderr is a terminal";
+``progress=None`` (the default everywhere) means "a bar when stderr is a terminal (or a
+Jupyter notebook)";
 ``True`` / ``False`` force the bars on / off. Summary lines instead of hidden bars are
 printed only after :func:`summaries` switched them on (the command line does), so the
 library stays quiet in other programs.
@@ -21,8 +22,11 @@ _SUMMARIES = {"on": False}
 
 
 def show_bars(progress: bool | None) -> bool:
-    """Whether a bar is drawn: ``progress``, or for ``None`` whether stderr is a terminal."""
+    """Whether a bar is drawn: ``progress``, or for ``None`` whether stderr is a terminal
+    or a Jupyter notebook's."""
     if progress is None:
+        if type(sys.stderr).__module__.startswith("ipykernel"):  # a notebook: widget bars
+            return True
         isatty = getattr(sys.stderr, "isatty", None)
         return bool(isatty and isatty())
     return bool(progress)

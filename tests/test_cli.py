@@ -23,6 +23,7 @@ from flowenedet import FlowEneDet
 from flowenedet.cli import main
 from flowenedet.data import FolderDataset
 from flowenedet.evaluation.baselines import MSP
+from flowenedet.evaluation.metrics import OpenSetIoU
 
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
@@ -622,7 +623,7 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert _sizes(street) == (16, 4, 8, 100)  # reduced to fit the demo's time
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
     assert tuple(street.shift) == tuple(cfg.shift)
-    assert cfg.seed == 0 and cfg.progress
+    assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert "## digits world" in stdout and "## street world" in stdout
     assert str(Path("flowenedet-demo/street") / "results.json") in stdout
@@ -640,7 +641,7 @@ def test_demo_options_reach_the_benchmark_config(fake_runs, capsys):
     assert out == Path("tour") and cfg.world == "street"  # one world: right in --out
     for run in (digits, street, cfg):
         assert _sizes(run) == (30, 10, 20, 7)
-        assert run.seed == 3 and not run.progress
+        assert run.seed == 3 and run.progress is False
 
 
 def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
@@ -873,3 +874,19 @@ def test_fit_off_a_terminal_logs_one_line_per_stage(ws, capsys, tmp_path):
         capsys, [*argv, "--out", str(tmp_path / "e.safetensors"), "--no-progress"]
     )
     assert code == 0 and stderr == ""
+
+
+def test_evaluate_reads_the_stored_thresholds_for_open_miou(
+    ws, segmenter, test_data, calibrated_det, capsys, tmp_path
+):
+    out = tmp_path / "calibrated.json"
+    argv = ["evaluate", "--detector", str(calibrated_det), "--folder", str(ws["test"][0])]
+    argv += ["--labels", str(ws["test"][1]), *_model(ws), "--baselines", "--json", str(out)]
+    code, stdout, _ = _run(capsys, [*argv, "--no-progress"])
+    assert code == 0 and "Open-mIoU |" in stdout
+    images, labels = test_data
+    scores = FlowEneDet.load(calibrated_det, segmenter).score(images)
+    iou = OpenSetIoU(NUM_CLASSES)
+    iou.update(scores.open_set_prediction(), labels, scores.pred)
+    row = json.loads(out.read_text())["methods"]["FED concurrent"]
+    assert row["open_miou"] == pytest.approx(iou.compute(), abs=1e-9)
