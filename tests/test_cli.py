@@ -824,6 +824,8 @@ def test_score_resumes_by_skipping_images_whose_outputs_exist(ws, capsys):
     for name, stamp in stamps.items():
         if not name.startswith("frame2_"):
             assert (out / name).stat().st_mtime_ns == stamp
+    code, stdout, _ = _run(capsys, argv)
+    assert code == 0 and "of 0 image(s)" in stdout and "skipped 6" in stdout
     code, stdout, _ = _run(capsys, [*argv, "--overwrite"])
     assert code == 0 and "of 6 image(s)" in stdout
 
