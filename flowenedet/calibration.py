@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
+from .checks import check_labels
 from .config import Spec, check_field
 from .evaluation.metrics import PixelEvaluator, Target, check_target
 from .labels import IGNORE_INDEX, PADDING_INDEX
@@ -118,6 +119,7 @@ def calibrate_maps(
     }
     seen = 0
     for scores, labels in batches:
+        labels = check_labels(labels, scores.idm.shape[-2:], len(scores.idm), None, ignore_index)
         labels = labels.masked_fill(labels == PADDING_INDEX, ignore_index).cpu()
         pred = scores.pred.cpu()
         for m, evaluator in evaluators.items():

@@ -417,18 +417,9 @@ class FlowEneDet:
         thresholds; :meth:`Scores.masks` and :meth:`Scores.open_set_prediction` use them.
         """
         self._require_fitted()
-
-        def batches() -> Iterator[tuple[Scores, Tensor]]:
-            for batch in progress_bar(loader, desc="calibrating", progress=progress):
-                images, labels = unpack_batch(batch)
-                images = check_images(images)
-                labels = check_labels(
-                    labels, images.shape[-2:], images.shape[0], None, self.config.ignore_index
-                )
-                yield self.score(images, scales=scales), labels
-
+        batches = progress_bar(map(unpack_batch, loader), desc="calibrating", progress=progress)
         self.calibration = calibrate_maps(
-            batches(),
+            ((self.score(images, scales=scales), labels) for images, labels in batches),
             self.config.num_classes,
             target=target,
             maps=maps,

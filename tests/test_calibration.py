@@ -220,3 +220,9 @@ def test_calibration_needs_positives_of_each_map(fitted):
     assert set(scores.masks()) == {"idm"}
     with pytest.raises(ValueError, match="'concurrent' map"):
         scores.open_set_prediction()
+
+
+def test_calibration_labels_must_match_the_images(fitted):
+    images, labels = make_scenes(2, seed=13, ood=True)
+    with pytest.raises(ValueError, match="labels has shape"):
+        copy.copy(fitted["U"]).calibrate([(images, labels[:, :16])], progress=False)
