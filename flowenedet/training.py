@@ -139,7 +139,9 @@ def fit_statistics(
     """
     stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
     show = progress if distributed.rank() == 0 else False
-    for logits, labels, _ in progress_bar(batches, desc="class statistics", progress=show):
+    for logits, labels, _ in progress_bar(
+        batches, desc="class statistics", unit="batches", progress=show
+    ):
         counts[2] += 1
         if logits.shape[0] == 0:  # a batch that only trains the flow
             continue

@@ -150,6 +150,9 @@ def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
 
 
 def _batches(paths: Sequence[Path], args: argparse.Namespace, pin: bool) -> Iterator[list]:
+    """Batches of ``(index, image, error)`` items, read by ``--workers`` processes."""
+    if not paths:  # everything was scored already
+        return
     loader = DataLoader(
         _ImageFiles(paths),
         batch_sampler=_size_batches(paths, args.batch_size),
