@@ -231,7 +231,11 @@ SCORE_OPTIONS: list[Option] = [
     ),
     (
         "--alpha",
-        {"type": _number_in(0.0, 1.0), "default": 0.6, "help": "overlay opacity at score 1"},
+        {
+            "type": _number_in(0.0, 1.0),
+            "default": 0.6,
+            "help": "the overlay's highest opacity (default 0.6)",
+        },
     ),
     (
         "--overlay-percentile",
@@ -363,7 +367,7 @@ EXAMPLES = {
   flowenedet score --model mypkg.models:deeplab --weights deeplab.pth \\
       --detector deeplab_fed.safetensors --out maps/ street.png more_images/ \\
       --batch-size 8 --workers 4 --masks
-writes, for every image NAME (street, and more_images/ROAD as ROAD):
+writes, for every image NAME (street, and each image of more_images/ by its stem):
   --format png: NAME_idm.png, NAME_ood.png, NAME_concurrent.png (heat maps) and
                 NAME_overlay.png (the image tinted where the ood map is high)
   --format npy: NAME_idm.npy, NAME_ood.npy, NAME_concurrent.npy (float16 (H, W) in [0, 1])
