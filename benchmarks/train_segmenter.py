@@ -32,12 +32,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from flowenedet import io
 from flowenedet.data import embedded, street
 from flowenedet.data.embedded import SceneSet
 from flowenedet.labels import IGNORE_INDEX
+from flowenedet.progress import progress_bar
 from flowenedet.zoo import segmenter as zoo
 
 logger = logging.getLogger("train_segmenter")
@@ -188,7 +188,9 @@ def train(
     model.train()
     losses: list[float] = []
     started = time.perf_counter()
-    bar = tqdm(range(args.steps), desc="train", unit="step", disable=args.no_progress)
+    bar = progress_bar(
+        range(args.steps), desc="train", unit="step", progress=False if args.no_progress else None
+    )
     for step in bar:
         images, labels = batches.next()
         images, labels = augment(images.float().div_(255.0), labels, gen, args)
@@ -242,7 +244,9 @@ def confusion_matrix(
     k = model.num_classes
     counts = torch.zeros(k * k, dtype=torch.int64)
     near_boundary = 0
-    for start in tqdm(range(0, len(scenes), batch_size), desc="eval", disable=not progress):
+    for start in progress_bar(
+        range(0, len(scenes), batch_size), desc="eval", progress=None if progress else False
+    ):
         images = scenes.images[start : start + batch_size].float().div_(255.0)
         labels = scenes.labels[start : start + batch_size]
         logits = model(images)

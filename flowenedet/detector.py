@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from . import config as presets
 from . import storage
+from .calibration import DEFAULT_BINS, Calibration, calibrate_maps
 from .checkpoint import check_resumable, load_checkpoint
 from .checks import (
     check_images,
@@ -41,6 +41,8 @@ from .energy import INPUT_SETS, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_feature_layer, segmenter_device
 from .postprocess import postprocess_maps, resize, upsampled_argmax
+from .progress import progress_bar
+from .scores import MAPS, Scores
 from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
 from .training import (
     balanced_pixel_sample,
@@ -53,36 +55,12 @@ from .training import (
     uniform_pixel_sample,
 )
 
-__all__ = ["DetectorConfig", "FitOptions", "FlowEneDet", "Scores", "Stats"]
+__all__ = ["MAPS", "Calibration", "DetectorConfig", "FitOptions", "FlowEneDet", "Scores", "Stats"]
 
 logger = logging.getLogger(__name__)
 
 LogitBatch = tuple[Tensor, Tensor, Tensor | None]  # logits, labels at input size, features
-MAPS = ("idm", "ood", "concurrent")  # the score maps of :class:`Scores`
 BATCH = Spec(int, 1, 1 << 20)
-
-
-@dataclass
-class Scores:
-    """Per-pixel maps at input resolution, higher = more suspicious.
-
-    Attributes:
-        idm: ``(B, H, W)`` in [0, 1], the flow's posterior ``p(miss | z)`` (plain Gaussian
-            smoothing): the misclassification map.
-        ood: ``(B, H, W)`` in [0, 1], out-of-distribution map: the posterior's log-odds
-            plus ``ood_energy_weight`` times the standardised free energy (each on the
-            scale of the fit data), through a sigmoid, with boundary suppression and
-            dilated smoothing (with ``ood_keep_peaks``, the larger of the map and its
-            smoothed copy, so small objects keep their peaks).
-        concurrent: ``(B, H, W)`` in [0, 1], "misclassified or unknown": as ``ood`` with
-            ``concurrent_energy_weight``, smoothed like ``idm`` (boundary errors kept).
-        pred: ``(B, H, W)`` int64, the segmenter's predicted classes.
-    """
-
-    idm: Tensor
-    ood: Tensor
-    concurrent: Tensor
-    pred: Tensor
 
 
 class FlowEneDet:
@@ -134,6 +112,7 @@ class FlowEneDet:
         self.fit_options = FitOptions(**preset_fit)
         self.flow: EnergyFlow | ConvEnergyFlow | None = None
         self.stats: Stats | None = None
+        self.calibration: Calibration | None = None  # reject thresholds, see calibrate()
         self._tap = SegmenterTap(segmenter, self._tap_layer())
 
     def _tap_layer(self) -> str | None:
@@ -145,7 +124,7 @@ class FlowEneDet:
         loader: Iterable[Any],
         *,
         device: str | torch.device | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         checkpoint: str | Path | None = None,
         resume: bool = False,
         batch_keys: tuple[str, str] | None = None,
@@ -167,7 +146,8 @@ class FlowEneDet:
         fewer steps than the default budget). With ``checkpoint`` the
         training state is saved every ``checkpoint_every`` steps; ``resume=True``
         continues from it (same loader order and seed give the same result as an
-        uninterrupted fit). Under torch.distributed (torchrun) each process passes its
+        uninterrupted fit). ``progress``: bars (``None``: when stderr is a terminal).
+        Under torch.distributed (torchrun) each process passes its
         shard of the data: statistics are summed and gradients averaged.
         """
         if isinstance(loader, Iterator):
@@ -207,7 +187,7 @@ class FlowEneDet:
         *,
         batch_size: int = 8,
         stats_items: int | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         checkpoint: str | Path | None = None,
         resume: bool = False,
         **options: Any,
@@ -265,7 +245,7 @@ class FlowEneDet:
         options: FitOptions,
         *,
         prepare_stats: Callable[[Any], LogitBatch] | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         checkpoint: str | Path | None = None,
         resume: bool = False,
     ) -> FlowEneDet:
@@ -353,7 +333,7 @@ class FlowEneDet:
         terms = [self._log_odds(inputs, features), _energy_of(inputs)]
         return pooled_mean_std([term[valid] for term in terms]).flatten()
 
-    def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool):
+    def _estimate_stats(self, batches: Iterator[LogitBatch], progress: bool | None):
         """One pass over the fit data: class statistics and hit / miss counts (all
         processes); the miss rate becomes the mixture's prior weights."""
         cfg = self.config
@@ -439,7 +419,39 @@ class FlowEneDet:
                 "are far outside the range the detector was fitted on; check the images' "
                 "scale and normalisation"
             )
-        return Scores(*maps, pred=pred)
+        thresholds = dict(self.calibration.thresholds) if self.calibration else {}
+        return Scores(*maps, pred=pred, thresholds=thresholds, num_classes=cfg.num_classes)
+
+    def calibrate(
+        self,
+        loader: Iterable[Any],
+        *,
+        target: str | tuple[str, float] = "f1",
+        maps: Sequence[str] = MAPS,
+        scales: Sequence[float] | None = None,
+        bins: int = DEFAULT_BINS,
+        progress: bool | None = None,
+    ) -> FlowEneDet:
+        """Store one reject threshold per map (``score > t``) chosen on ``loader``; returns
+        ``self``. Use held-out labelled data, never the fit data.
+
+        ``loader`` yields ``(images, labels)`` like :meth:`fit`'s; ``target`` is ``"f1"``,
+        ``("fpr", r)`` or ``("tpr", r)`` (:data:`flowenedet.evaluation.metrics.Target`);
+        each map's positives follow the benchmark (:mod:`flowenedet.calibration`): the
+        ``ood`` and ``concurrent`` maps need OOD-labelled pixels. :meth:`save` stores the
+        thresholds; :meth:`Scores.masks` and :meth:`Scores.open_set_prediction` use them.
+        """
+        self._require_fitted()
+        batches = progress_bar(map(unpack_batch, loader), desc="calibrating", progress=progress)
+        self.calibration = calibrate_maps(
+            ((self.score(images, scales=scales), labels) for images, labels in batches),
+            self.config.num_classes,
+            target=target,
+            maps=maps,
+            ignore_index=self.config.ignore_index,
+            bins=bins,
+        )
+        return self
 
     def predict(
         self, images: Tensor, *, map: str = "ood", scales: Sequence[float] | None = None
@@ -563,9 +575,12 @@ class FlowEneDet:
 
     # ------------------------------------------------------------------ storage
     def save(self, path: str | Path) -> Path:
-        """Write the detector (flow weights, statistics, config) as safetensors, atomically."""
+        """Write the detector (flow weights, statistics, config, calibrated thresholds) as
+        safetensors, atomically."""
         self._require_fitted()
-        return write_detector(path, self.config, self.flow.state_dict(), self.stats)
+        return write_detector(
+            path, self.config, self.flow.state_dict(), self.stats, self.calibration
+        )
 
     @classmethod
     def load(
@@ -577,7 +592,7 @@ class FlowEneDet:
         (``check_segmenter=False`` skips only that check), a feature layer that does not
         exist or has the wrong shape, and any unreadable, foreign or corrupted file.
         """
-        config, flow_state, stats = read_detector(path)
+        config, flow_state, stats, calibration = read_detector(path)
         detector = cls(segmenter, **dataclasses.asdict(config))
         storage.check_segmenter(config, segmenter, path, weights=check_segmenter)
         detector._build_flow(segmenter_device(segmenter))  # small: the settings are bounded
@@ -586,11 +601,16 @@ class FlowEneDet:
         detector.flow.load_state_dict(flow_state)
         detector.flow.eval()
         detector.stats = stats
+        detector.calibration = calibration
         return detector
 
     def __repr__(self) -> str:
         cfg = self.config
         state = "fitted" if self.flow is not None and self.stats is not None else "not fitted"
+        if state == "fitted" and self.calibration is not None:
+            state += f", calibrated {self.calibration.describe()}"
+        elif state == "fitted":
+            state += ", uncalibrated"
         return (
             f"FlowEneDet(variant={cfg.variant!r}, num_classes={cfg.num_classes}, "
             f"feature_layer={cfg.feature_layer!r}, {state})"

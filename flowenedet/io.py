@@ -161,12 +161,15 @@ def load_file(
     kind: str,
     version: int,
     legacy_versions: Collection[int] = (),
+    older_versions: Collection[int] = (),
 ) -> tuple[dict[str, Tensor], Any, int]:
     """Read and validate a file written by :func:`save_file_atomic`.
 
     Returns ``(tensors, config, version)``; ``config`` is the parsed JSON, for the caller
-    to validate. ``legacy_versions`` are older versions still read: their checksum covers
-    only the tensors, so their settings are not protected (the caller should say so).
+    to validate. ``older_versions`` are older versions still read whose checksum covers
+    the header like the current one's; ``legacy_versions`` are older versions whose
+    checksum covers only the tensors, so their settings are not protected (the caller
+    should say so).
     Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` for a file
     that is not safetensors, is truncated, corrupted or edited, is of another kind, or has
     an unknown format version.
@@ -188,14 +191,15 @@ def load_file(
             f"{path} is not a {kind} file (its header says format={metadata.get('format')!r})"
         )
     found = metadata.get("format_version")
-    readable = {str(v): v for v in (version, *legacy_versions)}
+    older = (*older_versions, *legacy_versions)
+    readable = {str(v): v for v in (version, *older)}
     if found not in readable:
         raise FormatError(
             f"{path} has format version {found!r}; this flowenedet reads version {version}"
-            + (f" (and {sorted(legacy_versions)})" if legacy_versions else "")
+            + (f" (and {sorted(older)})" if older else "")
             + ". Refit the detector or use a matching flowenedet release."
         )
-    legacy = found != str(version)
+    legacy = readable[found] in legacy_versions
     expected = tensor_checksum(tensors) if legacy else _file_checksum(tensors, metadata)
     if metadata.get("sha256") != expected:
         raise FormatError(

@@ -2,8 +2,9 @@
 
 A detector file is a safetensors file (written by :mod:`flowenedet.io`: atomic, checksummed,
 never pickle) holding the flow's weights under ``flow.*``, the :class:`Stats` under
-``stats.*`` and the :class:`DetectorConfig` as JSON in the header. Loading checks that the
-file fits the segmenter it is loaded for.
+``stats.*`` and the :class:`DetectorConfig` as JSON in the header, with the
+:class:`~flowenedet.calibration.Calibration` (reject thresholds, or ``null``) under its
+``"calibration"`` key. Loading checks that the file fits the segmenter it is loaded for.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import io
+from .calibration import Calibration
 from .config import DetectorConfig, config_from_dict
 from .hooks import unwrap
 
@@ -38,8 +40,12 @@ __all__ = [
 ]
 
 FORMAT = "flowenedet-detector"
-FORMAT_VERSION = 3  # 3: the checksum covers the settings; 2: input sets, soft targets
-LEGACY_VERSIONS = (2,)  # read, with a warning that their settings are unprotected
+FORMAT_VERSION = 4  # 4: calibrated thresholds; 3: the checksum covers the settings
+OLDER_VERSIONS = (3,)  # read as uncalibrated detectors
+LEGACY_VERSIONS = (2,)  # read, uncalibrated, with a warning that their settings are unprotected
+
+
+CALIBRATION = "calibration"  # the header key of the stored thresholds
 
 
 @dataclass(frozen=True)
@@ -86,28 +92,51 @@ def fingerprint_matches(stored: str, segmenter: nn.Module) -> bool:
 
 
 def write_detector(
-    path: str | Path, config: DetectorConfig, flow_state: Mapping[str, Tensor], stats: Stats
+    path: str | Path,
+    config: DetectorConfig,
+    flow_state: Mapping[str, Tensor],
+    stats: Stats,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write one detector file atomically; returns its path."""
     tensors = {f"flow.{k}": v for k, v in flow_state.items()}
     tensors |= {f"stats.{name}": value for name, value in vars(stats).items()}
-    return io.save_file_atomic(
-        path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=dataclasses.asdict(config)
-    )
+    header = dataclasses.asdict(config)
+    header[CALIBRATION] = calibration.to_json() if calibration is not None else None
+    return io.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=header)
 
 
-def read_detector(path: str | Path) -> tuple[DetectorConfig, dict[str, Tensor], Stats]:
-    """``(config, flow_state, stats)`` from a file written by :func:`write_detector`.
+def read_detector(
+    path: str | Path,
+) -> tuple[DetectorConfig, dict[str, Tensor], Stats, Calibration | None]:
+    """``(config, flow_state, stats, calibration)`` from a file written by
+    :func:`write_detector`; ``calibration`` is ``None`` for an uncalibrated detector
+    (every file of format 3 or older).
 
-    The settings are validated by :class:`DetectorConfig` and the statistics checked
-    (shapes, dtypes, finite values, positive spreads) before anything is built from them.
+    The settings are validated by :class:`DetectorConfig`, the thresholds (finite, in
+    [0, 1], known maps) by :class:`Calibration` and the statistics checked (shapes,
+    dtypes, finite values, positive spreads) before anything is built from them.
     Raises ``FileNotFoundError`` or :class:`flowenedet.io.FormatError` (unreadable, foreign,
     damaged or other-version file, invalid settings or statistics), naming ``path``.
     """
     tensors, settings, version = io.load_file(
-        path, kind=FORMAT, version=FORMAT_VERSION, legacy_versions=LEGACY_VERSIONS
+        path,
+        kind=FORMAT,
+        version=FORMAT_VERSION,
+        legacy_versions=LEGACY_VERSIONS,
+        older_versions=OLDER_VERSIONS,
     )
+    calibration = None
     if version != FORMAT_VERSION:
+        logger.info("%s is of format %d, which holds no thresholds: uncalibrated", path, version)
+    elif isinstance(settings, dict):
+        settings = dict(settings)
+        stored = settings.pop(CALIBRATION, None)
+        try:
+            calibration = None if stored is None else Calibration.from_json(stored, str(path))
+        except ValueError as error:
+            raise io.FormatError(str(error)) from None
+    if version in LEGACY_VERSIONS:
         logger.warning(
             "%s was saved by an older flowenedet (format %d) whose checksum does not cover "
             "its settings; they were validated, but save the detector again to protect them",
@@ -141,7 +170,7 @@ def read_detector(path: str | Path) -> tuple[DetectorConfig, dict[str, Tensor], 
             f"{path}: statistics hold a zero or negative variance or spread; the file is "
             "damaged or was not written by flowenedet"
         )
-    return config, part["flow"], Stats(**stats)
+    return config, part["flow"], Stats(**stats), calibration
 
 
 def check_tensors(

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from . import distributed
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .energy import MIN_VARIANCE, ClassStats
 from .labels import PADDING_INDEX
 from .postprocess import resize_labels, upsampled_argmax
+from .progress import progress_bar
 
 __all__ = [
     "FitStatistics",
@@ -128,7 +128,7 @@ class FitStatistics:
 def fit_statistics(
     batches: Iterable[tuple[Tensor, Tensor, Any]],
     ignore_index: int,
-    progress: bool = True,
+    progress: bool | None = None,
     void_as_miss: bool = False,
 ) -> FitStatistics:
     """One pass over ``(logits (B, K, h, w), labels (B, H, W), _)`` batches; empty
@@ -138,8 +138,10 @@ def fit_statistics(
     pixels: the flow learns from both.
     """
     stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
-    show = progress and distributed.rank() == 0
-    for logits, labels, _ in tqdm(batches, desc="class statistics", disable=not show):
+    show = progress if distributed.rank() == 0 else False
+    for logits, labels, _ in progress_bar(
+        batches, desc="class statistics", unit="batches", progress=show
+    ):
         counts[2] += 1
         if logits.shape[0] == 0:  # a batch that only trains the flow
             continue
@@ -241,7 +243,7 @@ def train_flow(
     warmup_steps: int | None = None,
     decay_every: int | None = None,
     balanced: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 500,
     resume: bool = False,
@@ -274,12 +276,13 @@ def train_flow(
         for _ in range(start):
             next(batches)
     flow.train()
-    bar = tqdm(
+    bar = progress_bar(
         range(start, total_steps),
         initial=start,
         total=total_steps,
         desc="fitting flow",
-        disable=not progress or rank != 0,
+        unit="steps",
+        progress=progress if rank == 0 else False,
     )
     for step in bar:
         raw = next(batches)

@@ -23,6 +23,7 @@ from flowenedet import FlowEneDet
 from flowenedet.cli import main
 from flowenedet.data import FolderDataset
 from flowenedet.evaluation.baselines import MSP
+from flowenedet.evaluation.metrics import OpenSetIoU
 
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
@@ -430,7 +431,7 @@ def test_output_paths_are_checked_before_any_fitting(ws, capsys, monkeypatch):
     assert code == status and needle in stderr
 
 
-@pytest.mark.parametrize("command", ["fit", "score", "evaluate", "demo", "bench"])
+@pytest.mark.parametrize("command", ["fit", "calibrate", "score", "evaluate", "demo", "bench"])
 def test_help_of_every_subcommand_shows_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -622,7 +623,7 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert _sizes(street) == (16, 4, 8, 100)  # reduced to fit the demo's time
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
     assert tuple(street.shift) == tuple(cfg.shift)
-    assert cfg.seed == 0 and cfg.progress
+    assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert "## digits world" in stdout and "## street world" in stdout
     assert str(Path("flowenedet-demo/street") / "results.json") in stdout
@@ -640,7 +641,7 @@ def test_demo_options_reach_the_benchmark_config(fake_runs, capsys):
     assert out == Path("tour") and cfg.world == "street"  # one world: right in --out
     for run in (digits, street, cfg):
         assert _sizes(run) == (30, 10, 20, 7)
-        assert run.seed == 3 and not run.progress
+        assert run.seed == 3 and run.progress is False
 
 
 def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
@@ -749,3 +750,145 @@ def test_a_tiny_street_demo_runs_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["world"] == "street" and results["config"]["world"] == "street"
     assert (out / "scenes.png").is_file() and (out / "curves-idm.png").is_file()
+
+
+# ------------------------------------------------------------------ calibrate, batch scoring
+@pytest.fixture(scope="module")
+def calibrated_det(ws):
+    """``flowenedet calibrate`` on the held-out test folder (the fit used the train one)."""
+    out = ws["root"] / "calibrated.safetensors"
+    argv = ["calibrate", "--detector", str(ws["det"]), "--folder", str(ws["test"][0])]
+    argv += ["--labels", str(ws["test"][1]), *_model(ws), "--target", "fpr=0.1"]
+    code = main([*argv, "--batch-size", "4", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def test_calibrate_stores_the_library_thresholds(ws, segmenter, test_data, calibrated_det):
+    det = FlowEneDet.load(ws["det"], segmenter)
+    images, labels = test_data
+    det.calibrate([(images, labels)], target=("fpr", 0.1), progress=False)
+    loaded = FlowEneDet.load(calibrated_det, segmenter)
+    assert loaded.calibration.target == ("fpr", 0.1)
+    assert dict(loaded.calibration.thresholds) == dict(det.calibration.thresholds)
+    assert FlowEneDet.load(ws["det"], segmenter).calibration is None  # --out left it alone
+
+
+def test_calibrate_refuses_maps_the_data_cannot_calibrate(ws, capsys):
+    argv = ["calibrate", "--detector", str(ws["det"]), "--folder", str(ws["train"][0])]
+    argv += ["--labels", str(ws["train"][1]), *_model(ws), "--no-progress"]
+    code, _, stderr = _run(capsys, [*argv, "--out", str(ws["root"] / "never.safetensors")])
+    assert code == 1 and "cannot calibrate the 'ood' map" in stderr
+    assert not (ws["root"] / "never.safetensors").exists()
+    code, _, stderr = _run(capsys, [*argv, "--target", "fpr=2"])
+    assert code == 2 and "expected f1, fpr=R" in stderr
+
+
+def test_score_masks_in_batches_equal_the_library(ws, segmenter, test_data, calibrated_det, capsys):
+    out = ws["root"] / "masks"
+    argv = ["score", str(ws["test"][0]), "--detector", str(calibrated_det), "--out", str(out)]
+    argv += [*_model(ws), "--masks", "--batch-size", "4", "--workers", "1"]
+    code, stdout, stderr = _run(capsys, argv)
+    assert code == 0 and "6 image(s)" in stdout
+    assert stderr.count("scoring: 2/2 batches") == 1 and "\r" not in stderr  # no bar: a log
+    det = FlowEneDet.load(calibrated_det, segmenter)
+    images, _ = test_data
+    scores = det.score(images)
+    for i in range(6):
+        for kind, t in det.calibration.thresholds.items():
+            with Image.open(out / f"frame{i}_{kind}_mask.png") as png:
+                mask = np.asarray(png)
+            assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+            np.testing.assert_array_equal(mask == 255, (getattr(scores, kind)[i] > t).numpy())
+        npy = np.load(out / f"frame{i}_concurrent.npy").astype(np.float32)
+        np.testing.assert_allclose(npy, scores.concurrent[i].numpy(), atol=2e-3)
+        # the overlay is the plain image wherever the ood map is below its threshold
+        with Image.open(out / f"frame{i}_overlay.png") as png:
+            overlay = np.asarray(png).astype(int)
+        clear = (scores.ood[i] <= det.calibration.thresholds["ood"]).numpy()
+        rgb = (images[i].permute(1, 2, 0).numpy() * 255).round().astype(int)
+        assert clear.any()
+        np.testing.assert_array_equal(overlay[clear], rgb[clear])
+
+
+def test_score_resumes_by_skipping_images_whose_outputs_exist(ws, capsys):
+    out = ws["root"] / "resume"
+    argv = ["score", str(ws["test"][0]), "--detector", str(ws["det"]), "--out", str(out)]
+    argv += [*_model(ws), "--format", "npy", "--no-progress"]
+    assert _run(capsys, argv)[0] == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    (out / "frame2_ood.npy").unlink()
+    code, stdout, _ = _run(capsys, argv)
+    assert code == 0 and "of 1 image(s)" in stdout and "skipped 5" in stdout
+    assert (out / "frame2_ood.npy").exists()
+    for name, stamp in stamps.items():
+        if not name.startswith("frame2_"):
+            assert (out / name).stat().st_mtime_ns == stamp
+    code, stdout, _ = _run(capsys, argv)
+    assert code == 0 and "of 0 image(s)" in stdout and "skipped 6" in stdout
+    code, stdout, _ = _run(capsys, [*argv, "--overwrite"])
+    assert code == 0 and "of 6 image(s)" in stdout
+
+
+def test_score_batches_a_folder_of_mixed_sizes_by_size(ws, segmenter, capsys, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    images = [make_scenes(1, size=s, seed=40 + i)[0][0] for i, s in enumerate((32, 24, 32, 24, 32))]
+    for i, image in enumerate(images):
+        rgb = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(rgb).save(folder / f"img{i}.png")
+    out = tmp_path / "out"
+    argv = ["score", str(folder), "--detector", str(ws["det"]), "--out", str(out)]
+    code, _, stderr = _run(capsys, [*argv, *_model(ws), "--format", "npy", "--batch-size", "2"])
+    assert code == 0 and "scoring: 3/3 batches" in stderr  # 32: 2 + 1, 24: 2
+    det = FlowEneDet.load(ws["det"], segmenter)
+    for i in range(5):
+        array = np.load(out / f"img{i}_idm.npy").astype(np.float32)
+        expected = det.score(FolderDataset(folder)[i][0][None]).idm[0].numpy()
+        np.testing.assert_allclose(array, expected, atol=2e-3)
+
+
+def test_score_masks_need_a_calibrated_detector(ws, capsys):
+    argv = ["score", str(ws["test"][0]), "--detector", str(ws["det"]), "--out"]
+    code, _, stderr = _run(capsys, [*argv, str(ws["root"] / "m"), *_model(ws), "--masks"])
+    assert code == 2 and "--masks needs a calibrated detector" in stderr
+
+
+def test_score_help_lists_every_file_it_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    text = capsys.readouterr().out
+    for kind in ("idm", "ood", "concurrent"):
+        for suffix in (".png", ".npy", "_mask.png"):
+            assert f"NAME_{kind}{suffix}" in text
+    assert "NAME_overlay.png" in text
+
+
+def test_fit_off_a_terminal_logs_one_line_per_stage(ws, capsys, tmp_path):
+    argv = ["fit", *_model(ws), "--folder", str(ws["train"][0]), "--labels", str(ws["train"][1])]
+    argv += ["--steps", "3", "--pixels-per-image", "64", "--detector-kwargs", SMALL]
+    code, _, stderr = _run(capsys, [*argv, "--out", str(tmp_path / "d.safetensors")])
+    assert code == 0
+    lines = stderr.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["class statistics", "fitting flow"]
+    assert lines[1].startswith("fitting flow: 3/3 steps in") and "loss=" in lines[1]
+    code, _, stderr = _run(
+        capsys, [*argv, "--out", str(tmp_path / "e.safetensors"), "--no-progress"]
+    )
+    assert code == 0 and stderr == ""
+
+
+def test_evaluate_reads_the_stored_thresholds_for_open_miou(
+    ws, segmenter, test_data, calibrated_det, capsys, tmp_path
+):
+    out = tmp_path / "calibrated.json"
+    argv = ["evaluate", "--detector", str(calibrated_det), "--folder", str(ws["test"][0])]
+    argv += ["--labels", str(ws["test"][1]), *_model(ws), "--baselines", "--json", str(out)]
+    code, stdout, _ = _run(capsys, [*argv, "--no-progress"])
+    assert code == 0 and "Open-mIoU |" in stdout
+    images, labels = test_data
+    scores = FlowEneDet.load(calibrated_det, segmenter).score(images)
+    iou = OpenSetIoU(NUM_CLASSES)
+    iou.update(scores.open_set_prediction(), labels, scores.pred)
+    row = json.loads(out.read_text())["methods"]["FED concurrent"]
+    assert row["open_miou"] == pytest.approx(iou.compute(), abs=1e-9)

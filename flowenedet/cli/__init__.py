@@ -1,4 +1,4 @@
-"""The ``flowenedet`` command: ``fit``, ``score``, ``evaluate``, ``demo`` and ``bench``.
+"""The ``flowenedet`` command: ``fit``, ``calibrate``, ``score``, ``evaluate``, ``demo``, ``bench``.
 
 ``fit``, ``score`` and ``evaluate`` take the segmenter as ``--model package.module:factory``
 (plus optional ``--weights``), ``--model zoo`` or ``--timm NAME``; ``demo`` and ``bench``
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .. import io
+from .. import io, progress
 from .dataset import build_dataset
 from .errors import CLIError
 from .parser import build_parser
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("flowenedet").setLevel(level)
+    progress.summaries(True)  # off a terminal: one line per stage instead of a bar
     try:
         return args.handler(args)
     except CLIError as error:
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         message, code = str(error), 1
     except KeyboardInterrupt:
         message, code = "interrupted", 130
+    finally:
+        progress.summaries(False)
     logger.debug("details", exc_info=True)
     print(f"flowenedet: error: {message}", file=sys.stderr)
     return code

@@ -8,13 +8,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .. import io
 from ..detector import MAPS
 from ..evaluation.baselines import make_baseline
 from ..evaluation.metrics import PixelEvaluator, format_table
 from ..hooks import SegmenterTap
+from ..progress import progress_bar
 from .dataset import build_dataset, make_loader
 from .errors import CLIError, require_file, require_output_file
 from .segmenter import load_detector, load_segmenter, select_device
@@ -87,6 +86,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dataset = build_dataset(args, split)
     segmenter = load_segmenter(args, device)
     detector = load_detector(args, segmenter)
+    if not calibrated and detector.calibration is not None:  # the thresholds stored with it
+        calibrated = {f"FED {m}": t for m, t in detector.calibration.thresholds.items()}
     k = detector.config.num_classes
     baselines = {}
     for key in args.baselines:
@@ -96,8 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
     variant_c = detector.config.variant == "C"
     tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
-    for images, labels in tqdm(
-        make_loader(dataset, args), desc="evaluating", disable=not args.progress
+    for images, labels in progress_bar(
+        make_loader(dataset, args), desc="evaluating", unit="batches", progress=args.progress
     ):
         images = images.to(device)
         logits, features = tap(images)

@@ -81,7 +81,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         detector.fit(
             loader,
             device=device,
-            progress=args.progress and rank == 0,
+            progress=args.progress if rank == 0 else False,
             checkpoint=args.checkpoint,
             resume=args.resume,
             **{k: v for k, v in fit_options.items() if v is not None},

@@ -11,6 +11,8 @@ from .. import __version__
 from ..config import PRESETS
 from ..evaluation.baselines import BASELINES
 from ..evaluation.config import BenchConfig
+from ..evaluation.metrics import check_target
+from ..scores import MAPS
 from .bench import (
     BENCH,
     BENCH_OUT,
@@ -23,6 +25,7 @@ from .bench import (
     cmd_bench,
     cmd_demo,
 )
+from .calibrate import cmd_calibrate
 from .evaluate import DEFAULT_BASELINES, cmd_evaluate
 from .fit import cmd_fit
 from .score import cmd_score
@@ -74,6 +77,17 @@ def _number_in(low: float, high: float) -> Callable[[str], float]:
 def _side_or_none(text: str) -> int | None:
     """An argparse type for ``--crop``: a positive integer or ``none``."""
     return None if text.strip().lower() == "none" else positive_int(text)
+
+
+def _target(text: str) -> str | tuple[str, float]:
+    """An argparse type for ``--target``: ``f1``, ``fpr=R`` or ``tpr=R``."""
+    kind, _, rate = text.strip().lower().partition("=")
+    try:
+        return check_target("f1" if kind == "f1" and not rate else (kind, float(rate)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected f1, fpr=R (R in [0, 1]) or tpr=R (R in (0, 1]); got {text!r}"
+        ) from None
 
 
 def _rgb(help_: str) -> dict[str, Any]:
@@ -217,10 +231,72 @@ SCORE_OPTIONS: list[Option] = [
     ),
     (
         "--alpha",
-        {"type": _number_in(0.0, 1.0), "default": 0.6, "help": "overlay opacity at score 1"},
+        {
+            "type": _number_in(0.0, 1.0),
+            "default": 0.6,
+            "help": "the overlay's highest opacity (default 0.6)",
+        },
+    ),
+    (
+        "--overlay-percentile",
+        {
+            "type": _number_in(0.0, 100.0),
+            "default": 95.0,
+            "metavar": "P",
+            "help": "uncalibrated detectors: the overlay is clear below the image's P-th "
+            "percentile of the ood map (default 95); calibrated: below the ood threshold",
+        },
+    ),
+    (
+        "--masks",
+        {"action": "store_true", "help": "also write reject masks at the calibrated thresholds"},
     ),
     ("--recursive", {"action": "store_true", "help": "look for images in subfolders too"}),
+    ("--overwrite", {"action": "store_true", "help": "rescore images whose outputs all exist"}),
+    (
+        "--batch-size",
+        {
+            "type": positive_int,
+            "default": 1,
+            "metavar": "N",
+            "help": "images per batch, grouped by size (default 1)",
+        },
+    ),
+    (
+        "--workers",
+        {
+            "type": non_negative_int,
+            "default": 0,
+            "metavar": "N",
+            "help": "image loading processes (default 0)",
+        },
+    ),
     SEED,
+]
+CALIBRATE_OPTIONS: list[Option] = [
+    (
+        "--target",
+        {
+            "type": _target,
+            "default": "f1",
+            "metavar": "TARGET",
+            "help": "f1 (default), fpr=R (false-positive rate at most R) or tpr=R (true-"
+            "positive rate at least R)",
+        },
+    ),
+    (
+        "--maps",
+        {
+            "nargs": "+",
+            "choices": MAPS,
+            "default": list(MAPS),
+            "help": "maps to calibrate (default all; ood and concurrent need OOD labels)",
+        },
+    ),
+    (
+        "--out",
+        {"metavar": "FILE", "help": "the calibrated detector (default: rewrite --detector)"},
+    ),
 ]
 EVALUATE_OPTIONS: list[Option] = [
     ("--corruption", {"metavar": "NAME", "help": "embedded: an imagecorruptions name"}),
@@ -300,9 +376,24 @@ EXAMPLES = {
   flowenedet fit --model zoo --dataset embedded --scenes 2000 --out digits_fed.safetensors""",
     "score": """Example:
   flowenedet score --model mypkg.models:deeplab --weights deeplab.pth \\
-      --detector deeplab_fed.safetensors --out maps/ street.png more_images/
-writes maps/street_{idm,ood,overlay}.png (heat maps) and maps/street_{idm,ood}.npy
-(float16 (H, W) in [0, 1]) for every image.""",
+      --detector deeplab_fed.safetensors --out maps/ street.png more_images/ \\
+      --batch-size 8 --workers 4 --masks
+writes, for every image NAME (street, and each image of more_images/ by its stem):
+  --format png: NAME_idm.png, NAME_ood.png, NAME_concurrent.png (heat maps) and
+                NAME_overlay.png (the image tinted where the ood map is high)
+  --format npy: NAME_idm.npy, NAME_ood.npy, NAME_concurrent.npy (float16 (H, W) in [0, 1])
+  --masks:      NAME_idm_mask.png, NAME_ood_mask.png, NAME_concurrent_mask.png (8-bit,
+                255 = rejected) for each map the detector is calibrated for
+(default --format png npy). Batches hold images of one size; images whose outputs all
+exist are skipped, so a rerun continues an interrupted one (--overwrite rescores).""",
+    "calibrate": """Example:
+  flowenedet calibrate --model mypkg.models:deeplab --weights deeplab.pth \\
+      --detector deeplab_fed.safetensors --dataset fishyscapes_laf \\
+      --root /data/fs_lostandfound --image-root /data/lost_and_found --target fpr=0.05
+stores one reject threshold per map (score > t is rejected) in the detector file, chosen
+on held-out labelled data: never the data the detector was fitted on. Positives: idm,
+misclassified pixels; ood, OOD pixels (label 254); concurrent, either. Then
+flowenedet score --masks writes reject masks.""",
     "evaluate": """Example:
   flowenedet evaluate --model mypkg.models:deeplab --weights deeplab.pth \\
       --detector deeplab_fed.safetensors --dataset fishyscapes_laf \\
@@ -343,6 +434,16 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], list[Group], dict
         cmd_score,
         [("segmenter", MODEL_OPTIONS), ("scoring", DETECTOR_OPTIONS), ("output", SCORE_OPTIONS)],
         {},
+    ),
+    "calibrate": (
+        cmd_calibrate,
+        [
+            ("segmenter", MODEL_OPTIONS),
+            ("data", DATA_OPTIONS),
+            ("scoring", DETECTOR_OPTIONS),
+            ("calibration", CALIBRATE_OPTIONS),
+        ],
+        {"batch_size": 1},
     ),
     "evaluate": (
         cmd_evaluate,
@@ -388,6 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
                 group.add_argument(flag, **kwargs)
         command.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
         command.add_argument(
-            "--no-progress", dest="progress", action="store_false", help="no progress bars"
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress bars (default: on a terminal; elsewhere one line per stage); "
+            "--no-progress: neither",
         )
     return parser

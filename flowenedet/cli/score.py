@@ -1,24 +1,34 @@
-"""``flowenedet score``: IDM / OOD heat maps, overlays and float16 arrays for image files."""
+"""``flowenedet score``: IDM / OOD heat maps, overlays, float16 arrays and reject masks
+for image files, batched through a DataLoader and written as they come.
+
+Images of one batch must share a size, so the batches are grouped by size (read from the
+file headers): each size's images in batches of ``--batch-size``, sizes in the order they
+first occur. An image whose outputs all exist is skipped (``--overwrite`` rewrites it), so
+an interrupted run continues where it stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from .. import io
 from ..data.files import load_image
 from ..detector import MAPS
+from ..progress import progress_bar
 from .dataset import normalise
 from .errors import CLIError, require_file, require_output_dir
 from .segmenter import load_detector, load_segmenter, select_device
 
-__all__ = ["IMAGE_EXTENSIONS", "cmd_score"]
+__all__ = ["IMAGE_EXTENSIONS", "cmd_score", "output_files", "overlay_opacity"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -75,32 +85,145 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
     io.atomic_write(path, write)
 
 
+def output_files(name: str, formats: Sequence[str], masks: Sequence[str]) -> list[str]:
+    """File names ``score`` writes for the image ``name``: heat maps and the overlay (png),
+    float16 maps (npy), reject masks of the calibrated ``masks`` maps."""
+    files = []
+    if "png" in formats:
+        files += [f"{name}_{kind}.png" for kind in (*MAPS, "overlay")]
+    if "npy" in formats:
+        files += [f"{name}_{kind}.npy" for kind in MAPS]
+    return files + [f"{name}_{kind}_mask.png" for kind in masks]
+
+
+def overlay_opacity(ood: np.ndarray, threshold: float | None, percentile: float) -> np.ndarray:
+    """Opacity ``(H, W)`` in [0, 1] of the ood tint: 0 up to the calibrated ``threshold``
+    (else the image's ``percentile``-th percentile of the map), rising linearly to 1 at
+    score 1 (else at the image's highest score); so a normal image stays untinted (with
+    a threshold) or is tinted only at its few highest scores (without one)."""
+    ood = np.clip(ood, 0.0, 1.0)
+    if threshold is not None:
+        low, high = threshold, 1.0
+    else:
+        low, high = float(np.percentile(ood, percentile)), float(ood.max())
+    if high <= low:
+        return np.zeros_like(ood)
+    return np.clip((ood - low) / (high - low), 0.0, 1.0)
+
+
+class _ImageFiles(Dataset):
+    """``(index, RGB uint8 (H, W, 3) or None, error or None)`` per file; errors travel as
+    text, so a worker process reports them as cleanly as the main process."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Tensor | None, str | None]:
+        try:
+            rgb = np.asarray(load_image(self.paths[index], "input").convert("RGB"))
+        except ValueError as error:
+            return index, None, str(error)
+        return index, torch.from_numpy(rgb.copy()), None
+
+
+def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
+    """Indices in batches of one image size each (sizes from the file headers, in the
+    order they first occur); an unreadable header gets a batch of its own."""
+    if batch_size == 1:
+        return [[i] for i in range(len(paths))]
+    groups: dict[Any, list[int]] = {}
+    for index, path in enumerate(paths):
+        try:
+            with Image.open(path) as image:
+                size: Any = image.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            size = ("unreadable", index)
+        groups.setdefault(size, []).append(index)
+    return [
+        group[start : start + batch_size]
+        for group in groups.values()
+        for start in range(0, len(group), batch_size)
+    ]
+
+
+def _batches(paths: Sequence[Path], args: argparse.Namespace, pin: bool) -> Iterator[list]:
+    """Batches of ``(index, image, error)`` items, read by ``--workers`` processes."""
+    if not paths:  # everything was scored already
+        return
+    loader = DataLoader(
+        _ImageFiles(paths),
+        batch_sampler=_size_batches(paths, args.batch_size),
+        num_workers=args.workers,
+        collate_fn=list,
+        pin_memory=pin,
+    )
+    yield from progress_bar(loader, desc="scoring", unit="batches", progress=args.progress)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
-    """Write IDM / OOD heat maps, overlays and float16 arrays for images."""
+    """Write IDM / OOD heat maps, overlays, float16 arrays and reject masks for images."""
     require_file(args.detector, "--detector")
     require_output_dir(args.out, "--out")
     items = _input_images(args.inputs, args.recursive)
     heat = _colormap(args.colormap) if "png" in args.format else None
     device = select_device(args.device)
     detector = load_detector(args, load_segmenter(args, device))
+    thresholds = dict(detector.calibration.thresholds) if detector.calibration else {}
+    if args.masks and not thresholds:
+        raise CLIError(
+            f"--masks needs a calibrated detector; {args.detector} holds no thresholds: "
+            "run flowenedet calibrate on held-out labelled data first"
+        )
+    masks = tuple(thresholds) if args.masks else ()
     out = Path(args.out)
-    for name, path in tqdm(items, desc="scoring", unit="image", disable=not args.progress):
-        try:
-            rgb = np.asarray(load_image(path, "input").convert("RGB"))
-        except ValueError as error:
-            raise CLIError(str(error)) from None
-        image = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255.0
-        maps = detector.score(normalise(image, args.mean, args.std).to(device), scales=args.scales)
-        arrays = {kind: getattr(maps, kind)[0].float().cpu().numpy() for kind in MAPS}
-        if "npy" in args.format:
-            for kind, scores in arrays.items():
-                _write_npy(out / f"{name}_{kind}.npy", scores)
-        if heat is not None:
-            pictures = {kind: heat(scores) for kind, scores in arrays.items()}
-            alpha = args.alpha * np.clip(arrays["ood"], 0.0, 1.0)[..., None]
-            blend = (1.0 - alpha) * rgb + alpha * pictures["ood"]
-            pictures["overlay"] = blend.round().astype(np.uint8)
-            for kind, picture in pictures.items():
-                _write_png(out / f"{name}_{kind}.png", picture)
-    print(f"wrote {'/'.join(args.format)} maps of {len(items)} image(s) to {out}")
+    if not args.overwrite:
+        files = [output_files(name, args.format, masks) for name, _ in items]
+        done = [all((out / f).exists() for f in names) for names in files]
+        skipped = sum(done)
+        items = [item for item, finished in zip(items, done, strict=True) if not finished]
+    else:
+        skipped = 0
+    for batch in _batches([path for _, path in items], args, device.type == "cuda"):
+        for _, _, error in batch:
+            if error is not None:
+                raise CLIError(error)
+        images = torch.stack([rgb for _, rgb, _ in batch]).permute(0, 3, 1, 2).float() / 255.0
+        images = normalise(images, args.mean, args.std).to(device)
+        maps = detector.score(images, scales=args.scales)
+        rejected = maps.masks(masks) if masks else {}
+        for row, (index, rgb, _) in enumerate(batch):
+            arrays = {kind: getattr(maps, kind)[row].float().cpu().numpy() for kind in MAPS}
+            _write_outputs(out, items[index][0], rgb.numpy(), arrays, args, heat, thresholds)
+            for kind, mask in rejected.items():
+                picture = mask[row].cpu().numpy().astype(np.uint8) * 255
+                _write_png(out / f"{items[index][0]}_{kind}_mask.png", picture)
+    note = f"; skipped {skipped} whose outputs exist" if skipped else ""
+    kinds = [*args.format, *(["masks"] if masks else [])]
+    print(f"wrote {'/'.join(kinds)} maps of {len(items)} image(s) to {out}{note}")
     return 0
+
+
+def _write_outputs(
+    out: Path,
+    name: str,
+    rgb: np.ndarray,
+    arrays: dict[str, np.ndarray],
+    args: argparse.Namespace,
+    heat: Callable[[np.ndarray], np.ndarray] | None,
+    thresholds: dict[str, float],
+) -> None:
+    """The float16 maps, heat maps and the overlay of one image."""
+    if "npy" in args.format:
+        for kind, scores in arrays.items():
+            _write_npy(out / f"{name}_{kind}.npy", scores)
+    if heat is not None:
+        pictures = {kind: heat(scores) for kind, scores in arrays.items()}
+        opacity = overlay_opacity(arrays["ood"], thresholds.get("ood"), args.overlay_percentile)
+        alpha = args.alpha * opacity[..., None]
+        blend = (1.0 - alpha) * rgb + alpha * pictures["ood"]
+        pictures["overlay"] = blend.round().astype(np.uint8)
+        for kind, picture in pictures.items():
+            _write_png(out / f"{name}_{kind}.png", picture)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
+from ..progress import progress_bar
 from . import shift
 from .files import Transform
 
@@ -169,7 +169,7 @@ def make_scenes(
     desc = f"embedded {split}" + (f" {corruption}-{severity}" if corruption else "")
     if len(corruptions) > 1 or len(severities) > 1:
         desc = f"embedded {split} ({len(corruptions)} corruptions)"
-    for i in tqdm(range(num_scenes), desc=desc, unit="scene", disable=not progress):
+    for i in progress_bar(range(num_scenes), desc=desc, unit="scenes", progress=progress):
         image, labels[i] = _render_scene(split, i, seed, size)
         if corruptions:
             key = (seed, SPLITS.index(split), i)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
-from tqdm.auto import tqdm
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
+from ..progress import progress_bar
 from . import shift
 from . import street_sources as src
 from .embedded import SPLITS, SceneSet
@@ -175,7 +175,7 @@ def make_scenes(
     images = np.empty((num_scenes, height, width, 3), dtype=np.uint8)
     labels = np.empty((num_scenes, height, width), dtype=np.int64)
     desc = f"street {split}" + (" (shifted)" if corruptions else "")
-    for i in tqdm(range(num_scenes), desc=desc, unit="scene", disable=not progress):
+    for i in progress_bar(range(num_scenes), desc=desc, unit="scenes", progress=progress):
         image, labels[i], _ = render_scene(split, i, seed, (height, width))
         if corruptions:
             key = (seed, SPLITS.index(split), i)

@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..checks import check_images, check_labels, check_logits, unpack_batch
 from ..energy import ClassStats, free_energy, standardize
 from ..hooks import SegmenterTap, segmenter_device
 from ..labels import IGNORE_INDEX
 from ..postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
+from ..progress import progress_bar
 
 __all__ = [
     "BASELINES",
@@ -106,7 +106,7 @@ class Baseline:
         self.segmenter = segmenter
         self._tap = SegmenterTap(segmenter)
 
-    def fit(self, loader: Iterable[Any], progress: bool = True) -> Baseline:
+    def fit(self, loader: Iterable[Any], progress: bool | None = None) -> Baseline:
         """Nothing to fit for this method; returns ``self``."""
         return self
 
@@ -233,7 +233,7 @@ class SML(Baseline):
         if mean is not None and var is not None:
             self.mean, self.var = _check_stats(mean, var)
 
-    def fit(self, loader: Iterable[Any], progress: bool = True) -> SML:
+    def fit(self, loader: Iterable[Any], progress: bool | None = None) -> SML:
         """Estimate the class statistics from a loader of ``(images, labels)`` batches.
 
         ``images`` ``(B, 3, H, W)``, ``labels`` ``(B, H, W)`` with classes ``0..K-1`` and
@@ -241,7 +241,7 @@ class SML(Baseline):
         """
         device = segmenter_device(self.segmenter)
         stats: ClassStats | None = None
-        for batch in tqdm(loader, desc="SML class statistics", disable=not progress):
+        for batch in progress_bar(loader, desc="SML class statistics", progress=progress):
             images, labels = unpack_batch(batch)
             images = check_images(images)
             logits, _ = self._tap(images.to(device))

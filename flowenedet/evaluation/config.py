@@ -85,7 +85,7 @@ class BenchConfig:
     shift: Sequence[str] = CORRUPTIONS
     corruptions: Sequence[tuple[str, int]] = ()
     fit_corruptions: Sequence[str] = FIT_CORRUPTIONS
-    progress: bool = True
+    progress: bool | None = None  # bars: None = when stderr is a terminal
     world: str = "digits"
     size: int | tuple[int, int] | None = None
 

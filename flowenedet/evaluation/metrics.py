@@ -12,8 +12,10 @@ more suspicious.
 ``IGNORE_INDEX`` pixels are left out of everything, ``UNLABELLED_ID`` pixels out of
 everything but ``"ood"``.
 
-Threshold rule: a pixel is flagged (rejected) when ``score > threshold``. The F1-optimal
-threshold and open-mIoU both use this rule.
+Threshold rule: a pixel is flagged (rejected) when ``score > threshold``. The thresholds
+of :func:`threshold_at` / :meth:`PixelEvaluator.threshold` (F1-optimal, or at a target FPR
+or TPR) and open-mIoU all use this rule. An open-set prediction marks rejected pixels with
+the class ``K`` (``num_classes``), the ``K + 1``-th class of open-mIoU.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ import torch
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
 
-__all__ = ["TASKS", "PixelEvaluator", "auroc", "average_precision"]
-__all__ += ["f1_optimal_threshold", "format_table", "fpr_at_tpr"]
+__all__ = ["TASKS", "OpenSetIoU", "PixelEvaluator", "Target", "auroc", "average_precision"]
+__all__ += ["check_target", "f1_optimal_threshold", "format_table", "fpr_at_tpr", "threshold_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,10 @@ TASKS: tuple[str, ...] = ("ood", "idm", "cdd")
 """Task names reported by :meth:`PixelEvaluator.compute`, in table order."""
 
 ArrayLike = np.ndarray | torch.Tensor
+Target = str | tuple[str, float]
+"""What a threshold achieves: ``"f1"`` (the F1-optimal cut), ``("fpr", r)`` (the lowest
+threshold whose false-positive rate is at most ``r``) or ``("tpr", r)`` (the highest
+threshold whose true-positive rate reaches ``r``)."""
 
 # Pixel categories kept by the evaluator.
 _CORRECT, _WRONG, _OOD, _UNLABELLED = 0, 1, 2, 3
@@ -134,6 +140,39 @@ def _check_tpr(tpr: float) -> None:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
 
 
+def check_target(target: Any) -> Target:
+    """``target`` as ``"f1"`` or ``(kind, rate)`` with a float rate; ``ValueError`` otherwise
+    (``"fpr"`` rates lie in [0, 1], ``"tpr"`` rates in (0, 1])."""
+    if target == "f1":
+        return "f1"
+    if (
+        isinstance(target, (tuple, list))
+        and len(target) == 2
+        and target[0] in ("fpr", "tpr")
+        and isinstance(target[1], (int, float))
+        and not isinstance(target[1], bool)
+    ):
+        kind, rate = target[0], float(target[1])
+        low_ok = rate >= 0.0 if kind == "fpr" else rate > 0.0
+        if low_ok and rate <= 1.0:  # NaN fails too
+            return (kind, rate)
+    raise ValueError(
+        f'target must be "f1", ("fpr", r) with r in [0, 1] or ("tpr", r) with r in (0, 1]; '
+        f"got {target!r}"
+    )
+
+
+def _cut_index(tps: np.ndarray, fps: np.ndarray, target: Target) -> int | None:
+    """The cut (flag thresholds ``0..k``) that meets ``target``; ``None``: flag nothing."""
+    if target == "f1":
+        return _best_f1_index(tps, fps)
+    kind, rate = target
+    if kind == "tpr":  # the first (highest) threshold whose TPR reaches the rate
+        return int(np.argmax(tps / float(tps[-1]) >= rate))
+    within = np.flatnonzero(fps / float(fps[-1]) <= rate)  # FPR grows with k
+    return int(within[-1]) if within.size else None
+
+
 # ------------------------------------------------------------------ exact functions
 def auroc(scores: ArrayLike, positives: ArrayLike) -> float:
     """Area under the ROC curve (trapezoid rule, ties grouped), any shape, flattened."""
@@ -160,16 +199,29 @@ def _threshold_between(upper: float, lower: float) -> float:
     return float(mid) if lower <= mid < upper else float(lower)
 
 
-def f1_optimal_threshold(scores: ArrayLike, positives: ArrayLike) -> float:
-    """Threshold ``t`` maximising the F1 score of the rule ``score > t``.
+def _exact_threshold(thr: np.ndarray, k: int | None) -> float:
+    """``t`` for the rule ``score > t`` that flags exactly the scores ``thr[:k + 1]``."""
+    if k is None:
+        return float(thr[0])
+    return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
+
+
+def threshold_at(scores: ArrayLike, positives: ArrayLike, target: Target = "f1") -> float:
+    """Threshold ``t`` of the rule ``score > t`` that meets ``target`` (see :data:`Target`).
 
     ``t`` lies halfway between the lowest flagged score and the highest unflagged one,
-    so ``score > t`` reproduces the optimal cut exactly on these data; ``-inf`` when
-    flagging every pixel is optimal.
+    so ``score > t`` reproduces the chosen cut exactly on these data; ``-inf`` when
+    flagging every pixel is needed, the highest score when flagging none is.
     """
+    target = check_target(target)
     tps, fps, thr = _exact_counts(*_binary_inputs(scores, positives))
-    k = _best_f1_index(tps, fps)
-    return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
+    return _exact_threshold(thr, _cut_index(tps, fps, target))
+
+
+def f1_optimal_threshold(scores: ArrayLike, positives: ArrayLike) -> float:
+    """Threshold ``t`` maximising the F1 score of the rule ``score > t``:
+    :func:`threshold_at` with ``target="f1"``."""
+    return threshold_at(scores, positives, "f1")
 
 
 # ------------------------------------------------------------------ pooled evaluator
@@ -413,18 +465,23 @@ class PixelEvaluator:
             "recall": t / t[-1],
         }
 
-    def threshold(self, task: str = "cdd") -> float:
-        """F1-optimal threshold of ``task`` for the rule ``score > t``.
+    def threshold(self, task: str = "cdd", target: Target = "f1") -> float:
+        """Threshold of ``task`` for the rule ``score > t`` that meets ``target``
+        (default F1-optimal; see :data:`Target`).
 
         Exact mode: halfway between the lowest flagged and highest unflagged score.
-        Histogram mode: the lower edge of the lowest flagged bin. ``-inf`` if flagging
-        everything is optimal.
+        Histogram mode: the lower edge of the lowest flagged bin (the upper edge of the
+        highest occupied bin when nothing is flagged). ``-inf`` if everything is flagged.
         """
+        target = check_target(target)
         tps, fps, thr = self._task_counts(task)
-        k = _best_f1_index(tps, fps)
-        if self._hist is not None:
+        k = _cut_index(tps, fps, target)
+        if self._hist is None:
+            return _exact_threshold(thr, k)
+        if k is not None:
             return float(thr[k])
-        return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
+        lo, hi = self.score_range
+        return (lo if thr[0] == -math.inf else float(thr[0])) + (hi - lo) / self.bins
 
     # ---------------------------------------------------------------- segmentation
     def miou(self) -> float:
@@ -460,11 +517,73 @@ class PixelEvaluator:
             rej = self._edges() >= threshold
             cor_keep, cor_rej = correct[:, ~rej].sum(1), correct[:, rej].sum(1)
             wro_keep, wro_rej = wrong_or_ood[:, ~rej].sum(1), wrong_or_ood[:, rej].sum(1)
-        inter = np.r_[cor_keep, wro_rej.sum()].astype(np.float64)
-        union = np.r_[cor_keep + cor_rej + wro_keep, wro_rej.sum() + wro_keep.sum() + cor_rej.sum()]
-        if not (union > 0).any():
-            raise ValueError("open_miou: no pixel with a class label or OOD label was seen")
-        return float(np.mean(inter[union > 0] / union[union > 0]))
+        return _open_miou(cor_keep, cor_rej, wro_keep, wro_rej)
+
+
+def _open_miou(
+    cor_keep: np.ndarray, cor_rej: np.ndarray, wro_keep: np.ndarray, wro_rej: np.ndarray
+) -> float:
+    """Open-mIoU from ``(K,)`` pixel counts by predicted class: correct or wrong-or-OOD
+    (ground truth "reject"), kept or rejected."""
+    inter = np.r_[cor_keep, wro_rej.sum()].astype(np.float64)
+    union = np.r_[cor_keep + cor_rej + wro_keep, wro_rej.sum() + wro_keep.sum() + cor_rej.sum()]
+    if not (union > 0).any():
+        raise ValueError("open_miou: no pixel with a class label or OOD label was seen")
+    return float(np.mean(inter[union > 0] / union[union > 0]))
+
+
+class OpenSetIoU:
+    """Streaming open-mIoU of open-set predictions (rejected pixels hold the label ``K``),
+    as :meth:`PixelEvaluator.open_miou` counts it at a threshold.
+
+    Ground truth is "reject" where the closed-set ``pred != label`` or the pixel is OOD;
+    ``IGNORE_INDEX`` and unlabelled pixels are left out.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_index: int = IGNORE_INDEX,
+        ood_index: int = OOD_INDEX,
+        unlabelled_index: int = UNLABELLED_ID,
+    ) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index, self.ood_index = ignore_index, ood_index
+        self.unlabelled_index = unlabelled_index
+        self._counts = np.zeros((4, self.num_classes), dtype=np.int64)
+
+    def update(self, open_pred: ArrayLike, labels: ArrayLike, preds: ArrayLike) -> None:
+        """Add ``(B, H, W)`` open-set predictions (``0..K``), labels and the closed-set
+        predictions (``0..K-1``) they were made from."""
+        o, y, p = (_to_numpy(a) for a in (open_pred, labels, preds))
+        if o.shape != y.shape or p.shape != y.shape:
+            raise ValueError(
+                f"open_pred has shape {o.shape}, labels {y.shape} and preds {p.shape}; "
+                "all three must be equal (B, H, W)"
+            )
+        k = self.num_classes
+        y, o, p = (a.reshape(-1).astype(np.int64) for a in (y, o, p))
+        keep = (y != self.ignore_index) & (y != self.unlabelled_index)
+        y, o, p = y[keep], o[keep], p[keep]
+        is_class, is_ood = (y >= 0) & (y < k), y == self.ood_index
+        if not (is_class | is_ood).all() or ((o < 0) | (o > k)).any() or ((p < 0) | (p >= k)).any():
+            raise ValueError(
+                f"labels must be classes 0..{k - 1} or ignore / ood / unlabelled, preds "
+                f"0..{k - 1} and open-set predictions 0..{k} (the reject label)"
+            )
+        rejected = o == k
+        if (~rejected & (o != p)).any():
+            raise ValueError("open_pred differs from preds where it does not reject")
+        wrong = is_ood | (p != y)
+        self._counts += np.bincount((wrong * 2 + rejected) * k + p, minlength=4 * k).reshape(4, k)
+
+    def compute(self) -> float:
+        """Open-mIoU over the ``K + 1`` classes of everything added."""
+        c = self._counts
+        return _open_miou(c[0], c[1], c[2], c[3])
 
 
 def _image_metrics(scores: np.ndarray, code: np.ndarray) -> dict[str, dict[str, float] | None]:

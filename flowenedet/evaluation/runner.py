@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import io
 from ..detector import MAPS, FlowEneDet
+from ..progress import progress_bar
 from . import baselines
 from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig, sml_postprocess
 from .metrics import PixelEvaluator
@@ -96,10 +96,11 @@ def score_split(
     preds = []
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)  # MC dropout masks
-    for start in tqdm(
+    for start in progress_bar(
         range(0, len(split.labels), cfg.batch_size),
         desc=f"scoring {split.name}",
-        disable=not cfg.progress,
+        unit="batches",
+        progress=cfg.progress,
     ):
         chunk = slice(start, start + cfg.batch_size)
         logits, features = split.logits[chunk], split.features[chunk]

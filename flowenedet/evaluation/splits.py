@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..hooks import SegmenterTap
+from ..progress import progress_bar
 from .config import FEATURE_LAYER, BenchConfig
 
 __all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split", "world_data"]
@@ -66,8 +66,11 @@ def load_split(
         name = f"{split}/shifted"
     tap = SegmenterTap(segmenter, FEATURE_LAYER)
     logits, features = [], []
-    for start in tqdm(
-        range(0, num, cfg.batch_size), desc=f"segmenting {name}", disable=not cfg.progress
+    for start in progress_bar(
+        range(0, num, cfg.batch_size),
+        desc=f"segmenting {name}",
+        unit="batches",
+        progress=cfg.progress,
     ):
         batch = scenes.images[start : start + cfg.batch_size].float() / 255
         out, feats = tap(batch)

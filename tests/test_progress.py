@@ -1,0 +1,89 @@
+"""Progress bars on a terminal only; one summary line per stage in command-line logs;
+the score overlay's opacity scale."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import numpy as np
+import pytest
+
+from flowenedet import FlowEneDet, progress
+from flowenedet.cli.score import overlay_opacity
+
+from .toy import make_scenes
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def stderr(monkeypatch):
+    """Swap stderr for a stream; ``stderr(tty)`` returns it."""
+
+    def swap(tty: bool) -> io.StringIO:
+        stream = FakeTerminal() if tty else io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        return stream
+
+    return swap
+
+
+@pytest.mark.parametrize(
+    ("tty", "given", "bar"),
+    [(True, None, True), (False, None, False), (True, False, False), (False, True, True)],
+)
+def test_bars_on_a_terminal_unless_forced(stderr, tty, given, bar):
+    stream = stderr(tty)
+    assert list(progress.progress_bar(range(3), desc="stage", progress=given)) == [0, 1, 2]
+    assert ("stage: 100%" in stream.getvalue()) == bar
+    if not bar:
+        assert stream.getvalue() == ""  # no summary outside the command line either
+
+
+def test_summaries_replace_hidden_bars_with_one_line(stderr):
+    stream = stderr(False)
+    progress.summaries(True)
+    try:
+        bar = progress.progress_bar(range(4), desc="fitting", unit="steps")
+        for _ in bar:
+            bar.set_postfix(loss="0.5")
+        list(progress.progress_bar(range(2), desc="forced off", progress=False))
+        for step in progress.progress_bar(range(5), desc="left early"):
+            if step == 1:
+                break
+    finally:
+        progress.summaries(False)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("fitting: 4/4 steps in ") and lines[0].endswith("s (loss=0.5)")
+
+
+def test_the_library_is_quiet_off_a_terminal_by_default(segmenter, stderr):
+    stream = stderr(False)
+    images, labels = make_scenes(8, seed=30)
+    FlowEneDet(segmenter, variant="U", num_blocks=1, hidden=8).fit(
+        [(images, labels)], steps=2, pixels_per_image=64
+    )
+    assert stream.getvalue() == ""
+    stream = stderr(True)
+    FlowEneDet(segmenter, variant="U", num_blocks=1, hidden=8).fit(
+        [(images, labels)], steps=2, pixels_per_image=64
+    )
+    assert "fitting flow" in stream.getvalue() and "class statistics" in stream.getvalue()
+
+
+def test_overlay_opacity_leaves_a_mostly_normal_image_clear():
+    ood = np.full((32, 32), 0.3)
+    ood[4:8, 4:8] = 0.9  # 16 of 1024 pixels stand out
+    blob = np.zeros_like(ood, dtype=bool)
+    blob[4:8, 4:8] = True
+    calibrated = overlay_opacity(ood, 0.5, 95.0)
+    assert (calibrated[~blob] == 0).all()
+    np.testing.assert_allclose(calibrated[blob], 0.8)  # (0.9 - 0.5) / (1 - 0.5)
+    percentile = overlay_opacity(ood, None, 95.0)
+    assert (percentile[~blob] == 0).all() and (percentile[blob] == 1).all()
+    assert (overlay_opacity(np.full((8, 8), 0.4), None, 95.0) == 0).all()  # nothing stands out
