@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from flowenedet import FlowEneDet
-from flowenedet.config import preset
+from flowenedet.config import DEFAULT_STEPS, preset
 from flowenedet.detector import MAPS
 from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
@@ -101,7 +101,6 @@ def _fit(segmenter, data: SplitData, cfg: BenchConfig, settings: dict[str, Any])
         batch_size=cfg.batch_size,
         stats_items=cfg.train_scenes,
         steps=cfg.steps,
-        pixels_per_image=cfg.pixels_per_image,
         progress=False,
         **schedule,
     )
@@ -122,8 +121,7 @@ def _score_with_images(split: SplitData, det: FlowEneDet, name: str, cfg: BenchC
 
 def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
     cfg = BenchConfig(world=world, progress=False)
-    if steps:
-        cfg.steps = steps
+    cfg.steps = steps or DEFAULT_STEPS
     if val_scenes:
         cfg.val_scenes = val_scenes
     torch.manual_seed(cfg.seed)

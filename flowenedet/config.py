@@ -20,6 +20,7 @@ from .energy import INPUT_SETS
 
 __all__ = [
     "DEFAULT_STEPS",
+    "FILE_DEFAULTS",
     "POSTPROCESS_MODES",
     "PRESETS",
     "TTA_SCALES",
@@ -123,6 +124,10 @@ def _specs(cls: type) -> dict[str, Spec]:
 
 _SIZE = Spec(int, 0, 64)  # a post-processing size in pixels
 POSTPROCESS_MODES = ("logit-pixels", "image-pixels", "image-pixels-at-logits")
+FILE_DEFAULTS = {"postprocess": "logit-pixels"}
+"""Settings a detector file may lack because it predates them, with the value that
+reproduces how it scored: files of flowenedet before the ``postprocess`` setting ran it
+in logit pixels (today's default is another)."""
 """Where post-processing runs and in which unit its sizes are: at logit resolution with
 sizes in logit pixels (flowenedet 0.1); at image resolution with sizes in image pixels
 (the reference release); sizes in image pixels, divided by the measured ``stride`` and
@@ -132,7 +137,14 @@ TTA_SCALES = (1.0, 0.5, 0.25)  # the reference release's test-time scales
 
 @dataclass
 class DetectorConfig(_Checked):
-    """Everything needed to rebuild a detector; stored in the safetensors header."""
+    """Everything needed to rebuild a detector; stored in the safetensors header.
+
+    The defaults were chosen on the validation splits of both embedded worlds together
+    (docs/benchmarks.md): post-processing sizes in image pixels, converted by the stride
+    measured at fit, so that one setting serves logits at any stride; no boundary
+    suppression and no dilated smoothing, which on both worlds erased small OOD objects
+    (and SML's post-processing loses to plain SML there too).
+    """
 
     variant: str = setting("C", Spec(str, choices=("C", "U")))
     inputs: str = setting("rich", Spec(str, choices=tuple(INPUT_SETS)))
@@ -144,9 +156,10 @@ class DetectorConfig(_Checked):
     context_channels: int = setting(32, Spec(int, 1, 256))
     num_blocks: int = setting(8, Spec(int, 1, 32))
     hidden: int = setting(32, Spec(int, 1, 512))
-    boundary_width: int = setting(4, _SIZE)
-    boundary_iterations: int = setting(4, _SIZE)
-    ood_dilation: int = setting(6, Spec(int, 1, 32))
+    # post-processing sizes, in image pixels unless postprocess="logit-pixels"
+    boundary_width: int = setting(0, _SIZE)
+    boundary_iterations: int = setting(0, _SIZE)
+    ood_dilation: int = setting(1, Spec(int, 1, 32))
     smooth_kernel: int = setting(7, Spec(int, 1, 63, odd=True))
     # None: smooth_kernel (files before it existed)
     ood_smooth_kernel: int | None = setting(None, Spec(int, 1, 63, odd=True, optional=True))
@@ -162,7 +175,7 @@ class DetectorConfig(_Checked):
     loss_weighting: str = setting("balanced", Spec(str, choices=("balanced", "prevalence")))
     prior: str = setting("equal", Spec(str, choices=("equal", "measured", "learned")))
     coupling: str = setting("pixel", Spec(str, choices=("pixel", "conv")))
-    postprocess: str = setting("logit-pixels", Spec(str, choices=POSTPROCESS_MODES))
+    postprocess: str = setting("image-pixels-at-logits", Spec(str, choices=POSTPROCESS_MODES))
     stride: float | None = setting(None, Spec(float, 0.01, 256.0, optional=True))
     tta: bool = setting(False, Spec(bool))
 

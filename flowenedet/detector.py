@@ -409,7 +409,10 @@ class FlowEneDet:
             raw = [resize(m, size) for m in raw]
             maps = postprocess_maps(*raw, pred=pred, config=cfg, stride=1.0)
         else:
-            stride = 1.0 if cfg.postprocess == "logit-pixels" else cfg.stride
+            # image pixels per logit pixel: as measured at fit, else as this call's
+            stride = cfg.stride or size[-2] / logits.shape[-2]
+            if cfg.postprocess == "logit-pixels":
+                stride = 1.0
             maps = postprocess_maps(*raw, pred=logits.argmax(1), config=cfg, stride=stride)
         maps = [resize(m, size).clamp(0, 1) for m in maps]
         if not all(torch.isfinite(m).all() for m in maps):

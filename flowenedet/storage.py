@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import io
 from .calibration import Calibration
-from .config import DetectorConfig, config_from_dict
+from .config import FILE_DEFAULTS, DetectorConfig, config_from_dict
 from .hooks import unwrap
 
 logger = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ def read_detector(
             path,
             version,
         )
+    if isinstance(settings, dict):  # a file older than a setting scores as it did then
+        settings = FILE_DEFAULTS | settings
     try:
         config = config_from_dict(DetectorConfig, settings, str(path))
     except ValueError as error:

@@ -30,11 +30,10 @@ def test_scenes():
 
 @pytest.fixture(scope="session")
 def fitted(segmenter, train_loader):
-    """FED-U and FED-C fitted on the toy world; OOD post-processing sized for 16x16 logits."""
+    """FED-U and FED-C fitted on the toy world with the default settings (fewer steps)."""
     torch.manual_seed(0)
-    small_maps = {"boundary_width": 1, "boundary_iterations": 1, "ood_dilation": 1}
     return {
-        variant: FlowEneDet(segmenter, variant=variant, **small_maps).fit(
+        variant: FlowEneDet(segmenter, variant=variant).fit(
             train_loader, steps=FIT_STEPS, progress=False
         )
         for variant in "UC"

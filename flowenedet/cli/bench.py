@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import io
+from ..config import DEFAULT_STEPS
 from ..evaluation import report, runner
 from ..evaluation.config import CORRUPTIONS, FULL_BENCH, WORLDS, BenchConfig
 from .errors import CLIError, require_output_dir
@@ -64,7 +65,6 @@ STREET_BENCH = BenchConfig(
     train_scenes=300,
     val_scenes=100,
     test_scenes=150,
-    steps=800,
     corruptions=tuple((c, s) for c in CORRUPTIONS for s in (1, 2, 3, 4)),
 )
 """``flowenedet bench``'s street part: the full split structure at 256 x 512."""
@@ -172,7 +172,7 @@ def _run_one(
 def _sizes(cfg: BenchConfig) -> str:
     return (
         f"{cfg.train_scenes} training, {cfg.val_scenes} validation, {cfg.test_scenes} test "
-        f"scenes, {cfg.steps} steps"
+        f"scenes, {cfg.steps or f'{DEFAULT_STEPS} (default)'} steps"
     )
 
 

@@ -332,9 +332,14 @@ def _run_options(
 
     def sized(flag: str, what: str) -> Option:
         field = flag[2:].replace("-", "_")
-        default = f"default {getattr(preset, field)}, street {getattr(street, field)}"
+
+        def shown(cfg: BenchConfig) -> str:
+            value = getattr(cfg, field)
+            return "the detector's" if value is None else str(value)
+
+        default = f"default {shown(preset)}, street {shown(street)}"
         if quick is not None and street_quick is not None:
-            default += f"; {getattr(quick, field)} / {getattr(street_quick, field)} with --quick"
+            default += f"; {shown(quick)} / {shown(street_quick)} with --quick"
         return flag, {"type": positive_int, "metavar": "N", "help": f"{what} ({default})"}
 
     world_help = (

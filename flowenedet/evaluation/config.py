@@ -77,9 +77,8 @@ class BenchConfig:
     train_scenes: int = 300
     val_scenes: int = 80
     test_scenes: int = 120
-    steps: int = 400
+    steps: int | None = None  # None: the detector's default budget (config.DEFAULT_STEPS)
     batch_size: int = 16
-    pixels_per_image: int = 256
     seed: int = 0
     mc_samples: int = 4
     shift: Sequence[str] = CORRUPTIONS
@@ -105,7 +104,6 @@ FULL_BENCH = BenchConfig(
     train_scenes=1000,
     val_scenes=200,
     test_scenes=300,
-    steps=800,
     corruptions=tuple((c, s) for c in CORRUPTIONS for s in (1, 2, 3, 4)),
 )
 """What :func:`run_bench` (``flowenedet bench``) runs: the shifted splits, and every

@@ -63,9 +63,8 @@ def fit_detectors(
             train.features if variant == "C" else None,
             batch_size=cfg.batch_size,
             stats_items=cfg.train_scenes,
-            steps=cfg.steps,
-            pixels_per_image=cfg.pixels_per_image,
             progress=cfg.progress,
+            **({} if cfg.steps is None else {"steps": cfg.steps}),
         )
     return detectors
 
