@@ -12,17 +12,29 @@ a mismatch or bad data.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from .. import io, progress
 from .dataset import build_dataset
-from .errors import CLIError
+from .errors import CLIError, cli_wording
 from .parser import build_parser
 from .segmenter import load_segmenter
 
 __all__ = ["CLIError", "build_dataset", "build_parser", "load_segmenter", "main"]
 
 logger = logging.getLogger(__name__)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """INFO with ``-v``, else WARNING; under torchrun (``RANK`` set by the launcher, before
+    any process group exists) ranks other than 0 log warnings and errors only, tagged with
+    their rank, so a message is printed once, not once per process."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    level = logging.INFO if verbose and rank == 0 else logging.WARNING
+    tag = f"[rank {rank}] " if rank else ""
+    logging.basicConfig(level=level, format=f"%(levelname)s {tag}%(name)s: %(message)s")
+    logging.getLogger("flowenedet").setLevel(level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("flowenedet").setLevel(level)
+    _configure_logging(args.verbose)
     progress.summaries(True)  # off a terminal: one line per stage instead of a bar
     try:
         return args.handler(args)
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, io.FormatError) as error:  # files: missing, unwritable, damaged
         message, code = str(error), 2
     except (ValueError, FloatingPointError) as error:  # bad data, a mismatch, a diverged fit
-        message, code = str(error), 1
+        message, code = cli_wording(str(error)), 1
     except KeyboardInterrupt:
         message, code = "interrupted", 130
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,12 @@ from .. import io
 from ..config import DEFAULT_STEPS
 from ..evaluation import report, runner
 from ..evaluation.config import CORRUPTIONS, FULL_BENCH, WORLDS, BenchConfig
-from .errors import CLIError, require_output_dir
+from .errors import (
+    BENCH_MODULES,
+    missing_extra,
+    require_bench_extra,
+    require_output_dir,
+)
 
 __all__ = [
     "BENCH",
@@ -80,21 +84,12 @@ PRESETS = {
 """``{run: {world: preset}}`` of ``flowenedet demo``, ``bench`` and ``bench --quick``."""
 DEMO_OUT, BENCH_OUT = "flowenedet-demo", "flowenedet-bench"
 SIZE_OPTIONS = ("train_scenes", "val_scenes", "test_scenes", "steps")
-BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotlib")
-"""Import names of the ``bench`` extra."""
 
 
 def bench_config(args: argparse.Namespace, preset: BenchConfig, seed: int) -> BenchConfig:
     """``preset`` with the sizes given on the command line, ``seed`` and ``--no-progress``."""
     sizes = {name: getattr(args, name) for name in SIZE_OPTIONS if getattr(args, name) is not None}
     return dataclasses.replace(preset, seed=seed, progress=args.progress, **sizes)
-
-
-def _missing_extra(what: str, modules: list[str]) -> CLIError:
-    return CLIError(
-        f'{what} needs the bench extra: pip install "flowenedet[bench]" '
-        f"(missing module {', '.join(modules)})"
-    )
 
 
 def _signatures(folder: Path) -> dict[Path, tuple[int, int, int]]:
@@ -119,9 +114,7 @@ def _run(
     tables, the files written and the time."""
     worlds = WORLDS if args.world == "all" else (args.world,)
     require_output_dir(args.out, "--out")
-    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
-    if missing:  # fail before minutes of work, not at the first scene or figure
-        raise _missing_extra(what, missing)
+    require_bench_extra(what)
     started = time.perf_counter()
     seeds = range(args.seed, args.seed + args.seeds)
     for world in worlds:
@@ -156,7 +149,7 @@ def _run_one(
         module = (error.name or "").partition(".")[0]
         if module not in BENCH_MODULES:
             raise
-        raise _missing_extra(what, [module]) from None
+        raise missing_extra(what, [module]) from None
     written = [path for path, sig in _signatures(out).items() if before.get(path) != sig]
     note = f"; {note}" if note else ""
     print(f"## {world} world, seed {cfg.seed} ({_sizes(cfg)}{note})\n")

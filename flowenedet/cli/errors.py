@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BENCH_MODULES",
     "CLIError",
+    "cli_wording",
     "json_object",
+    "missing_extra",
+    "require_bench_extra",
     "require_file",
     "require_output_dir",
     "require_output_file",
 ]
+
+BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotlib")
+"""Import names of the ``bench`` extra."""
+_FLAGS = {
+    "check_segmenter=False": "--no-segmenter-check",
+    "feature_layer=": "--feature-layer ",
+}
+"""Python arguments named in library messages, and the command line's flag for each."""
 
 
 class CLIError(Exception):
@@ -22,6 +36,29 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+def cli_wording(message: str) -> str:
+    """``message`` (a library error) with its Python arguments named as the flags that set
+    them, e.g. ``check_segmenter=False`` as ``--no-segmenter-check``."""
+    pattern = "|".join(rf"(?<![\w.]){re.escape(python)}" for python in _FLAGS)
+    return re.sub(pattern, lambda found: _FLAGS[found.group(0)], message)
+
+
+def missing_extra(what: str, modules: list[str]) -> CLIError:
+    """The one-line error for ``what`` run without the ``bench`` extra's ``modules``."""
+    return CLIError(
+        f'{what} needs the bench extra: pip install "flowenedet[bench]" '
+        f"(missing module {', '.join(modules)})"
+    )
+
+
+def require_bench_extra(what: str) -> None:
+    """Fail before minutes of work, not at the first scene or figure, when a module of the
+    ``bench`` extra is not installed."""
+    missing = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise missing_extra(what, missing)
 
 
 def json_object(text: str | None, option: str) -> dict[str, Any]:

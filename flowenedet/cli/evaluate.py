@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .. import io
 from ..detector import MAPS
+from ..evaluation import metrics
 from ..evaluation.baselines import make_baseline
 from ..evaluation.metrics import PixelEvaluator, format_table
 from ..hooks import SegmenterTap
@@ -76,6 +80,39 @@ def _calibrated_thresholds(path: str | None) -> dict[str, float]:
     return found
 
 
+class _Once(logging.Filter):
+    """Lets each distinct message through once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+@contextlib.contextmanager
+def _each_warning_once(log: logging.Logger) -> Iterator[None]:
+    """While inside, ``log`` emits each distinct message once: every method's evaluator
+    finds the same task without positives (no OOD pixels in Cityscapes), one warning says so."""
+    once = _Once()
+    log.addFilter(once)
+    try:
+        yield
+    finally:
+        log.removeFilter(once)
+
+
+def _split_used(dataset: Any) -> str:
+    """The split ``dataset`` was read from (the dataset's default when ``--split`` was not
+    given); ``all`` for a folder without splits."""
+    return getattr(dataset, "split", None) or "all"
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the metric table (FlowEneDet and baselines) for a labelled dataset."""
     require_file(args.detector, "--detector")
@@ -117,7 +154,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         miou = evaluators["FED idm"].miou()
     except ValueError:  # anomaly-only labels: no class pixels
         miou = None
-    rows = {n: _summary(ev, calibrated.get(n), miou is not None) for n, ev in evaluators.items()}
+    with _each_warning_once(logging.getLogger(metrics.__name__)):  # not once per method
+        rows = {
+            n: _summary(ev, calibrated.get(n), miou is not None) for n, ev in evaluators.items()
+        }
     extras = ["open_miou_oracle", *(["open_miou"] if calibrated else [])]
     print(format_table(rows, extras=extras if miou is not None else []))
     print(f"\nsegmenter mIoU: {'-' if miou is None else f'{100 * miou:.2f}'} ({k} classes)")
@@ -128,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         report = {
             "dataset": args.dataset or "folder",
-            "split": split,
+            "split": _split_used(dataset),
             "images": len(dataset),
             "num_classes": k,
             "miou": miou,

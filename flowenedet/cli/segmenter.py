@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import io
 from ..detector import FlowEneDet
-from .errors import CLIError, json_object, require_file
+from .errors import CLIError, cli_wording, json_object, require_file
 
 __all__ = ["load_detector", "load_segmenter", "select_device"]
 
@@ -160,5 +160,6 @@ def load_detector(args: argparse.Namespace, segmenter: nn.Module) -> FlowEneDet:
         raise CLIError(f"--detector: {error}") from None
     except ValueError as error:
         raise CLIError(
-            f"--detector {args.detector} does not match the segmenter: {error}", 1
+            f"--detector {args.detector} does not match the segmenter: {cli_wording(str(error))}",
+            1,
         ) from None

@@ -1,6 +1,6 @@
 """Pooled pixel metrics: AUROC / AP / FPR95 for OOD, IDM and CDD, mIoU and open-mIoU.
 
-Conventions (benchmark.md, "Metric conventions"): all valid pixels of all
+Conventions (docs/benchmarks.md, "Metric conventions"): all valid pixels of all
 images are pooled into one curve (per-image averages on request); a higher score means
 more suspicious.
 

@@ -1,0 +1,149 @@
+"""Docs that run: every ```python block of README.md and docs/ (workflows included) is
+executed, so a block that breaks fails CI.
+
+The convention (also in the README's Development section):
+
+* a ```python block runs;
+* a block right after ``<!-- skip: REASON -->`` (user data, a signature, hours of work)
+  is skipped with that reason; right after ``<!-- xfail: REASON -->`` it is expected to
+  fail until REASON is fixed;
+* each block runs on its own (it imports what it uses) in a namespace that starts from
+  the prelude, in a fresh temporary folder (files it writes land there).
+
+The prelude holds tiny stand-ins for what the docs call the user's things: the shipped
+digits reference segmenter and a few embedded-world scenes (96 x 96, 11 classes, logits
+at stride 4):
+
+* ``model``, ``build_my_segmenter()``: the reference segmenter (eval mode, CPU);
+* ``train_loader`` / ``loader``: 4 training scenes, batches of 2 ``(images, labels)``;
+* ``val_loader``: 2 test scenes (with OOD objects); ``images``: those scenes
+  ``(2, 3, 96, 96)``;
+* ``logits`` ``(4, 11, 24, 24)``, ``features`` ``(4, 64, 24, 24)`` (the classifier's
+  input) and ``labels`` ``(4, 96, 96)`` of the training scenes; ``s_logits``,
+  ``s_features`` of their noisy copies; ``test_logits`` of ``images``;
+* ``det``: a FED-C detector fitted for 2 steps on ``loader`` (its numbers mean nothing);
+* ``torch`` and ``FlowEneDet``, imported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
+MARK = re.compile(r"<!--\s*(skip|xfail):\s*(.*?)\s*-->\s*\Z", re.S)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One ```python block: its file, first line (1-based), code and mark."""
+
+    path: Path
+    line: int
+    code: str
+    mark: tuple[str, str] | None  # ("skip" | "xfail", reason)
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def extract(path: Path) -> list[Block]:
+    """The ```python blocks of ``path`` with the mark on the line before each, if any."""
+    text = path.read_text(encoding="utf-8")
+    blocks = []
+    for found in FENCE.finditer(text):
+        before = text[: found.start()].rstrip()
+        last = before.rsplit("\n", 1)[-1]
+        mark = MARK.search(last)
+        line = text.count("\n", 0, found.start()) + 1
+        kind = (mark.group(1), mark.group(2)) if mark else None
+        blocks.append(Block(path, line, found.group(1), kind))
+    return blocks
+
+
+BLOCKS = [block for path in DOC_FILES for block in extract(path)]
+
+
+def _prelude() -> dict[str, Any]:
+    from torch.utils.data import DataLoader
+
+    from flowenedet import FlowEneDet
+    from flowenedet.data.embedded import make_scenes
+    from flowenedet.hooks import SegmenterTap
+    from flowenedet.zoo import load_reference_segmenter
+
+    torch.manual_seed(0)
+    model = load_reference_segmenter()
+    train, test = make_scenes("train", 4, seed=1), make_scenes("test", 2, seed=1)
+    noisy = make_scenes("train", 4, seed=1, corruption="gaussian_noise", severity=2)
+    tap = SegmenterTap(model, "classifier:input")
+    with torch.no_grad():
+        logits, features = tap(train.to_float())
+        s_logits, s_features = tap(noisy.to_float())
+        test_logits, _ = tap(test.to_float())
+    loader = DataLoader(train, batch_size=2)
+    det = FlowEneDet(model).fit(loader, steps=2, pixels_per_image=256, progress=False)
+    return {
+        "torch": torch,
+        "FlowEneDet": FlowEneDet,
+        "model": model,
+        "build_my_segmenter": lambda: model,
+        "train_loader": loader,
+        "loader": loader,
+        "val_loader": DataLoader(test, batch_size=2),
+        "images": test.to_float(),
+        "logits": logits,
+        "features": features,
+        "labels": train.labels,
+        "s_logits": s_logits,
+        "s_features": s_features,
+        "test_logits": test_logits,
+        "det": det,
+    }
+
+
+@pytest.fixture(scope="module")
+def prelude():
+    pytest.importorskip("skimage")  # the embedded world's scenes need the bench extra
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield _prelude()
+    torch.set_num_threads(threads)
+
+
+def _run(block: Block, prelude: dict[str, Any]) -> None:
+    exec(compile(block.code, block.name, "exec"), dict(prelude))
+
+
+def _params() -> list[Any]:
+    params = []
+    for block in BLOCKS:
+        marks: list[Any] = []
+        if block.mark and block.mark[0] == "skip":
+            marks.append(pytest.mark.skip(reason=block.mark[1]))
+        elif block.mark:
+            marks.append(pytest.mark.xfail(reason=block.mark[1], strict=False))
+        params.append(pytest.param(block, id=block.name, marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("block", _params())
+def test_docs_block_runs(block, prelude, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _run(block, prelude)
+
+
+def test_the_convention_finds_runnable_and_marked_blocks():
+    readme = [b for b in BLOCKS if b.path.name == "README.md"]
+    assert readme and readme[0].mark is None and "FlowEneDet(model)" in readme[0].code
+    marked = [b for b in BLOCKS if b.mark]
+    assert marked and all(b.mark[1] for b in marked)  # every mark gives its reason
+    assert len([b for b in BLOCKS if not b.mark]) >= 10
