@@ -420,7 +420,7 @@ class FlowEneDet:
         else:
             stride = 1.0 if cfg.postprocess == "logit-pixels" else cfg.stride
             maps = postprocess_maps(*raw, pred=logits.argmax(1), config=cfg, stride=stride)
-        maps = [resize(m, size).clamp(0, 1) for m in maps]
+        # checked before the resize (finite maps resize to finite maps): fewer pixels
         if not all(torch.isfinite(m).all() for m in maps):
             top = logits.abs().max().item()
             raise ValueError(
@@ -428,6 +428,7 @@ class FlowEneDet:
                 "are far outside the range the detector was fitted on; check the images' "
                 "scale and normalisation"
             )
+        maps = [resize(m, size).clamp_(0, 1) for m in maps]
         return Scores(*maps, pred=pred)
 
     def _log_odds(
