@@ -366,11 +366,12 @@ class FlowEneDet:
         scales = check_scales(scales)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
+        images = images.to(device)  # test-time rescaling on the segmenter's device too
         result, softmax = None, None
         for scale in scales:
             scaled = images if scale == 1.0 else _rescale(images, scale)
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                logits, features = self._tap(scaled.to(device))
+                logits, features = self._tap(scaled)
             scores = self.score_logits(logits, features, size=size, autocast=autocast)
             if len(scales) > 1:
                 probs = F.interpolate(  # logits checked by score_logits

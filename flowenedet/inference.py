@@ -10,11 +10,12 @@ of one image, a view of the map, no copies):
 * each block's ActNorm and LU mixing are one affine map ``y = A s + c``, whose rows are
   ordered (identity half, transformed half) of that block's coupling, so every split is a
   slice; the next block's ``A`` reads that order (the permutation is folded into it);
-* the context encoder's 1x1 ``mix`` and every coupling net's context projection are one
-  matrix ``(num_blocks * hidden, C)``: one matmul per band gives the context term of
-  every block's hidden layer;
-* per block, three small matmuls (affine, hidden layer, output layer) and the coupling's
-  elementwise update; the sigmoid's ``+ 2`` is folded into the output bias;
+* the context encoder's 1x1 ``mix`` is folded into every coupling net's context
+  projection, and the block's affine map and all biases into its input projection (the
+  state carries a row of ones), so a hidden layer is one matmul from the context plus one
+  accumulated in place from the state;
+* the output layer's shift bias is carried into the next block's affine bias, and the
+  sigmoid's ``+ 2`` into the scale bias; the coupling's update runs in place;
 * the base's two Gaussians (means and precision factors, with the last permutation) are
   one ``(2 D, D)`` affine map whose squared rows are summed with signs ``+-1/2``.
 
@@ -47,7 +48,7 @@ __all__ = [
 
 SCALE_OFFSET = 2.0  # nflows' affine coupling: scale = sigmoid(raw + 2) + 1e-3
 SCALE_FLOOR = 1e-3
-BAND_PIXELS = 1 << 14  # pixels per band: the per-block activations stay in cache
+BAND_PIXELS = 1 << 14  # pixels per band: a block's activations stay in cache
 
 
 class FusedEnergyFlow(nn.Module):
@@ -56,10 +57,9 @@ class FusedEnergyFlow(nn.Module):
     Buffers (non-persistent; ``K`` blocks, ``D`` inputs, ``C`` context, ``H`` hidden, ``P``
     pooled features): ``spatial_weight`` ``(C, D, k, k)`` (centre tap masked),
     ``spatial_bias`` ``(C,)`` (with the feature conv's bias), ``feature_weight``
-    ``(C, P)`` (FED-C), ``context_weight`` ``(K H, C)``, ``context_bias`` ``(K H, 1)``,
-    per block ``affine_weight_k`` ``(D, D)``, ``affine_bias_k`` ``(D, 1)``,
-    ``input_weight_k`` ``(H, d_k)``, ``out_weight_k`` ``(2 t_k, H)``, ``out_bias_k``
-    ``(2 t_k, 1)``, and ``base_weight`` ``(2 D, D)``, ``base_bias`` ``(2 D, 1)``,
+    ``(C, P)`` (FED-C), ``context_weight`` ``(K H, C)`` (block ``k``: rows ``k H ..``), per
+    block ``affine_k`` ``(D, D + 1)`` and ``input_k`` ``(H, D + 1)`` (last column: bias),
+    ``out_k`` ``(2 t_k, H)``, ``scale_bias_k`` ``(t_k, 1)``; ``base`` ``(2 D, D + 1)``,
     ``base_sign`` ``(1, 2 D)``, ``base_constant`` ``(1, 1)``.
     """
 
@@ -185,14 +185,15 @@ class FusedEnergyFlow(nn.Module):
         hidden = F.conv2d(padded, self.spatial_weight, self.spatial_bias)[0].flatten(1)
         if features is not None:
             hidden.addmm_(self.feature_weight, features.float())
-        context = torch.mm(self.context_weight.to(low), F.gelu(hidden).to(low))  # (K H, N)
+        context = F.gelu(hidden).to(low)  # (C, N)
         features_in = z.shape[0]
         # the state and a row of ones (for the biases), ping-ponged between two buffers
         state = torch.cat([z, z.new_ones(1, z.shape[1])])
         spare = torch.empty_like(state)
         spare[features_in:] = 1.0
         for k, (identity, transformed) in enumerate(self.splits):
-            pre = context[k * self.hidden : (k + 1) * self.hidden]
+            rows = slice(k * self.hidden, (k + 1) * self.hidden)
+            pre = torch.mm(self.context_weight[rows].to(low), context)  # (H, N)
             pre.addmm_(getattr(self, f"input_{k}").to(low), state.to(low))
             params = torch.mm(getattr(self, f"out_{k}").to(low), F.gelu(pre)).float()
             scale = params[transformed:].add_(getattr(self, f"scale_bias_{k}")).sigmoid_()

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from flowenedet.config import DetectorConfig
 from flowenedet.conv_flow import ConvEnergyFlow
 from flowenedet.energy import flow_inputs
 from flowenedet.flow import EnergyFlow
 from flowenedet.inference import FusedEnergyFlow, ScoringCache, check_autocast
+from flowenedet.postprocess import postprocess_maps, upsampled_argmax
 
 from .toy import make_scenes
 
@@ -137,6 +139,11 @@ def test_fused_path_stays_on_the_flows_device():
     logits = torch.randn(2, 5, 13, 17, device="meta")
     inputs = flow_inputs(logits, torch.zeros(5), torch.ones(5))  # statistics kept on the CPU
     assert inputs.device.type == "meta" and inputs.shape == (2, 6, 13, 17)
+    maps = postprocess_maps(
+        out, out, out, pred=logits.argmax(1), config=DetectorConfig(), stride=4.0
+    )
+    assert {m.device.type for m in maps} == {"meta"}
+    assert upsampled_argmax(logits, (52, 68)).device.type == "meta"
 
 
 def test_fused_path_traces_without_graph_breaks():
