@@ -48,7 +48,7 @@ __all__ = [
 
 SCALE_OFFSET = 2.0  # nflows' affine coupling: scale = sigmoid(raw + 2) + 1e-3
 SCALE_FLOOR = 1e-3
-BAND_PIXELS = 1 << 14  # pixels per band: a block's activations stay in cache
+BAND_PIXELS = 1 << 14  # CPU: pixels per band, so a block's activations stay in cache
 
 
 class FusedEnergyFlow(nn.Module):
@@ -108,7 +108,7 @@ class FusedEnergyFlow(nn.Module):
             bias = (mixing @ norm.shift.double() + linear.bias.double())[rows] + affine @ missing
             identity = coupling.num_identity_features
             net = coupling.transform_net
-            # hidden layer: W_x y_id + W_c context + b_c, its bias from the context
+            # hidden layer W_x y_id + W_c mix(g) + b_c = W_x' [s; 1] + (W_c W_mix) g
             input_weight = net.inputs.weight.double()
             context = net.context.weight.double()
             hidden_bias = input_weight @ bias[:identity] + context @ mix_bias + net.context.bias
@@ -153,8 +153,9 @@ class FusedEnergyFlow(nn.Module):
     ) -> Tensor:
         """``log p(z | miss) - log p(z | hit)`` ``(B, h, w)`` for inputs ``(B, D, h, w)``
         and pooled features ``(B, P, h, w)`` (FED-C) or None, in bands of at most
-        ``chunk_pixels`` pixels (at least one row) of one image; ``dtype`` for the
-        networks' matmuls (default float32)."""
+        ``chunk_pixels`` pixels (at least one row) of one image (on the CPU at most
+        :data:`BAND_PIXELS`, for the caches); ``dtype`` for the networks' matmuls
+        (default float32)."""
         batch, _, h, w = inputs.shape
         if (self.feature_weight is None) != (features is None):
             need = "needs" if features is None else "takes no"
@@ -163,7 +164,18 @@ class FusedEnergyFlow(nn.Module):
         padded = F.pad(
             inputs, [self.halo] * 4, mode="reflect" if min(h, w) > self.halo else "replicate"
         )
-        rows = max(1, min(chunk_pixels, BAND_PIXELS) // w)
+        if inputs.device.type == "cpu":
+            chunk_pixels = min(chunk_pixels, BAND_PIXELS)
+        rows = max(1, chunk_pixels // w)
+        low = dtype if dtype is not None else torch.float32
+        nets = [  # each block's network weights in the matmuls' precision, cast once
+            (
+                self.context_weight[k * self.hidden : (k + 1) * self.hidden].to(low),
+                getattr(self, f"input_{k}").to(low),
+                getattr(self, f"out_{k}").to(low),
+            )
+            for k in range(len(self.splits))
+        ]
         out = inputs.new_empty(batch, h, w)
         for b in range(batch):
             for top in range(0, h, rows):
@@ -171,17 +183,22 @@ class FusedEnergyFlow(nn.Module):
                 band = padded[b : b + 1, :, top : bottom + 2 * self.halo]
                 feats = None if features is None else features[b, :, top:bottom].flatten(1)
                 z = inputs[b, :, top:bottom].flatten(1)
-                out[b, top:bottom] = self._band(z, band, feats, dtype).view(bottom - top, w)
+                out[b, top:bottom] = self._band(z, band, feats, nets).view(bottom - top, w)
         return out
 
     log_odds_map = forward
 
     def _band(
-        self, z: Tensor, padded: Tensor, features: Tensor | None, dtype: torch.dtype | None
+        self,
+        z: Tensor,
+        padded: Tensor,
+        features: Tensor | None,
+        nets: list[tuple[Tensor, Tensor, Tensor]],
     ) -> Tensor:
         """Log-odds ``(N,)`` of one band: inputs ``z`` ``(D, N)``, its padded map
-        ``(1, D, rows + 2 halo, w + 2 halo)``, features ``(P, N)`` or None."""
-        low = dtype if dtype is not None else torch.float32
+        ``(1, D, rows + 2 halo, w + 2 halo)``, features ``(P, N)`` or None; ``nets``: each
+        block's (context, input, output) weights in the matmuls' precision."""
+        low = nets[0][0].dtype
         hidden = F.conv2d(padded, self.spatial_weight, self.spatial_bias)[0].flatten(1)
         if features is not None:
             hidden.addmm_(self.feature_weight, features.float())
@@ -192,10 +209,10 @@ class FusedEnergyFlow(nn.Module):
         spare = torch.empty_like(state)
         spare[features_in:] = 1.0
         for k, (identity, transformed) in enumerate(self.splits):
-            rows = slice(k * self.hidden, (k + 1) * self.hidden)
-            pre = torch.mm(self.context_weight[rows].to(low), context)  # (H, N)
-            pre.addmm_(getattr(self, f"input_{k}").to(low), state.to(low))
-            params = torch.mm(getattr(self, f"out_{k}").to(low), F.gelu(pre)).float()
+            context_weight, input_weight, out_weight = nets[k]
+            pre = torch.mm(context_weight, context)  # (H, N)
+            pre.addmm_(input_weight, state.to(low))
+            params = torch.mm(out_weight, F.gelu(pre)).float()
             scale = params[transformed:].add_(getattr(self, f"scale_bias_{k}")).sigmoid_()
             y = spare[:features_in]
             torch.mm(getattr(self, f"affine_{k}"), state, out=y)
