@@ -34,11 +34,6 @@ def check_rows(rows: list[dict], models: tuple[str, ...]) -> None:
         assert row["fit_pixels_per_s"] > 0
 
 
-def test_gpu_benchmark_runs_at_a_tiny_size_on_cpu(tmp_path):
-    check_rows(run_gpu_benchmark(tmp_path, "resnet50-fpn"), ("resnet50-fpn",))
-
-
-@pytest.mark.slow
-def test_gpu_benchmark_runs_both_models(tmp_path):
+def test_gpu_benchmark_runs_both_models_at_a_tiny_size_on_cpu(tmp_path):
     models = ("resnet50-fpn", "segformer-b2")
     check_rows(run_gpu_benchmark(tmp_path, *models), models)
