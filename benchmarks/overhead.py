@@ -19,6 +19,10 @@ segmenter's outputs minus the prediction it includes, over the segmenter's time
     python benchmarks/overhead.py --device cuda --size 1024 2048
     python benchmarks/overhead.py --segmenter street --size 256 512
 
+``--nflows-reference`` also times ``score_logits`` with nflows' own flow instead of the
+fused scoring path (``flowenedet.inference``), interleaved with the rest, so the two paths
+meet the same machine load (``component_time_ratio_nflows``).
+
 ``--segmenter street`` measures the street world's shipped reference instead (half-width
 ResNet-10-T + FPN, logits at stride 8, 8 classes, trained weights; FED-C reads its
 classifier's input).
@@ -64,6 +68,16 @@ class FPNSegmenter(nn.Module):
         return self.classifier(self.fuse(merged))
 
 
+class NflowsScoring:
+    """Stands in for the detector's ``ScoringCache``: scores with nflows' own flow."""
+
+    @staticmethod
+    def get(flow):
+        return lambda inputs, features, chunk_pixels, dtype=None: flow.log_odds_map(
+            inputs, features, chunk_pixels
+        )
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -104,6 +118,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variant", default="C", choices=("C", "U"))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--nflows-reference",
+        action="store_true",
+        help="also time score_logits with the nflows flow instead of the fused scoring path, "
+        "interleaved with the rest (component_time_ratio_nflows)",
+    )
     parser.add_argument(
         "--segmenter",
         choices=("resnet50", "street"),
@@ -157,11 +177,19 @@ def main() -> None:
     def predict_only() -> object:
         return upsampled_argmax(logits, (h, w))
 
-    part_t = {fn: [] for fn in (score_only, predict_only)}
+    def score_nflows() -> object:  # the pre-fusion path: nflows' own log_odds_map
+        fused, det._scoring = det._scoring, NflowsScoring()
+        try:
+            return det.score_logits(logits, features, size=(h, w))
+        finally:
+            det._scoring = fused
+
+    parts = (score_only, predict_only) + ((score_nflows,) if args.nflows_reference else ())
+    part_t = {fn: [] for fn in parts}
     for _ in range(4 * args.repeats):
         for fn, times in part_t.items():
             times.append(measure(fn, device)[0])
-    score_s, predict_s = (statistics.median(times) for times in part_t.values())
+    score_s, predict_s = (statistics.median(part_t[fn]) for fn in (score_only, predict_only))
     seg_params = sum(p.numel() for p in segmenter.parameters())
     det_params = sum(p.numel() for p in det.flow.parameters())
     result = {
@@ -178,6 +206,15 @@ def main() -> None:
         "score_logits_seconds": score_s,
         "prediction_seconds": predict_s,
         "component_time_ratio": 1 + (score_s - predict_s) / statistics.median(seg_t),
+        **(
+            {
+                "score_logits_nflows_seconds": statistics.median(part_t[score_nflows]),
+                "component_time_ratio_nflows": 1
+                + (statistics.median(part_t[score_nflows]) - predict_s) / statistics.median(seg_t),
+            }
+            if args.nflows_reference
+            else {}
+        ),
         "segmenter_peak_mib": statistics.median(seg_m) / 2**20,
         "with_detector_peak_mib": statistics.median(det_m) / 2**20,
         "memory_ratio": statistics.median(det_m) / max(1, statistics.median(seg_m)),

@@ -40,6 +40,7 @@ from .conv_flow import ConvEnergyFlow
 from .energy import INPUT_SETS, flow_inputs
 from .flow import HIT, MISS, EnergyFlow, pool_feature_channels
 from .hooks import SegmenterTap, find_feature_layer, segmenter_device
+from .inference import ScoringCache, check_autocast
 from .postprocess import postprocess_maps, resize, upsampled_argmax
 from .progress import progress_bar
 from .scores import MAPS, Scores
@@ -114,6 +115,7 @@ class FlowEneDet:
         self.stats: Stats | None = None
         self.calibration: Calibration | None = None  # reject thresholds, see calibrate()
         self._tap = SegmenterTap(segmenter, self._tap_layer())
+        self._scoring = ScoringCache()  # the fused log-odds of the current flow weights
 
     def _tap_layer(self) -> str | None:
         return self.config.feature_layer if self.config.variant == "C" else None
@@ -345,24 +347,35 @@ class FlowEneDet:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, images: Tensor, *, scales: Sequence[float] | None = None) -> Scores:
+    def score(
+        self,
+        images: Tensor,
+        *,
+        scales: Sequence[float] | None = None,
+        autocast: torch.dtype | None = None,
+    ) -> Scores:
         """IDM, OOD and concurrent maps for ``images`` ``(B, 3, H, W)``, averaged over the
         test-time ``scales`` (default ``(1.0,)``, or the reference's ``(1.0, 0.5, 0.25)``
         when ``config.tta``). With several scales ``pred`` is the argmax of the averaged
-        upsampled softmax, as in the reference release."""
+        upsampled softmax, as in the reference release. ``autocast`` (``torch.bfloat16``
+        or ``torch.float16``) runs the segmenter under ``torch.autocast`` and the flow's
+        networks in that precision; the maps stay float32."""
         self._require_fitted()
+        autocast = check_autocast(autocast)
         images = check_images(images)
         if scales is None:
             scales = TTA_SCALES if self.config.tta else (1.0,)
         scales = check_scales(scales)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
+        images = images.to(device)  # test-time rescaling on the segmenter's device too
         result, softmax = None, None
         self._resolve_feature_layer(images[:1].to(device))  # after fit_logits: as fit does
         for scale in scales:
             scaled = images if scale == 1.0 else _rescale(images, scale)
-            logits, features = self._tap(scaled.to(device))
-            scores = self.score_logits(logits, features, size=size)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                logits, features = self._tap(scaled)
+            scores = self.score_logits(logits, features, size=size, autocast=autocast)
             if len(scales) > 1:
                 probs = F.interpolate(  # logits checked by score_logits
                     logits.float(), size=size, mode="bilinear", align_corners=False
@@ -385,17 +398,19 @@ class FlowEneDet:
         logits: Tensor,
         features: Tensor | None = None,
         size: tuple[int, int] | None = None,
+        autocast: torch.dtype | None = None,
     ) -> Scores:
         """Scores from ``logits`` ``(B, K, h, w)`` (and ``features`` for FED-C), at ``size``
-        (default: the logits' size)."""
+        (default: the logits' size); ``autocast``: the flow's precision, as in :meth:`score`."""
         self._require_fitted()
+        autocast = check_autocast(autocast)
         device = next(self.flow.parameters()).device  # logits from anywhere
         features = None if features is None else features.to(device)
         logits, _, features = self._prepare(logits.to(device), None, features)
         size = check_size(size) if size is not None else tuple(logits.shape[-2:])
         cfg, stats = self.config, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, cfg.inputs)
-        log_odds = self._log_odds(inputs, features)
+        log_odds = self._log_odds(inputs, features, autocast)
         scale = stats.ood_scale
         standardized = (log_odds - scale[0]) / scale[1]
         energy = (_energy_of(inputs) - scale[2]) / scale[3]
@@ -414,7 +429,7 @@ class FlowEneDet:
             if cfg.postprocess == "logit-pixels":
                 stride = 1.0
             maps = postprocess_maps(*raw, pred=logits.argmax(1), config=cfg, stride=stride)
-        maps = [resize(m, size).clamp(0, 1) for m in maps]
+        # checked before the resize (finite maps resize to finite maps): fewer pixels
         if not all(torch.isfinite(m).all() for m in maps):
             top = logits.abs().max().item()
             raise ValueError(
@@ -422,6 +437,7 @@ class FlowEneDet:
                 "are far outside the range the detector was fitted on; check the images' "
                 "scale and normalisation"
             )
+        maps = [resize(m, size).clamp_(0, 1) for m in maps]
         thresholds = dict(self.calibration.thresholds) if self.calibration else {}
         return Scores(*maps, pred=pred, thresholds=thresholds, num_classes=cfg.num_classes)
 
@@ -481,11 +497,15 @@ class FlowEneDet:
             self.stats = Stats(**{k: t.to(device) for k, t in vars(self.stats).items()})
         return self
 
-    def _log_odds(self, inputs: Tensor, features: Tensor | None) -> Tensor:
+    def _log_odds(
+        self, inputs: Tensor, features: Tensor | None, autocast: torch.dtype | None = None
+    ) -> Tensor:
         """The posterior's log-odds ``log p(miss | z) - log p(hit | z)`` ``(B, h, w)``:
-        the flow's likelihood ratio plus the prior's log-odds (0 for equal priors)."""
+        the flow's likelihood ratio (by the fused scoring path) plus the prior's log-odds
+        (0 for equal priors)."""
         prior = self.flow._distribution.log_prior()
-        ratio = self.flow.log_odds_map(inputs, features, self.config.chunk_pixels)
+        log_odds = self._scoring.get(self.flow)
+        ratio = log_odds(inputs, features, self.config.chunk_pixels, autocast)
         return ratio + (prior[MISS] - prior[HIT])
 
     # ------------------------------------------------------------------ plumbing
