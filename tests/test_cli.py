@@ -596,7 +596,7 @@ def fake_runs(monkeypatch, tmp_path):
             calls.append((kind, Path(out_dir), cfg))
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / "results.json").write_text("{}")
-            return {"splits": {"test": FAKE_ROWS}}
+            return {"splits": {"test": FAKE_ROWS}, "config": {"seed": cfg.seed}}
 
         return run
 
@@ -650,15 +650,29 @@ def test_bench_defaults_quick_and_overrides(fake_runs, capsys):
     argv = ["bench", "--quick", "--steps", "5", "--out", "smoke", "--world", "digits"]
     assert _run(capsys, argv)[0] == 0
     (_, out, full), (_, _, quick), (_, smoke_out, smoke) = fake_runs
-    assert out == Path("flowenedet-bench") and _sizes(full) == (1000, 200, 300, 800)
+    # the bench fits with the detector's own default budget (steps None)
+    assert out == Path("flowenedet-bench") and _sizes(full) == (1000, 200, 300, None)
     corruptions = {"snow", "fog", "frost", "motion_blur", "gaussian_noise"}
     corruptions |= {"brightness", "contrast", "jpeg_compression"}
     assert sorted(full.corruptions) == sorted((c, s) for c in corruptions for s in (1, 2, 3, 4))
     assert set(full.shift) == corruptions
-    assert all(q < f for q, f in zip(_sizes(quick), _sizes(full), strict=True))
+    assert all(q < f for q, f in zip(_sizes(quick)[:3], _sizes(full)[:3], strict=True))
     assert 1 <= len(quick.corruptions) < len(full.corruptions)
     assert smoke_out == Path("smoke") and smoke.steps == 5
     assert smoke.train_scenes == quick.train_scenes  # the rest stays quick
+
+
+def test_bench_seeds_run_each_world_per_seed_and_summarise_them(fake_runs, capsys):
+    argv = ["bench", "--world", "digits", "--seeds", "3", "--seed", "4", "--out", "many"]
+    code, stdout, _ = _run(capsys, argv)
+    assert code == 0
+    assert [(out, cfg.seed) for _, out, cfg in fake_runs] == [
+        (Path("many") / f"seed-{seed}", seed) for seed in (4, 5, 6)
+    ]
+    summary = Path("many/seeds.md").read_text()
+    assert "over 3 seeds" in summary and "(seeds 4, 5, 6)" in summary
+    # the stand-in rows tie with the baseline: no cell is won
+    assert "won 0/3" in summary and "wins 0 of 4 cells" in stdout
 
 
 def test_bench_runs_every_world_by_default(fake_runs, capsys):

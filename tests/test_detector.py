@@ -582,6 +582,8 @@ def test_tta_scores_at_the_release_scales(fitted):
 
 def test_image_pixel_postprocessing_at_stride_one_is_the_logit_pixel_one(fitted):
     det = copy.deepcopy(fitted["C"])
+    det.config.postprocess = "logit-pixels"
+    det.config.boundary_width = det.config.boundary_iterations = 2  # something to compare
     logits, features = det._tap(make_scenes(2, seed=2)[0])
     before = det.score_logits(logits, features)
     det.config.postprocess = "image-pixels"
@@ -597,6 +599,8 @@ def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted)
     alike."""
     det = copy.deepcopy(fitted["C"])
     det.config.stride = 4.0  # as if the logits were at stride 4
+    for name, value in (("boundary_width", 4), ("boundary_iterations", 4), ("ood_dilation", 6)):
+        setattr(det.config, name, value)  # the release's sizes
     images, _ = make_scenes(4, seed=3, size=64)
     logits, features = det._tap(images)
     logits = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
