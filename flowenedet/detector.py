@@ -237,6 +237,7 @@ class FlowEneDet:
             progress=progress,
             checkpoint=checkpoint,
             resume=resume,
+            fixed_batches=True,
         )
 
     def _fit(
@@ -250,7 +251,12 @@ class FlowEneDet:
         progress: bool | None = None,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        fixed_batches: bool = False,
     ) -> FlowEneDet:
+        """The fit behind :meth:`fit` and :meth:`fit_logits`. With ``fixed_batches`` each
+        raw batch is a key that always gives the same batch (``fit_logits``' item
+        offsets), so its hit / miss targets are computed once and kept (at logit
+        resolution: a fifth of the logits' own memory, or less)."""
         fingerprint = segmenter_fingerprint(self.segmenter)
         if resume and checkpoint is not None and Path(checkpoint).exists():
             state = load_checkpoint(checkpoint)
@@ -267,9 +273,9 @@ class FlowEneDet:
             total = options.steps or options.epochs * num_batches
             if total < DEFAULT_STEPS:
                 logger.warning(
-                    "the flow trains for %d optimizer steps; on both embedded worlds its "
-                    "validation AP was still rising up to %d (the default budget, "
-                    "docs/benchmarks.md): pass steps=%d, or more epochs",
+                    "the flow trains for %d optimizer steps only; on both embedded worlds "
+                    "validation AP levelled off at about %d (the default budget, "
+                    "docs/benchmarks.md): pass steps=%d rather than epochs",
                     total,
                     DEFAULT_STEPS,
                     DEFAULT_STEPS,
@@ -278,10 +284,17 @@ class FlowEneDet:
         cfg = self.config
         balanced = cfg.loss_weighting == "balanced"
 
+        targets: dict[Any, tuple[Tensor, Tensor]] = {}
+
         def pixels(raw: Any, generator: torch.Generator):
             logits, labels, features = prepare(raw)
             inputs = flow_inputs(logits, mean, var, cfg.inputs)
-            valid, miss = miss_targets(logits, labels, cfg.ignore_index, cfg.void_as_miss)
+            if not fixed_batches or raw not in targets:  # the upsampled argmax: costly
+                found = miss_targets(logits, labels, cfg.ignore_index, cfg.void_as_miss)
+                if not fixed_batches:
+                    targets.clear()
+                targets[raw] = found
+            valid, miss = targets[raw]
             if balanced:
                 picked = balanced_pixel_sample(valid, miss > 0, options.pixels_per_image, generator)
             else:

@@ -180,7 +180,7 @@ FIT_OPTIONS: list[Option] = [
         {
             "type": positive_int,
             "metavar": "N",
-            "help": "optimizer steps, cycling through the data (default: 2000)",
+            "help": "optimizer steps, cycling through the data (default: 1000)",
         },
     ),
     ("--epochs", {"type": positive_int, "metavar": "N", "help": "passes instead of --steps"}),
