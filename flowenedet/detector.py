@@ -289,12 +289,12 @@ class FlowEneDet:
         def pixels(raw: Any, generator: torch.Generator):
             logits, labels, features = prepare(raw)
             inputs = flow_inputs(logits, mean, var, cfg.inputs)
-            if not fixed_batches or raw not in targets:  # the upsampled argmax: costly
-                found = miss_targets(logits, labels, cfg.ignore_index, cfg.void_as_miss)
-                if not fixed_batches:
-                    targets.clear()
-                targets[raw] = found
-            valid, miss = targets[raw]
+            if fixed_batches and raw in targets:  # a loader's batch may be unhashable
+                valid, miss = targets[raw]
+            else:  # the upsampled argmax: costly
+                valid, miss = miss_targets(logits, labels, cfg.ignore_index, cfg.void_as_miss)
+                if fixed_batches:
+                    targets[raw] = valid, miss
             if balanced:
                 picked = balanced_pixel_sample(valid, miss > 0, options.pixels_per_image, generator)
             else:

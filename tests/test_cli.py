@@ -226,6 +226,36 @@ def test_evaluate_with_thresholds_from_a_validation_run(ws, capsys, tmp_path):
     assert "open_miou" not in methods["MSP"]  # no calibrated threshold for it in val.json
 
 
+def test_evaluate_a_fed_c_fit_from_logits_without_feature_layer_hooks_what_score_finds(
+    ws, segmenter, test_data, capsys, tmp_path
+):
+    # FED-C fitted on tensors with no feature_layer= stores none; evaluate hooks the layer
+    # score() would find (the classifier's input) and gives the library's numbers
+    train = FolderDataset(ws["train"][0], labels=ws["train"][1])
+    images = torch.stack([image for image, _ in train])
+    labels = torch.stack([label for _, label in train])
+    with torch.no_grad():
+        features = segmenter.backbone(images)  # the classifier's input
+        logits = segmenter.classifier(features)
+    det = FlowEneDet(segmenter, **json.loads(SMALL))
+    det.fit_logits(logits, labels, features, steps=4, pixels_per_image=64, progress=False)
+    assert det.config.feature_layer is None
+    path = det.save(tmp_path / "logits_det.safetensors")
+    out = tmp_path / "logits.json"
+    argv = ["evaluate", "--detector", str(path), "--folder", str(ws["test"][0])]
+    argv += ["--labels", str(ws["test"][1]), *_model(ws), "--baselines", "--json", str(out)]
+    code, _, stderr = _run(capsys, [*argv, "--no-progress"])
+    assert code == 0, stderr
+    test_images, test_labels = test_data
+    ood, valid = (test_labels == OOD_LABEL).flatten(), (test_labels != 255).flatten()
+    maps = FlowEneDet.load(path, segmenter).score(test_images)
+    result = json.loads(out.read_text())["methods"]["FED ood"]["ood"]
+    expected = average_precision_score(ood[valid], maps.ood.flatten()[valid].numpy())
+    # evaluate scores one image a batch: batches of one move the segmenter's outputs by
+    # ~1e-6, which reorders near-tied pixels and can move AP by ~1e-5
+    assert result["ap"] == pytest.approx(expected, abs=1e-4)
+
+
 def test_fit_with_a_timm_backbone(ws, capsys, segmenter):
     out = ws["root"] / "timm_det.safetensors"
     argv = ["fit", "--timm", "resnet10t", "--num-classes", "4", "--variant", "U"]

@@ -638,3 +638,14 @@ def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loa
     assert any("trains for 2 optimizer steps" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match=r"steps= .* or epochs="):
         FlowEneDet(segmenter, variant="U").fit(loader, steps=None, progress=False)
+
+
+def test_fit_reads_a_dataloader_whose_batches_are_lists(segmenter):
+    # a DataLoader of (image, label) items yields [images, labels] lists, not tuples
+    images, labels = make_scenes(8, seed=3)
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    det = FlowEneDet(segmenter, variant="U")
+    det.fit(loader, steps=3, pixels_per_image=64, progress=False)
+    ood = det.score(images[:2]).ood
+    assert ood.shape == (2, *images.shape[-2:]) and torch.isfinite(ood).all()

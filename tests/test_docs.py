@@ -14,15 +14,24 @@ The prelude holds tiny stand-ins for what the docs call the user's things: the s
 digits reference segmenter and a few embedded-world scenes (96 x 96, 11 classes, logits
 at stride 4):
 
-* ``model``, ``build_my_segmenter()``: the reference segmenter (eval mode, CPU);
+* ``model``, ``segmenter``, ``build_my_segmenter()``: the reference segmenter (eval
+  mode, CPU); ``mask2former``: a tiny stand-in with a mask-classification model's
+  outputs (``class_queries_logits``, ``masks_queries_logits``);
 * ``train_loader`` / ``loader``: 4 training scenes, batches of 2 ``(images, labels)``;
-* ``val_loader``: 2 test scenes (with OOD objects); ``images``: those scenes
-  ``(2, 3, 96, 96)``;
-* ``logits`` ``(4, 11, 24, 24)``, ``features`` ``(4, 64, 24, 24)`` (the classifier's
-  input) and ``labels`` ``(4, 96, 96)`` of the training scenes; ``s_logits``,
-  ``s_features`` of their noisy copies; ``test_logits`` of ``images``;
-* ``det``: a FED-C detector fitted for 2 steps on ``loader`` (its numbers mean nothing);
+* ``val_loader``: 2 test scenes (with OOD objects); ``test_logits`` ``(2, 11, 24, 24)``
+  of those scenes;
+* ``images`` ``(4, 3, 96, 96)``, ``logits`` ``(4, 11, 24, 24)``, ``features``
+  ``(4, 64, 24, 24)`` (the classifier's input) and ``labels`` ``(4, 96, 96)`` of the
+  training scenes (so images and labels pair up, as the docs' comments say);
+  ``s_logits``, ``s_features`` of their noisy copies;
+* ``det``: a FED-C detector fitted for 2 steps on ``loader`` (its numbers mean nothing),
+  also saved as ``det.safetensors`` in each block's folder;
 * ``torch`` and ``FlowEneDet``, imported.
+
+To keep the file fast, the default preset's fit length is cut to 20 steps while the
+blocks run (``flowenedet.config.PRESETS["default"]`` patched; detectors read it when
+built), so a block's ``.fit(loader)`` / ``.fit_logits(...)`` without ``steps=`` trains
+20 steps, not :data:`~flowenedet.config.DEFAULT_STEPS`; its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +81,23 @@ def extract(path: Path) -> list[Block]:
 BLOCKS = [block for path in DOC_FILES for block in extract(path)]
 
 
+class _TinyMaskClassifier(torch.nn.Module):
+    """A stand-in for the user's Mask2Former: 3 queries over 11 classes (plus "no
+    object"), masks at stride 4 from the pixel decoder's mask features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = torch.nn.Module()
+        self.decoder.mask_projection = torch.nn.Conv2d(3, 8, 4, stride=4)
+        self.queries = torch.nn.Parameter(torch.randn(3, 8))
+        self.classes = torch.nn.Parameter(torch.randn(3, 12))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        masks = torch.einsum("qf,bfhw->bqhw", self.queries, self.decoder.mask_projection(images))
+        classes = self.classes.expand(images.shape[0], -1, -1)
+        return {"class_queries_logits": classes, "masks_queries_logits": masks}
+
+
 def _prelude() -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
@@ -95,11 +121,13 @@ def _prelude() -> dict[str, Any]:
         "torch": torch,
         "FlowEneDet": FlowEneDet,
         "model": model,
+        "segmenter": model,
         "build_my_segmenter": lambda: model,
+        "mask2former": _TinyMaskClassifier().eval(),
         "train_loader": loader,
         "loader": loader,
         "val_loader": DataLoader(test, batch_size=2),
-        "images": test.to_float(),
+        "images": train.to_float(),
         "logits": logits,
         "features": features,
         "labels": train.labels,
@@ -110,12 +138,17 @@ def _prelude() -> dict[str, Any]:
     }
 
 
+SHORT_FIT = ({}, {"steps": 20})  # the default preset while blocks run (see the header)
+
+
 @pytest.fixture(scope="module")
-def prelude():
+def prelude(tmp_path_factory):
     pytest.importorskip("skimage")  # the embedded world's scenes need the bench extra
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield _prelude()
+    names = _prelude()
+    saved = names["det"].save(tmp_path_factory.mktemp("prelude") / "det.safetensors")
+    yield names, saved.read_bytes()
     torch.set_num_threads(threads)
 
 
@@ -137,8 +170,13 @@ def _params() -> list[Any]:
 
 @pytest.mark.parametrize("block", _params())
 def test_docs_block_runs(block, prelude, tmp_path, monkeypatch):
+    from flowenedet import config
+
+    names, saved_det = prelude
+    monkeypatch.setitem(config.PRESETS, "default", SHORT_FIT)
     monkeypatch.chdir(tmp_path)
-    _run(block, prelude)
+    (tmp_path / "det.safetensors").write_bytes(saved_det)
+    _run(block, names)
 
 
 def test_the_convention_finds_runnable_and_marked_blocks():

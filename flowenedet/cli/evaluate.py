@@ -133,11 +133,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
     variant_c = detector.config.variant == "C"
-    tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
+    tap = None
     for images, labels in progress_bar(
         make_loader(dataset, args), desc="evaluating", unit="batches", progress=args.progress
     ):
         images = images.to(device)
+        if tap is None:  # FED-C fitted from tensors without feature_layer: as score() finds it
+            detector._resolve_feature_layer(images[:1])
+            tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
         logits, features = tap(images)
         size = tuple(images.shape[-2:])
         if list(args.scales) == [1.0]:
