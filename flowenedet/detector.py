@@ -274,7 +274,7 @@ class FlowEneDet:
             if total < DEFAULT_STEPS:
                 logger.warning(
                     "the flow trains for %d optimizer steps only; on both embedded worlds "
-                    "validation AP levelled off at about %d (the default budget, "
+                    "validation AP rose up to about %d (the default budget, "
                     "docs/benchmarks.md): pass steps=%d rather than epochs",
                     total,
                     DEFAULT_STEPS,
