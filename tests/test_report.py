@@ -3,7 +3,13 @@
 import pytest
 
 from flowenedet.evaluation.config import BenchConfig
-from flowenedet.evaluation.report import quality_bar, report, seed_summary
+from flowenedet.evaluation.report import (
+    corruption_wins,
+    quality_bar,
+    report,
+    seed_summary,
+    variant_gap,
+)
 
 
 def _row(ood_ap, ood_fpr, idm_ap, cdd_ap):
@@ -102,3 +108,27 @@ def test_seed_summary_counts_a_cell_only_when_every_seed_wins_it():
     assert cells[0] == "20.00 (15.00-25.00) vs 20.00 (20.00-20.00); won 1/2"
     assert all(cell.endswith("won 2/2") for cell in cells[1:])
     assert table.splitlines()[-1] == "FED-C wins 3 of 4 cells in every one of 2 runs (seeds 0, 1)."
+
+
+def test_variant_gap_and_corruption_wins_over_seeds():
+    baselines = {"MSP": _row(0.20, 0.40, 0.30, 0.40)}
+
+    def rows(ood_ap):
+        return {
+            f"FED-{v} {m}": _row(ood_ap + (0.01 if v == "C" else 0.0), 0.39, 0.35, 0.46)
+            for v in "UC"
+            for m in ("idm", "ood", "concurrent")
+        } | baselines
+
+    runs = [
+        {"config": {"seed": s}, "splits": {"test": rows(0.3), "test/fog-1": rows(ap)}}
+        for s, ap in ((0, 0.3), (1, 0.1))
+    ]
+    gap = variant_gap(runs).splitlines()
+    test_row = next(line for line in gap if line.startswith("| test |"))
+    # FED-C is 1 point above FED-U on OOD AP in both seeds, equal elsewhere
+    assert "| 1.00 (1.00-1.00) | 0.00 (0.00-0.00) |" in test_row
+    assert not any(line.startswith("| test/fog-1") for line in gap)  # bar and val only
+    wins = corruption_wins(runs).splitlines()
+    assert wins[0].startswith("- seed 0: all four columns on 1 of 1")
+    assert wins[1].startswith("- seed 1: all four columns on 0 of 1") and "OOD AP 0" in wins[1]

@@ -125,7 +125,11 @@ def _run(
             out = world_out / f"seed-{seed}" if len(seeds) > 1 else world_out
             runs.append(_run_one(run, out, cfg, world, what, (notes or {}).get(world)))
         if len(runs) > 1:
-            summary = f"## {world} world over {len(runs)} seeds\n\n{report.seed_summary(runs)}\n"
+            summary = (
+                f"## {world} world over {len(runs)} seeds\n\n{report.seed_summary(runs)}\n\n"
+                f"### Single-corruption test splits\n\n{report.corruption_wins(runs)}\n\n"
+                f"### FED-C minus FED-U, points\n\n{report.variant_gap(runs)}\n"
+            )
             io.atomic_write(world_out / "seeds.md", lambda tmp, text=summary: tmp.write_text(text))
             print(f"{summary}\nwrote {world_out / 'seeds.md'}\n")
     print(f"finished in {time.perf_counter() - started:.1f} s")

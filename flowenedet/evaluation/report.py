@@ -12,10 +12,12 @@ __all__ = [
     "QUALITY_BAR",
     "bar_cells",
     "best_baseline",
+    "corruption_wins",
     "quality_bar",
     "report",
     "seed_summary",
     "tables",
+    "variant_gap",
 ]
 
 
@@ -123,6 +125,52 @@ def seed_summary(runs: Sequence[dict[str, Any]], detector: str = "FED-C") -> str
         f"{_markdown(lines)}\n\n{detector} wins {held} of {cells} cells in every one of "
         f"{len(runs)} runs (seeds {', '.join(str(run['config']['seed']) for run in runs)})."
     )
+
+
+def variant_gap(
+    runs: Sequence[dict[str, Any]], minus: str = "FED-U", detector: str = "FED-C"
+) -> str:
+    """Markdown table: ``detector`` minus ``minus`` on each quality-bar column of each bar
+    and validation split, mean (min-max) over ``runs``, in points (FPR95: negative is
+    better)."""
+    names = [n for n in runs[0]["splits"] if n in BAR_SPLITS or n.startswith("val")]
+    header = ["Split", *[f"{t.upper()} {m.upper()}" for t, m, _ in QUALITY_BAR]]
+    lines = [header, ["---"] + ["--:"] * (len(header) - 1)]
+    for split in names:
+        row = [split]
+        for task, metric, fed_map in QUALITY_BAR:
+            gaps = [
+                100
+                * (
+                    rows[f"{detector} {fed_map}"][task][metric]
+                    - rows[f"{minus} {fed_map}"][task][metric]
+                )
+                for rows in (run["splits"][split] for run in runs)
+            ]
+            row.append(_spread(gaps))
+        lines.append(row)
+    return _markdown(lines)
+
+
+def corruption_wins(runs: Sequence[dict[str, Any]], detector: str = "FED-C") -> str:
+    """One line per run: on how many single-corruption test splits ``detector`` beats
+    every baseline on all quality-bar columns, and on each column alone."""
+    lines = []
+    for run in runs:
+        names = [n for n in run["splits"] if n.startswith("test/") and n not in BAR_SPLITS]
+        if not names:
+            continue
+        cells = [bar_cells(run["splits"][name], detector) for name in names]
+        every = sum(all(cell[3] for cell in split) for split in cells)
+        per_column = [
+            f"{t.upper()} {m.upper()} {sum(split[i][3] for split in cells)}"
+            for i, (t, m, _) in enumerate(QUALITY_BAR)
+        ]
+        lines.append(
+            f"- seed {run['config']['seed']}: all four columns on {every} of {len(names)} "
+            f"single-corruption splits; per column: {', '.join(per_column)}"
+        )
+    return "\n".join(lines)
 
 
 def _spread(values: Sequence[float]) -> str:
