@@ -38,7 +38,7 @@ SMALL = json.dumps(
         "ood_dilation": 1,
     }
 )
-BASELINE_ROWS = {"MSP", "MaxLogit", "Energy", "Entropy", "SML"}
+BASELINE_ROWS = {"MSP", "MaxLogit", "Energy", "Entropy", "SML", "SML+post"}
 
 
 def _write_folder(root: Path, images: torch.Tensor, labels: torch.Tensor) -> tuple[Path, Path]:
@@ -609,7 +609,9 @@ STREET_WEIGHTS = importlib.resources.files("flowenedet.zoo") / "street.safetenso
 FAKE_ROW = {task: {"auroc": 0.9, "ap": 0.5, "fpr95": 0.2} for task in ("ood", "idm", "cdd")} | {
     "miou": 0.8
 }
-FAKE_ROWS = {f"FED-C {kind}": FAKE_ROW for kind in ("idm", "ood", "concurrent")} | {"MSP": FAKE_ROW}
+FAKE_ROWS = {f"FED-{v} {kind}": FAKE_ROW for v in "UC" for kind in ("idm", "ood", "concurrent")} | {
+    "MSP": FAKE_ROW
+}
 EXTRA_MESSAGE = 'needs the bench extra: pip install "flowenedet[bench]"'
 
 

@@ -74,7 +74,7 @@ def test_cityscapes_without_ood_pixels_warns_once_and_records_its_default_split(
     with caplog.at_level(logging.WARNING):
         assert main([*argv, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert len(report["methods"]) == 8  # three maps and five baselines, ...
+    assert len(report["methods"]) == 9  # three maps and six baselines, ...
     assert all(row["ood"] is None for row in report["methods"].values())
     warned = [r for r in caplog.records if "not computed" in r.getMessage()]
     assert len(warned) == 1 and "'ood'" in warned[0].getMessage()  # ... one warning

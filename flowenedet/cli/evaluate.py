@@ -15,6 +15,7 @@ from .. import io
 from ..detector import MAPS
 from ..evaluation import metrics
 from ..evaluation.baselines import make_baseline
+from ..evaluation.config import sml_postprocess
 from ..evaluation.metrics import PixelEvaluator, format_table
 from ..hooks import SegmenterTap
 from ..progress import progress_bar
@@ -128,8 +129,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     k = detector.config.num_classes
     baselines = {}
     for key in args.baselines:
-        kw = {"mean": detector.stats.mean, "var": detector.stats.var} if key == "sml" else {}
-        baselines[BASELINE_ROWS[key]] = make_baseline(key, segmenter, **kw)
+        if key != "sml":
+            baselines[BASELINE_ROWS[key]] = make_baseline(key, segmenter)
+            continue
+        # as the embedded benchmark: plain SML, and SML with the reference's post-processing
+        # sizes (image pixels) divided by the stride the detector measured at fit
+        stats = {"mean": detector.stats.mean, "var": detector.stats.var}
+        baselines["SML"] = make_baseline(key, segmenter, **stats, postprocess=False)
+        sizes = sml_postprocess(detector.config.stride or 1.0)
+        baselines["SML+post"] = make_baseline(key, segmenter, **stats, **sizes)
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
     variant_c = detector.config.variant == "C"

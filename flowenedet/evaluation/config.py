@@ -23,7 +23,7 @@ REFERENCE_SML_SIZES = {"boundary_width": 4, "boundary_iterations": 4, "dilation"
 """SML's post-processing in the reference release, in image pixels at full resolution."""
 
 
-def sml_postprocess(stride: int) -> dict[str, int]:
+def sml_postprocess(stride: float) -> dict[str, int]:
     """SML's post-processing sizes converted to logit pixels at ``stride``: each reference
     size divided by the stride, rounded, at least 1 (stride 4: width 1, 1 iteration,
     dilation 2; stride 8: 1, 1, 1)."""
