@@ -652,7 +652,7 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert out == Path("flowenedet-demo/digits") and cfg.world == "digits"
     assert street_out == Path("flowenedet-demo/street") and street.world == "street"
     assert _sizes(cfg) == (300, 64, 100, 100)  # the sizes docs/benchmarks.md reports
-    assert _sizes(street) == (16, 4, 8, 100)  # reduced to fit the demo's time
+    assert _sizes(street) == (16, 4, 8, 40)  # reduced to fit the demo's time
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
     assert tuple(street.shift) == tuple(cfg.shift)
     assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
