@@ -124,15 +124,15 @@ def _specs(cls: type) -> dict[str, Spec]:
 
 _SIZE = Spec(int, 0, 64)  # a post-processing size in pixels
 POSTPROCESS_MODES = ("logit-pixels", "image-pixels", "image-pixels-at-logits")
-FILE_DEFAULTS = {"postprocess": "logit-pixels"}
-"""Settings a detector file may lack because it predates them, with the value that
-reproduces how it scored: files of flowenedet before the ``postprocess`` setting ran it
-in logit pixels (today's default is another)."""
 """Where post-processing runs and in which unit its sizes are: at logit resolution with
 sizes in logit pixels (flowenedet 0.1); at image resolution with sizes in image pixels
 (the reference release); sizes in image pixels, divided by the measured ``stride`` and
 applied at logit resolution."""
 TTA_SCALES = (1.0, 0.5, 0.25)  # the reference release's test-time scales
+FILE_DEFAULTS = {"postprocess": "logit-pixels"}
+"""Settings a detector file may lack because it predates them, with the value that
+reproduces how it scored: files of flowenedet before the ``postprocess`` setting ran it
+in logit pixels (today's default is another)."""
 
 
 @dataclass

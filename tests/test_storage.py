@@ -292,3 +292,16 @@ def test_fuzzed_files_are_refused_or_give_finite_maps(saved, segmenter, tmp_path
             assert result["finite"], f"case {case} gave non-finite maps"
             outcomes["finite"] += 1
     assert outcomes["refused"] > 30  # the mutations are mostly harmful, and caught
+
+
+def test_a_file_older_than_the_postprocess_setting_scores_as_it_did(saved, tmp_path, segmenter):
+    """A file without ``postprocess`` predates it and ran post-processing in logit pixels:
+    it must load with that, not with today's default, and score as such a detector did."""
+    old = craft(saved, tmp_path / "old.safetensors", config={"postprocess": ...})
+    loaded = FlowEneDet.load(old, segmenter)
+    assert loaded.config.postprocess == "logit-pixels"
+    images, _ = make_scenes(2, seed=1)
+    current = FlowEneDet.load(saved, segmenter)
+    assert not torch.equal(loaded.score(images).ood, current.score(images).ood)
+    current.config.postprocess = "logit-pixels"
+    assert torch.equal(loaded.score(images).ood, current.score(images).ood)
