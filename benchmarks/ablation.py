@@ -1,10 +1,12 @@
-"""From the paper's detector to the library's default, one setting at a time, on validation.
+"""From the paper's detector to flowenedet 0.1's default, one setting at a time, on validation.
 
 FED-C on both embedded worlds (the shipped reference segmenters, the benchmark's fit data:
 clean training scenes followed by a shifted copy, statistics from the clean ones),
 scored on the clean and the shifted validation splits (never on test), every quality-bar
 column. Each row changes one more setting from the ``"paper-deeplabv3plus"`` preset
-towards ``"default"``:
+towards flowenedet 0.1's default (post-processing in logit pixels with the release's
+sizes; the current default, chosen from these rows and later sweeps, drops that
+post-processing: docs/benchmarks.md, "Choosing the defaults on validation"):
 
 1. the paper preset (the reference release's valid options: energy pair, void as miss,
    natural prevalence, learned prior, convolutional couplings in 4 blocks, post-processing
@@ -47,7 +49,7 @@ from flowenedet.evaluation.splits import SplitData, load_fit_split, load_split, 
 from flowenedet.zoo import load_reference_segmenter
 
 PAPER, _ = preset("paper-deeplabv3plus")
-DEFAULT = {
+DEFAULT = {  # flowenedet 0.1's default detector
     "inputs": "rich",
     "void_as_miss": False,
     "loss_weighting": "balanced",
@@ -75,7 +77,7 @@ ROWS: list[tuple[str, dict[str, Any], bool]] = [
         {k: DEFAULT[k] for k in DEFAULT if "weight" in k},
         True,
     ),
-    ("10. library schedule (the default)", {"schedule": "default"}, True),
+    ("10. library schedule (0.1's default)", {"schedule": "default"}, True),
 ]
 
 
