@@ -204,6 +204,10 @@ class FitOptions(_Checked):
     decay_every: int | None = setting(None, Spec(int, 1, 10**8, optional=True))
     weight_decay: float = setting(1e-4, Spec(float, 0.0, 1.0))
 
+    def __post_init__(self) -> None:
+        if self.steps is None and self.epochs is None:
+            raise ValueError("give the fit's length: steps= (optimizer steps) or epochs=")
+
 
 # The reference release (UAI 2023), as audited in docs/method.md: every option of it that
 # keeps an exact per-pixel likelihood. Its single-Gaussian base is not a class-conditional

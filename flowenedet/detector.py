@@ -176,10 +176,7 @@ class FlowEneDet:
             raise TypeError(f"unknown fit options: {sorted(unknown)}")
         if "epochs" in given and "steps" not in given:
             given = {**given, "steps": None}
-        options = FitOptions(**(dataclasses.asdict(self.fit_options) | given))
-        if options.steps is None and options.epochs is None:
-            raise ValueError("give the fit's length: steps= (optimizer steps) or epochs=")
-        return options
+        return FitOptions(**(dataclasses.asdict(self.fit_options) | given))
 
     def fit_logits(
         self,
@@ -438,9 +435,8 @@ class FlowEneDet:
             maps = postprocess_maps(*raw, pred=pred, config=cfg, stride=1.0)
         else:
             # image pixels per logit pixel: as measured at fit, else as this call's
-            stride = cfg.stride or size[-2] / logits.shape[-2]
-            if cfg.postprocess == "logit-pixels":
-                stride = 1.0
+            measured = cfg.stride or size[-2] / logits.shape[-2]
+            stride = 1.0 if cfg.postprocess == "logit-pixels" else measured
             maps = postprocess_maps(*raw, pred=logits.argmax(1), config=cfg, stride=stride)
         # checked before the resize (finite maps resize to finite maps): fewer pixels
         if not all(torch.isfinite(m).all() for m in maps):

@@ -14,8 +14,7 @@ from typing import Any
 from .. import io
 from ..detector import MAPS
 from ..evaluation import metrics
-from ..evaluation.baselines import make_baseline
-from ..evaluation.config import sml_postprocess
+from ..evaluation.baselines import make_baseline, sml_pair
 from ..evaluation.metrics import PixelEvaluator, format_table
 from ..hooks import SegmenterTap
 from ..progress import progress_bar
@@ -132,12 +131,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if key != "sml":
             baselines[BASELINE_ROWS[key]] = make_baseline(key, segmenter)
             continue
-        # as the embedded benchmark: plain SML, and SML with the reference's post-processing
-        # sizes (image pixels) divided by the stride the detector measured at fit
-        stats = {"mean": detector.stats.mean, "var": detector.stats.var}
-        baselines["SML"] = make_baseline(key, segmenter, **stats, postprocess=False)
-        sizes = sml_postprocess(detector.config.stride or 1.0)
-        baselines["SML+post"] = make_baseline(key, segmenter, **stats, **sizes)
+        # as the embedded benchmark, at the stride the detector measured at fit
+        stride = detector.config.stride or 1.0
+        baselines |= sml_pair(segmenter, detector.stats.mean, detector.stats.var, stride)
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
     variant_c = detector.config.variant == "C"

@@ -25,6 +25,7 @@ from ..hooks import SegmenterTap, segmenter_device
 from ..labels import IGNORE_INDEX
 from ..postprocess import gaussian_smooth, resize, resize_labels, suppress_boundaries
 from ..progress import progress_bar
+from .config import sml_postprocess
 
 __all__ = [
     "BASELINES",
@@ -41,6 +42,7 @@ __all__ = [
     "max_logit",
     "msp",
     "sml",
+    "sml_pair",
 ]
 
 logger = logging.getLogger(__name__)
@@ -357,6 +359,17 @@ BASELINES: dict[str, type[Baseline]] = {
     "sml": SML,
     "mcdropout": MCDropout,
 }
+
+
+def sml_pair(segmenter: nn.Module, mean: Tensor, var: Tensor, stride: float) -> dict[str, SML]:
+    """``{"SML": plain, "SML+post": with post-processing}`` sharing class statistics ``(K,)``;
+    the post-processing has the reference's sizes, given in image pixels, divided by the
+    logit ``stride`` (:func:`flowenedet.evaluation.config.sml_postprocess`)."""
+    sizes = sml_postprocess(stride)
+    return {
+        "SML": SML(segmenter, mean, var, postprocess=False),
+        "SML+post": SML(segmenter, mean, var, postprocess=True, **sizes),
+    }
 
 
 def make_baseline(name: str, segmenter: nn.Module, **kwargs: Any) -> Baseline:

@@ -26,7 +26,7 @@ from .. import io
 from ..detector import MAPS, FlowEneDet
 from ..progress import progress_bar
 from . import baselines
-from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig, sml_postprocess
+from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig
 from .metrics import PixelEvaluator
 from .report import report, tables
 from .splits import SplitData, load_fit_split, load_split, shifted_split
@@ -71,16 +71,14 @@ def fit_detectors(
 
 def make_baselines(segmenter: nn.Module, detector: FlowEneDet, cfg: BenchConfig) -> dict:
     """Every baseline, SML with the detector's class statistics; SML+post with the
-    reference's sizes converted to the segmenter's logit stride (:func:`sml_postprocess`)."""
-    stats = {"mean": detector.stats.mean, "var": detector.stats.var}
-    stride = _stride(segmenter)
+    reference's sizes converted to the segmenter's logit stride (:func:`baselines.sml_pair`)."""
+    sml = baselines.sml_pair(segmenter, detector.stats.mean, detector.stats.var, _stride(segmenter))
     return {
         "MSP": baselines.MSP(segmenter),
         "MaxLogit": baselines.MaxLogit(segmenter),
         "Energy": baselines.Energy(segmenter),
         "Entropy": baselines.Entropy(segmenter),
-        "SML": baselines.SML(segmenter, **stats, postprocess=False),
-        "SML+post": baselines.SML(segmenter, **stats, postprocess=True, **sml_postprocess(stride)),
+        **sml,
         "MC dropout": baselines.MCDropout(segmenter, samples=cfg.mc_samples),
     }
 
