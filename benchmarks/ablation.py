@@ -149,7 +149,7 @@ def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
             if det.config.tta:
                 _score_with_images(split, det, name, cfg)
         rows, _ = evaluate_split(split, segmenter.num_classes)
-        _print_table(world, split.name, cfg, detectors, baselines, rows)
+        _print_table(world, split.name, cfg.val_scenes, cfg.steps, detectors, baselines, rows)
 
 
 def _copy_with(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
@@ -160,8 +160,8 @@ def _copy_with(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
     return copy
 
 
-def _print_table(world, split, cfg, detectors, baselines, rows) -> None:
-    print(f"\n### {world}, {split} ({cfg.val_scenes} scenes, {cfg.steps} steps)\n")
+def _print_table(world, split, scenes, steps, detectors, baselines, rows) -> None:
+    print(f"\n### {world}, {split} ({scenes} scenes, {steps} steps)\n")
     titles = [f"{t.upper()} {metric.upper()} ({m})" for t, metric, m in QUALITY_BAR]
     print("| FED-C | " + " | ".join(titles) + " |")
     print("| --- |" + " --: |" * len(QUALITY_BAR))
