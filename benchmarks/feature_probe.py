@@ -89,10 +89,15 @@ def _rows(maps: Tensor) -> Tensor:
     return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
 
 
-def run_world(world: str, train_scenes: int, val_scenes: int) -> None:
+def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None:
     extra = {"batch_size": 4} if world == "street" else {}
     cfg = BenchConfig(
-        world=world, train_scenes=train_scenes, val_scenes=val_scenes, progress=False, **extra
+        world=world,
+        train_scenes=train_scenes,
+        val_scenes=val_scenes,
+        seed=seed,
+        progress=False,
+        **extra,
     )
     torch.manual_seed(cfg.seed)
     segmenter = load_reference_segmenter(world=world)
@@ -117,7 +122,7 @@ def run_world(world: str, train_scenes: int, val_scenes: int) -> None:
             "Entropy": baselines.entropy(split.logits),
             "SML": baselines.sml(split.logits, inputs.mean, inputs.var),
         } | {name: probe(maps) for name, probe in probes.items()}
-        print(f"\n### {world}, {split.name} ({val_scenes} scenes)\n")
+        print(f"\n### {world}, {split.name} ({val_scenes} scenes, seed {seed})\n")
         columns = [f"{t} AP, {r} res." for t in ("IDM", "OOD") for r in ("logit", "image")]
         print("| score | " + " | ".join(columns) + " |")
         print("| --- | --: | --: | --: | --: |")
@@ -148,9 +153,10 @@ def main() -> None:
     parser.add_argument("--world", choices=(*WORLDS, "all"), default="all")
     parser.add_argument("--train-scenes", type=int, default=BenchConfig.train_scenes)
     parser.add_argument("--val-scenes", type=int, default=BenchConfig.val_scenes)
+    parser.add_argument("--seed", type=int, default=0, help="of the scenes")
     args = parser.parse_args()
     for world in WORLDS if args.world == "all" else (args.world,):
-        run_world(world, args.train_scenes, args.val_scenes)
+        run_world(world, args.train_scenes, args.val_scenes, args.seed)
 
 
 if __name__ == "__main__":
