@@ -39,13 +39,12 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import fit_fed_c, print_table, rescored, score_with_images
 from flowenedet import FlowEneDet
 from flowenedet.config import DEFAULT_STEPS, preset
-from flowenedet.detector import MAPS
-from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
-from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
+from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import SplitData, load_fit_split, load_split, shifted_split
+from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
 from flowenedet.zoo import load_reference_segmenter
 
 PAPER, _ = preset("paper-deeplabv3plus")
@@ -81,46 +80,6 @@ ROWS: list[tuple[str, dict[str, Any], bool]] = [
 ]
 
 
-def _schedule(steps: int, kind: str) -> dict[str, Any]:
-    if kind == "default":
-        return {}
-    return {
-        "warmup_steps": round(0.08 * steps),
-        "decay_every": round(0.3 * steps),
-        "weight_decay": 0.01,
-    }
-
-
-def _fit(segmenter, data: SplitData, cfg: BenchConfig, settings: dict[str, Any]) -> FlowEneDet:
-    settings = dict(settings)
-    schedule = _schedule(cfg.steps, settings.pop("schedule", "paper"))
-    started = time.perf_counter()
-    det = FlowEneDet(segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed, **settings)
-    det.fit_logits(
-        data.logits,
-        data.labels,
-        data.features,
-        batch_size=cfg.batch_size,
-        stats_items=cfg.train_scenes,
-        steps=cfg.steps,
-        progress=False,
-        **schedule,
-    )
-    print(f"  fitted in {time.perf_counter() - started:.0f} s", flush=True)
-    return det
-
-
-@torch.no_grad()
-def _score_with_images(split: SplitData, det: FlowEneDet, name: str, cfg: BenchConfig) -> None:
-    """``det.score`` on the split's images (test-time augmentation needs them)."""
-    parts: dict[str, list] = {}
-    for start in range(0, len(split.labels), cfg.batch_size):
-        maps = det.score(split.images[start : start + cfg.batch_size].float() / 255)
-        for kind in MAPS:
-            parts.setdefault(f"{name} {kind}", []).append(getattr(maps, kind))
-    split.scores |= {key: torch.cat(value) for key, value in parts.items()}
-
-
 def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
     cfg = BenchConfig(world=world, progress=False)
     cfg.steps = steps or DEFAULT_STEPS
@@ -135,9 +94,11 @@ def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
         settings |= change
         print(f"{world}: {row}", flush=True)
         if refit:
-            det = _fit(segmenter, data, cfg, settings)
+            fit_settings = {k: v for k, v in settings.items() if k != "schedule"}
+            schedule = settings.get("schedule", "paper")
+            det = fit_fed_c(segmenter, data, cfg, fit_settings, schedule=schedule)
         else:
-            det = _copy_with(det, change)
+            det = rescored(det, change)
         detectors[row] = det
     baselines = make_baselines(segmenter, detectors[ROWS[-1][0]], cfg)
     baselines.pop("MC dropout")  # needs the images again for every sample; not the point here
@@ -147,32 +108,10 @@ def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
         score_split(split, plain, baselines, cfg)
         for name, det in detectors.items():
             if det.config.tta:
-                _score_with_images(split, det, name, cfg)
+                score_with_images(split, det, name, cfg)
         rows, _ = evaluate_split(split, segmenter.num_classes)
-        _print_table(world, split.name, cfg.val_scenes, cfg.steps, detectors, baselines, rows)
-
-
-def _copy_with(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
-    """The same fitted detector scored with other score-time settings."""
-    copy = FlowEneDet(det.segmenter)
-    copy.config = type(det.config)(**{**vars(det.config), **change})
-    copy.flow, copy.stats, copy._tap = det.flow, det.stats, det._tap
-    return copy
-
-
-def _print_table(world, split, scenes, steps, detectors, baselines, rows) -> None:
-    print(f"\n### {world}, {split} ({scenes} scenes, {steps} steps)\n")
-    titles = [f"{t.upper()} {metric.upper()} ({m})" for t, metric, m in QUALITY_BAR]
-    print("| FED-C | " + " | ".join(titles) + " |")
-    print("| --- |" + " --: |" * len(QUALITY_BAR))
-    for name in detectors:
-        cells = [f"{100 * rows[f'{name} {m}'][t][metric]:.2f}" for t, metric, m in QUALITY_BAR]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    best, baseline_rows = [], {name: rows[name] for name in baselines}
-    for task, metric, _ in QUALITY_BAR:
-        winner = best_baseline(baseline_rows, task, metric)
-        best.append(f"{100 * rows[winner][task][metric]:.2f} {winner}")
-    print("| best baseline | " + " | ".join(best) + " |", flush=True)
+        title = f"{world}, {split.name} ({cfg.val_scenes} scenes, {cfg.steps} steps)"
+        print_table(title, detectors, baselines, rows)
 
 
 def main() -> None:

@@ -21,16 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmarks.common import load_fit, study_config
 from flowenedet.energy import ClassStats, flow_inputs
 from flowenedet.evaluation import baselines
 from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.metrics import average_precision
-from flowenedet.evaluation.splits import SplitData, load_fit_split, load_split, shifted_split
+from flowenedet.evaluation.splits import SplitData, load_split, shifted_split
 from flowenedet.flow import pool_feature_channels
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 from flowenedet.postprocess import resize, resize_labels, upsampled_argmax
 from flowenedet.training import miss_targets
-from flowenedet.zoo import load_reference_segmenter
 
 RICH = 6  # flow_inputs(kind="rich") channels
 POOLED = 32  # FED-C's pooled feature channels
@@ -90,18 +90,8 @@ def _rows(maps: Tensor) -> Tensor:
 
 
 def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None:
-    extra = {"batch_size": 4} if world == "street" else {}
-    cfg = BenchConfig(
-        world=world,
-        train_scenes=train_scenes,
-        val_scenes=val_scenes,
-        seed=seed,
-        progress=False,
-        **extra,
-    )
-    torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=world)
-    fit = load_fit_split(segmenter, cfg)
+    cfg = study_config(world, train_scenes=train_scenes, val_scenes=val_scenes, seed=seed)
+    segmenter, fit = load_fit(cfg)
     inputs = Inputs(fit, cfg.train_scenes)
     x = _rows(inputs(fit))
     valid, miss = miss_targets(fit.logits, fit.labels, IGNORE_INDEX)  # soft, as the flow's

@@ -14,14 +14,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import torch
-
-from flowenedet import FlowEneDet
-from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
+from benchmarks.common import fit_fed_c, load_fit, study_config
+from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR
 from flowenedet.evaluation.runner import evaluate_split, score_split
-from flowenedet.evaluation.splits import SplitData, load_fit_split, load_split, shifted_split
-from flowenedet.zoo import load_reference_segmenter
+from flowenedet.evaluation.splits import SplitData, load_split, shifted_split
 
 
 def _affine(split: SplitData, scale: float, shift: float) -> SplitData:
@@ -38,17 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.scale) != len(args.shift):
         parser.error("give one --shift per --scale")
-    extra = {"batch_size": 4} if args.world == "street" else {}
-    cfg = BenchConfig(
-        world=args.world,
-        train_scenes=args.train_scenes,
-        val_scenes=args.val_scenes,
-        progress=False,
-        **extra,
-    )
-    torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=args.world)
-    fit = load_fit_split(segmenter, cfg)
+    cfg = study_config(args.world, train_scenes=args.train_scenes, val_scenes=args.val_scenes)
+    segmenter, fit = load_fit(cfg)
     splits = [
         load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
         for corruption, severity in ((None, 0), shifted_split(cfg))
@@ -56,16 +44,7 @@ def main() -> None:
     print("| features | split | OOD AP | OOD FPR95 | IDM AP | CDD AP |")
     print("| --- | --- | --: | --: | --: | --: |")
     for scale, shift in zip(args.scale, args.shift, strict=True):
-        data = _affine(fit, scale, shift)
-        det = FlowEneDet(segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed)
-        det.fit_logits(
-            data.logits,
-            data.labels,
-            data.features,
-            batch_size=cfg.batch_size,
-            stats_items=cfg.train_scenes,
-            progress=False,
-        )
+        det = fit_fed_c(segmenter, _affine(fit, scale, shift), cfg)
         for split in splits:
             split = _affine(split, scale, shift)
             score_split(split, {"FED-C": det}, {}, cfg)

@@ -17,44 +17,32 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
-from benchmarks.ablation import PAPER, _fit, _print_table, _score_with_images
+from benchmarks.ablation import PAPER
+from benchmarks.common import fit_fed_c, load_fit, print_table, score_with_images, study_config
 from flowenedet.config import DEFAULT_STEPS
 from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
-from flowenedet.zoo import load_reference_segmenter
-
-STREET = {"batch_size": 4, "mc_samples": 2}  # the street demo preset's, for memory
+from flowenedet.evaluation.splits import load_split, shifted_split
 
 
 def run_world(world: str, steps: int, train_scenes: int, test_scenes: int, seed: int) -> None:
-    extra = STREET if world == "street" else {}
-    cfg = BenchConfig(
-        world=world,
-        train_scenes=train_scenes,
-        test_scenes=test_scenes,
-        steps=steps,
-        seed=seed,
-        progress=False,
-        **extra,
+    cfg = study_config(
+        world, train_scenes=train_scenes, test_scenes=test_scenes, steps=steps, seed=seed
     )
-    torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=world)
-    data = load_fit_split(segmenter, cfg)
+    segmenter, data = load_fit(cfg)
     print(f"{world}: fitting the paper preset and the defaults ({steps} steps each)", flush=True)
     detectors = {
-        "paper preset": _fit(segmenter, data, cfg, dict(PAPER)),
-        "defaults": _fit(segmenter, data, cfg, {"schedule": "default"}),
+        "paper preset": fit_fed_c(segmenter, data, cfg, dict(PAPER), schedule="paper"),
+        "defaults": fit_fed_c(segmenter, data, cfg),
     }
     methods = make_baselines(segmenter, detectors["defaults"], cfg)
     for corruption, severity in ((None, 0), shifted_split(cfg)):
         split = load_split(segmenter, "test", test_scenes, cfg, corruption, severity)
         score_split(split, {"defaults": detectors["defaults"]}, methods, cfg)
-        _score_with_images(split, detectors["paper preset"], "paper preset", cfg)
+        score_with_images(split, detectors["paper preset"], "paper preset", cfg)
         rows, _ = evaluate_split(split, segmenter.num_classes)
-        _print_table(world, split.name, test_scenes, cfg.steps, detectors, methods, rows)
+        title = f"{world}, {split.name} ({test_scenes} scenes, {steps} steps, seed {seed})"
+        print_table(title, detectors, methods, rows)
 
 
 def main() -> None:

@@ -14,51 +14,35 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from benchmarks.ablation import _print_table, _score_with_images
-from flowenedet import FlowEneDet
-from flowenedet.config import DEFAULT_STEPS, TTA_SCALES
-from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
+from benchmarks.common import (
+    fit_fed_c,
+    load_fit,
+    print_table,
+    rescored,
+    score_with_images,
+    study_config,
+)
+from flowenedet.config import TTA_SCALES
+from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
-from flowenedet.zoo import load_reference_segmenter
+from flowenedet.evaluation.splits import load_split, shifted_split
 
 
 def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None:
-    extra = {"batch_size": 4} if world == "street" else {}
-    cfg = BenchConfig(
-        world=world,
-        train_scenes=train_scenes,
-        val_scenes=val_scenes,
-        seed=seed,
-        progress=False,
-        **extra,
-    )
-    torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=world)
-    data = load_fit_split(segmenter, cfg)
-    det = FlowEneDet(segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed)
-    det.fit_logits(
-        data.logits,
-        data.labels,
-        data.features,
-        batch_size=cfg.batch_size,
-        stats_items=cfg.train_scenes,
-        progress=False,
-    )
-    tta = FlowEneDet(segmenter)  # the same fitted detector, scored at the reference's scales
-    tta.config = type(det.config)(**{**vars(det.config), "tta": True})
-    tta.flow, tta.stats, tta._tap = det.flow, det.stats, det._tap
-    detectors = {"defaults": det, f"defaults, scales {TTA_SCALES}": tta}
+    cfg = study_config(world, train_scenes=train_scenes, val_scenes=val_scenes, seed=seed)
+    segmenter, data = load_fit(cfg)
+    det = fit_fed_c(segmenter, data, cfg)
+    scales = f"defaults, scales {TTA_SCALES}"
+    detectors = {"defaults": det, scales: rescored(det, {"tta": True})}
     methods = make_baselines(segmenter, det, cfg)
     methods.pop("MC dropout")  # needs the images again for every sample; not the point here
     for corruption, severity in ((None, 0), shifted_split(cfg)):
         split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
         score_split(split, {"defaults": det}, methods, cfg)
-        _score_with_images(split, tta, f"defaults, scales {TTA_SCALES}", cfg)
+        score_with_images(split, detectors[scales], scales, cfg)
         rows, _ = evaluate_split(split, segmenter.num_classes)
-        _print_table(world, split.name, val_scenes, DEFAULT_STEPS, detectors, methods, rows)
+        title = f"{world}, {split.name} ({val_scenes} scenes, {cfg.steps} steps, seed {seed})"
+        print_table(title, detectors, methods, rows)
 
 
 def main() -> None:

@@ -17,21 +17,22 @@ validation splits with every baseline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 from torch import Tensor
 
+from benchmarks.common import fit_fed_c, load_fit, study_config
 from flowenedet import FlowEneDet
 from flowenedet.config import DEFAULT_STEPS
 from flowenedet.detector import Stats
 from flowenedet.energy import flow_inputs
-from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
+from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
+from flowenedet.evaluation.splits import load_split, shifted_split
 from flowenedet.labels import IGNORE_INDEX
 from flowenedet.postprocess import postprocess_maps, resize, upsampled_argmax
-from flowenedet.zoo import load_reference_segmenter
 
 WEIGHTS = (0.5, 1.0, 2.0)
 
@@ -44,31 +45,18 @@ def _terms(det: FlowEneDet, logits: Tensor, features: Tensor) -> tuple[Tensor, T
 
 
 def run_world(world: str, steps: int, train_scenes: int, val_scenes: int, seed: int) -> None:
-    extra = {"batch_size": 4, "mc_samples": 2} if world == "street" else {}
-    cfg = BenchConfig(
-        world=world,
-        train_scenes=train_scenes,
-        val_scenes=val_scenes,
-        seed=seed,
-        progress=False,
-        **extra,
+    cfg = study_config(
+        world, train_scenes=train_scenes, val_scenes=val_scenes, steps=steps, seed=seed
     )
-    torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=world)
-    fit = load_fit_split(segmenter, cfg)
-    common = {"batch_size": cfg.batch_size, "stats_items": cfg.train_scenes, "steps": steps}
-    kwargs = {"variant": "C", "feature_layer": FEATURE_LAYER, "seed": cfg.seed}
-    main = FlowEneDet(segmenter, **kwargs).fit_logits(
-        fit.logits, fit.labels, fit.features, progress=False, **common
-    )
+    segmenter, fit = load_fit(cfg)
+    main = fit_fed_c(segmenter, fit, cfg)
     size = fit.labels.shape[-2:]
     pred = torch.cat(
         [upsampled_argmax(fit.logits[i : i + 16], size) for i in range(0, len(fit.labels), 16)]
     )
     void_labels = torch.where(fit.labels == IGNORE_INDEX, fit.labels, pred.to(fit.labels.dtype))
-    novelty = FlowEneDet(segmenter, void_as_miss=True, **kwargs).fit_logits(
-        fit.logits, void_labels, fit.features, progress=False, **common
-    )
+    relabelled = dataclasses.replace(fit, labels=void_labels)
+    novelty = fit_fed_c(segmenter, relabelled, cfg, {"void_as_miss": True})
     # the class statistics of the real labels (the relabelled ones make every pixel a hit)
     novelty.stats = Stats(main.stats.mean, main.stats.var, novelty.stats.ood_scale)
     n_fit, _ = _terms(novelty, fit.logits[:64], fit.features[:64])

@@ -1,0 +1,112 @@
+"""What the validation studies in ``benchmarks/`` share: their sizes, FED-C's fit on the
+benchmark's fit data, scoring from images, and the quality-bar table they print."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from flowenedet import FlowEneDet
+from flowenedet.config import DEFAULT_STEPS
+from flowenedet.detector import MAPS
+from flowenedet.evaluation.config import FEATURE_LAYER, BenchConfig
+from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
+from flowenedet.evaluation.splits import SplitData, load_fit_split
+from flowenedet.zoo import load_reference_segmenter
+
+STREET = {"batch_size": 4, "mc_samples": 2}
+"""The street world's batch and MC dropout samples in the studies (the street demo
+preset's), for memory and time."""
+
+
+def study_config(world: str, **sizes: Any) -> BenchConfig:
+    """A study's :class:`BenchConfig`: ``sizes`` (scenes, ``seed``, ``steps``) on ``world``,
+    ``steps`` by default the detector's budget, no progress bars."""
+    extra = STREET if world == "street" else {}
+    return BenchConfig(world=world, progress=False, **{"steps": DEFAULT_STEPS, **extra, **sizes})
+
+
+def load_fit(cfg: BenchConfig) -> tuple[nn.Module, SplitData]:
+    """The world's reference segmenter and the benchmark's fit data for ``cfg``."""
+    torch.manual_seed(cfg.seed)
+    segmenter = load_reference_segmenter(world=cfg.world)
+    return segmenter, load_fit_split(segmenter, cfg)
+
+
+def _schedule(steps: int, kind: str) -> dict[str, Any]:
+    """``"default"``: the library's; ``"paper"``: the release's shape scaled to ``steps``
+    (8 % warm-up, x0.1 every 30 % of the steps, weight decay 0.01)."""
+    if kind == "default":
+        return {}
+    return {
+        "warmup_steps": round(0.08 * steps),
+        "decay_every": round(0.3 * steps),
+        "weight_decay": 0.01,
+    }
+
+
+def fit_fed_c(
+    segmenter: nn.Module,
+    data: SplitData,
+    cfg: BenchConfig,
+    settings: dict[str, Any] | None = None,
+    *,
+    schedule: str = "default",
+) -> FlowEneDet:
+    """FED-C with ``settings`` fitted for ``cfg.steps`` on ``data`` (statistics from its
+    first ``cfg.train_scenes`` items); prints the fit time."""
+    started = time.perf_counter()
+    det = FlowEneDet(
+        segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed, **(settings or {})
+    )
+    det.fit_logits(
+        data.logits,
+        data.labels,
+        data.features,
+        batch_size=cfg.batch_size,
+        stats_items=cfg.train_scenes,
+        steps=cfg.steps,
+        progress=False,
+        **_schedule(cfg.steps, schedule),
+    )
+    print(f"  fitted in {time.perf_counter() - started:.0f} s", flush=True)
+    return det
+
+
+def rescored(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
+    """The same fitted detector scored with other score-time settings."""
+    copy = FlowEneDet(det.segmenter)
+    copy.config = type(det.config)(**{**vars(det.config), **change})
+    copy.flow, copy.stats, copy._tap = det.flow, det.stats, det._tap
+    return copy
+
+
+@torch.no_grad()
+def score_with_images(split: SplitData, det: FlowEneDet, name: str, cfg: BenchConfig) -> None:
+    """``det.score`` on the split's images (test-time augmentation needs them)."""
+    parts: dict[str, list] = {}
+    for start in range(0, len(split.labels), cfg.batch_size):
+        maps = det.score(split.images[start : start + cfg.batch_size].float() / 255)
+        for kind in MAPS:
+            parts.setdefault(f"{name} {kind}", []).append(getattr(maps, kind))
+    split.scores |= {key: torch.cat(value) for key, value in parts.items()}
+
+
+def print_table(title: str, detectors, baselines, rows) -> None:
+    """The quality bar's columns for each of ``detectors`` (row names in ``rows``), then
+    the best of ``baselines`` per column."""
+    print(f"\n### {title}\n")
+    titles = [f"{t.upper()} {metric.upper()} ({m})" for t, metric, m in QUALITY_BAR]
+    print("| FED-C | " + " | ".join(titles) + " |")
+    print("| --- |" + " --: |" * len(QUALITY_BAR))
+    for name in detectors:
+        cells = [f"{100 * rows[f'{name} {m}'][t][metric]:.2f}" for t, metric, m in QUALITY_BAR]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    best, baseline_rows = [], {name: rows[name] for name in baselines}
+    for task, metric, _ in QUALITY_BAR:
+        winner = best_baseline(baseline_rows, task, metric)
+        best.append(f"{100 * rows[winner][task][metric]:.2f} {winner}")
+    print("| best baseline | " + " | ".join(best) + " |", flush=True)
