@@ -37,15 +37,12 @@ import argparse
 import time
 from typing import Any
 
-import torch
-
-from benchmarks.common import fit_fed_c, print_table, rescored, score_with_images
+from benchmarks.common import fit_fed_c, load_fit, print_table, rescored, score_with_images
 from flowenedet import FlowEneDet
 from flowenedet.config import DEFAULT_STEPS, preset
 from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
-from flowenedet.zoo import load_reference_segmenter
+from flowenedet.evaluation.splits import load_split, shifted_split
 
 PAPER, _ = preset("paper-deeplabv3plus")
 DEFAULT = {  # flowenedet 0.1's default detector
@@ -85,9 +82,7 @@ def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
     cfg.steps = steps or DEFAULT_STEPS
     if val_scenes:
         cfg.val_scenes = val_scenes
-    torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=world)
-    data = load_fit_split(segmenter, cfg)
+    segmenter, data = load_fit(cfg)
     settings: dict[str, Any] = dict(PAPER)
     detectors: dict[str, FlowEneDet] = {}
     for row, change, refit in ROWS:

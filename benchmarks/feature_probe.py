@@ -27,7 +27,7 @@ from flowenedet.evaluation import baselines
 from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.metrics import average_precision
 from flowenedet.evaluation.splits import SplitData, load_split, shifted_split
-from flowenedet.flow import pool_feature_channels
+from flowenedet.flow import pixels, pool_feature_channels
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 from flowenedet.postprocess import resize, resize_labels, upsampled_argmax
 from flowenedet.training import miss_targets
@@ -79,21 +79,16 @@ def train_probe(x: Tensor, target: Tensor, columns: int, steps: int = 2000) -> C
     @torch.no_grad()
     def apply(maps: Tensor) -> Tensor:
         b, _, h, w = maps.shape
-        rows = maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])[:, :columns]
-        return net((rows - mean) / std).view(b, h, w)
+        return net((pixels(maps)[:, :columns] - mean) / std).view(b, h, w)
 
     return apply
-
-
-def _rows(maps: Tensor) -> Tensor:
-    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1])
 
 
 def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None:
     cfg = study_config(world, train_scenes=train_scenes, val_scenes=val_scenes, seed=seed)
     segmenter, fit = load_fit(cfg)
     inputs = Inputs(fit, cfg.train_scenes)
-    x = _rows(inputs(fit))
+    x = pixels(inputs(fit))
     valid, miss = miss_targets(fit.logits, fit.labels, IGNORE_INDEX)  # soft, as the flow's
     low_labels = resize_labels(fit.labels, fit.logits.shape[-2:]).flatten()
     known = valid.flatten()
@@ -116,22 +111,30 @@ def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None
         columns = [f"{t} AP, {r} res." for t in ("IDM", "OOD") for r in ("logit", "image")]
         print("| score | " + " | ".join(columns) + " |")
         print("| --- | --: | --: | --: | --: |")
+        views = [_view(split, image) for image in (False, True)]
         for name, score in scores.items():
-            cells = [_ap(score, split, task, image) for task in ("idm", "ood") for image in (0, 1)]
+            cells = [
+                _ap(score, *view, task, segmenter.num_classes)
+                for task in ("idm", "ood")
+                for view in views
+            ]
             print(f"| {name} | " + " | ".join(f"{100 * c:.2f}" for c in cells) + " |", flush=True)
 
 
-def _ap(score: Tensor, split: SplitData, task: str, image_resolution: bool) -> float:
-    """AP of ``score`` ``(B, h, w)`` for ``task`` at logit or image resolution."""
-    if image_resolution:
-        size = tuple(split.labels.shape[-2:])
-        labels, score = split.labels, resize(score, size)
-        pred = torch.cat(
-            [upsampled_argmax(split.logits[i : i + 8], size) for i in range(0, len(labels), 8)]
-        )
-    else:
-        labels, pred = resize_labels(split.labels, split.logits.shape[-2:]), split.logits.argmax(1)
-    known = labels < split.logits.shape[1]  # a known class
+def _view(split: SplitData, image_resolution: bool) -> tuple[Tensor, Tensor]:
+    """``(labels, prediction)`` at logit resolution (nearest labels, the logits' argmax)
+    or at image resolution (the labels, the upsampled argmax)."""
+    if not image_resolution:
+        return resize_labels(split.labels, split.logits.shape[-2:]), split.logits.argmax(1)
+    size = tuple(split.labels.shape[-2:])
+    pred = [upsampled_argmax(split.logits[i : i + 8], size) for i in range(0, len(split.labels), 8)]
+    return split.labels, torch.cat(pred)
+
+
+def _ap(score: Tensor, labels: Tensor, pred: Tensor, task: str, num_classes: int) -> float:
+    """AP of ``score`` ``(B, h, w)``, resized to ``labels``' size, for ``task``."""
+    score = resize(score, tuple(labels.shape[-2:]))
+    known = labels < num_classes
     if task == "idm":
         return average_precision(score[known], (pred != labels)[known])
     counted = known | (labels == OOD_INDEX)

@@ -73,6 +73,7 @@ def run_world(world: str, steps: int, train_scenes: int, val_scenes: int, seed: 
             n, _ = _terms(novelty, logits, features)
             m, energy = (m - scale[0]) / scale[1], (energy - scale[2]) / scale[3]
             n = (n - n_scale[0]) / n_scale[1]
+            pred = logits.argmax(1)
             for a in WEIGHTS:
                 for name, raw in {
                     f"{a} n + m + 1.5 E": a * n + m + 1.5 * energy,
@@ -81,12 +82,7 @@ def run_world(world: str, steps: int, train_scenes: int, val_scenes: int, seed: 
                 }.items():
                     r = torch.sigmoid(raw)
                     _, ood, _ = postprocess_maps(
-                        r,
-                        r,
-                        r,
-                        pred=logits.argmax(1),
-                        config=main.config,
-                        stride=main.config.stride,
+                        r, r, r, pred=pred, config=main.config, stride=main.config.stride
                     )
                     blends.setdefault(name, []).append(resize(ood, size).clamp_(0, 1))
         split.scores |= {f"FED-C ood, {k}": torch.cat(v) for k, v in blends.items()}
