@@ -23,6 +23,7 @@ __all__ = [
     "FILE_DEFAULTS",
     "POSTPROCESS_MODES",
     "PRESETS",
+    "TTA_MAPS",
     "TTA_SCALES",
     "DetectorConfig",
     "FitOptions",
@@ -129,6 +130,10 @@ sizes in logit pixels (flowenedet 0.1); at image resolution with sizes in image 
 (the reference release); sizes in image pixels, divided by the measured ``stride`` and
 applied at logit resolution."""
 TTA_SCALES = (1.0, 0.5, 0.25)  # the reference release's test-time scales
+TTA_MAPS = ("all", "ood")
+"""Which maps test-time scales average: every map and the prediction (the reference
+release), or the ``ood`` map alone, with ``idm``, ``concurrent`` and the prediction from
+the first scale."""
 FILE_DEFAULTS = {"postprocess": "logit-pixels"}
 """Settings a detector file may lack because it predates them, with the value that
 reproduces how it scored: files of flowenedet before the ``postprocess`` setting ran it
@@ -178,6 +183,7 @@ class DetectorConfig(_Checked):
     postprocess: str = setting("image-pixels-at-logits", Spec(str, choices=POSTPROCESS_MODES))
     stride: float | None = setting(None, Spec(float, 0.01, 256.0, optional=True))
     tta: bool = setting(False, Spec(bool))
+    tta_maps: str = setting("all", Spec(str, choices=TTA_MAPS))
 
 
 DEFAULT_STEPS = 1000

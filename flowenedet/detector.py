@@ -367,15 +367,18 @@ class FlowEneDet:
         """IDM, OOD and concurrent maps for ``images`` ``(B, 3, H, W)``, averaged over the
         test-time ``scales`` (default ``(1.0,)``, or the reference's ``(1.0, 0.5, 0.25)``
         when ``config.tta``). With several scales ``pred`` is the argmax of the averaged
-        upsampled softmax, as in the reference release. ``autocast`` (``torch.bfloat16``
-        or ``torch.float16``) runs the segmenter under ``torch.autocast`` and the flow's
-        networks in that precision; the maps stay float32."""
+        upsampled softmax, as in the reference release; with ``config.tta_maps="ood"``
+        only the ``ood`` map is averaged, the other maps and ``pred`` are the first
+        scale's. ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs the segmenter
+        under ``torch.autocast`` and the flow's networks in that precision; the maps stay
+        float32."""
         self._require_fitted()
         autocast = check_autocast(autocast)
         images = check_images(images)
         if scales is None:
             scales = TTA_SCALES if self.config.tta else (1.0,)
         scales = check_scales(scales)
+        averaged = MAPS if self.config.tta_maps == "all" else ("ood",)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
         images = images.to(device)  # test-time rescaling on the segmenter's device too
@@ -386,7 +389,7 @@ class FlowEneDet:
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits, features = self._tap(scaled)
             scores = self.score_logits(logits, features, size=size, autocast=autocast)
-            if len(scales) > 1:
+            if len(scales) > 1 and "idm" in averaged:
                 probs = F.interpolate(  # logits checked by score_logits
                     logits.float(), size=size, mode="bilinear", align_corners=False
                 ).softmax(1)
@@ -394,9 +397,9 @@ class FlowEneDet:
             if result is None:
                 result = scores
             else:
-                for kind in MAPS:
+                for kind in averaged:
                     getattr(result, kind).add_(getattr(scores, kind))
-        for kind in MAPS:
+        for kind in averaged:
             getattr(result, kind).div_(len(scales))
         if softmax is not None:
             result.pred = softmax.argmax(1)

@@ -580,6 +580,17 @@ def test_tta_scores_at_the_release_scales(fitted):
     assert torch.equal(explicit.ood, by_default.ood) and torch.equal(explicit.pred, by_default.pred)
 
 
+def test_tta_on_the_ood_map_alone_keeps_the_other_maps_at_the_first_scale(fitted):
+    det = copy.deepcopy(fitted["C"])
+    images, _ = make_scenes(2, seed=12, size=64)
+    one, every = det.score(images), det.score(images, scales=(1.0, 0.5, 0.25))
+    det.config.tta_maps = "ood"
+    only_ood = det.score(images, scales=(1.0, 0.5, 0.25))
+    assert torch.equal(only_ood.ood, every.ood) and not torch.equal(only_ood.ood, one.ood)
+    for kind in ("idm", "concurrent", "pred"):
+        assert torch.equal(getattr(only_ood, kind), getattr(one, kind))
+
+
 def test_image_pixel_postprocessing_at_stride_one_is_the_logit_pixel_one(fitted):
     det = copy.deepcopy(fitted["C"])
     det.config.postprocess = "logit-pixels"
