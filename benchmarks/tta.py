@@ -9,11 +9,18 @@ shifted validation splits, next to every baseline but MC dropout. The scales cos
 segmenter ``1 + 0.25 + 0.0625`` of its single-scale work.
 
     python -m benchmarks.tta --world street --train-scenes 100 --val-scenes 100 --seed 1
+
+``--why`` adds, per split, the ``ood`` map at other scale sets and the one-scale map
+averaged with its own 2x and 4x downsampled copies (smoothing alone, no second look by
+the segmenter), and the segmenter's mIoU at each single scale.
 """
 
 from __future__ import annotations
 
 import argparse
+
+import torch
+import torch.nn.functional as F
 
 from benchmarks.common import (
     fit_fed_c,
@@ -23,13 +30,60 @@ from benchmarks.common import (
     score_with_images,
     study_config,
 )
+from flowenedet import FlowEneDet
 from flowenedet.config import TTA_SCALES
 from flowenedet.evaluation.config import WORLDS, BenchConfig
+from flowenedet.evaluation.metrics import PixelEvaluator
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_split, shifted_split
+from flowenedet.evaluation.splits import SplitData, load_split, shifted_split
+
+SCALE_SETS = ((1.0, 0.5), (1.0, 0.25), (0.5,), (0.25,))
 
 
-def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None:
+def _downsampled_mean(maps: torch.Tensor, factors=(1, 2, 4)) -> torch.Tensor:
+    """``maps`` ``(N, H, W)`` averaged with copies downsampled by ``factors`` and back."""
+    size, maps = maps.shape[-2:], maps[:, None]
+    copies = [
+        F.interpolate(
+            F.interpolate(maps, scale_factor=1 / f, mode="bilinear", antialias=True),
+            size=size,
+            mode="bilinear",
+        )
+        for f in factors
+    ]
+    return torch.stack(copies).mean(0)[:, 0]
+
+
+@torch.no_grad()
+def _why(split: SplitData, det: FlowEneDet, cfg: BenchConfig) -> list[str]:
+    """Adds the ``--why`` rows to ``split.scores`` (one-scale ``idm`` and ``concurrent``
+    maps, so only the OOD columns differ) and prints the segmenter's mIoU per scale."""
+    one_scale = {kind: split.scores[f"defaults {kind}"] for kind in ("idm", "concurrent")}
+    rows = {"defaults, ood averaged with its 2x, 4x downsampled copies": None}
+    rows |= {f"defaults, scales {scales} on ood": scales for scales in SCALE_SETS}
+    ood_only = rescored(det, {"tta_maps": "ood"})
+    for name, scales in rows.items():
+        split.scores |= {f"{name} {kind}": m for kind, m in one_scale.items()}
+        if scales is None:
+            split.scores[f"{name} ood"] = _downsampled_mean(split.scores["defaults ood"])
+            continue
+        parts = []
+        for start in range(0, len(split.labels), cfg.batch_size):
+            images = split.images[start : start + cfg.batch_size].float() / 255
+            parts.append(ood_only.score(images, scales=scales).ood)
+        split.scores[f"{name} ood"] = torch.cat(parts)
+    for scale in sorted({1.0, *(s for scales in SCALE_SETS for s in scales)}, reverse=True):
+        evaluator = PixelEvaluator(det.config.num_classes)
+        for start in range(0, len(split.labels), cfg.batch_size):
+            images = split.images[start : start + cfg.batch_size].float() / 255
+            scores = det.score(images, scales=(scale,))
+            labels = split.labels[start : start + cfg.batch_size]
+            evaluator.update(scores.ood, labels, scores.pred)
+        print(f"  {split.name}: segmenter mIoU at scale {scale}: {100 * evaluator.miou():.2f}")
+    return list(rows)
+
+
+def run_world(world: str, train_scenes: int, val_scenes: int, seed: int, why: bool) -> None:
     cfg = study_config(world, train_scenes=train_scenes, val_scenes=val_scenes, seed=seed)
     segmenter, data = load_fit(cfg)
     det = fit_fed_c(segmenter, data, cfg)
@@ -47,9 +101,10 @@ def run_world(world: str, train_scenes: int, val_scenes: int, seed: int) -> None
         score_split(split, {"defaults": det}, methods, cfg)
         for name in (scales, ood_only):
             score_with_images(split, detectors[name], name, cfg)
+        names = list(detectors) + (_why(split, det, cfg) if why else [])
         rows, _ = evaluate_split(split, segmenter.num_classes)
         title = f"{world}, {split.name} ({val_scenes} scenes, {cfg.steps} steps, seed {seed})"
-        print_table(title, detectors, methods, rows)
+        print_table(title, names, methods, rows)
 
 
 def main() -> None:
@@ -58,9 +113,10 @@ def main() -> None:
     parser.add_argument("--train-scenes", type=int, default=BenchConfig.train_scenes)
     parser.add_argument("--val-scenes", type=int, default=BenchConfig.val_scenes)
     parser.add_argument("--seed", type=int, default=0, help="of the scenes and the fit")
+    parser.add_argument("--why", action="store_true", help="other scale sets, smoothing alone")
     args = parser.parse_args()
     for world in WORLDS if args.world == "all" else (args.world,):
-        run_world(world, args.train_scenes, args.val_scenes, args.seed)
+        run_world(world, args.train_scenes, args.val_scenes, args.seed, args.why)
 
 
 if __name__ == "__main__":
