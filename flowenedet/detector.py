@@ -414,7 +414,8 @@ class FlowEneDet:
         autocast: torch.dtype | None = None,
     ) -> Scores:
         """Scores from ``logits`` ``(B, K, h, w)`` (and ``features`` for FED-C), at ``size``
-        (default: the logits' size); ``autocast``: the flow's precision, as in :meth:`score`."""
+        (default: the logits' size); ``autocast``: the flow's precision, as in :meth:`score`.
+        One scale's maps whatever ``config.tta`` says: test-time scales need the images."""
         self._require_fitted()
         autocast = check_autocast(autocast)
         device = next(self.flow.parameters()).device  # logits from anywhere
