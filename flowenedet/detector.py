@@ -375,9 +375,7 @@ class FlowEneDet:
         self._require_fitted()
         autocast = check_autocast(autocast)
         images = check_images(images)
-        if scales is None:
-            scales = TTA_SCALES if self.config.tta else (1.0,)
-        scales = check_scales(scales)
+        scales = self.resolve_scales(scales)
         averaged = MAPS if self.config.tta_maps == "all" else ("ood",)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
@@ -404,6 +402,13 @@ class FlowEneDet:
         if softmax is not None:
             result.pred = softmax.argmax(1)
         return result
+
+    def resolve_scales(self, scales: Sequence[float] | None = None) -> tuple[float, ...]:
+        """The test-time scales :meth:`score` uses for ``scales``: those given (checked),
+        else the reference's ``(1.0, 0.5, 0.25)`` when ``config.tta``, else ``(1.0,)``."""
+        if scales is None:
+            scales = TTA_SCALES if self.config.tta else (1.0,)
+        return check_scales(scales)
 
     @torch.no_grad()
     def score_logits(

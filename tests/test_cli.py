@@ -205,6 +205,28 @@ def test_evaluate_prints_the_table_and_writes_json(ws, segmenter, test_data, cap
     assert report["miou"] == pytest.approx(float(torch.stack(iou).mean()), abs=1e-6)
 
 
+def test_evaluate_and_score_use_a_tta_detectors_scales_unless_told(ws, segmenter, capsys, tmp_path):
+    det = FlowEneDet.load(ws["det"], segmenter)
+    det.config.tta = True
+    tta = dict(ws, det=det.save(tmp_path / "tta.safetensors"))
+    reports = {}
+    for name, extra in (("own", []), ("one", ["--scales", "1.0"])):
+        path = tmp_path / f"{name}.json"
+        assert _evaluate(tta, capsys, "--json", str(path), "--baselines", "msp", *extra)[0] == 0
+        reports[name] = json.loads(path.read_text())
+    assert reports["own"]["scales"] == [1.0, 0.5, 0.25] and reports["one"]["scales"] == [1.0]
+    ood_ap = {name: r["methods"]["FED ood"]["ood"]["ap"] for name, r in reports.items()}
+    assert ood_ap["own"] != ood_ap["one"]
+    out = tmp_path / "maps"
+    argv = ["score", str(ws["test"][0] / "frame0.png"), "--detector", str(tta["det"])]
+    assert _run(capsys, [*argv, "--out", str(out), *_model(ws), "--no-progress"])[0] == 0
+    image = FolderDataset(ws["test"][0])[0][0][None]
+    scored = np.load(out / "frame0_ood.npy").astype(np.float32)
+    at_scales = det.score(image, scales=(1.0, 0.5, 0.25)).ood[0].numpy()
+    np.testing.assert_allclose(scored, at_scales, atol=2e-3)
+    assert np.abs(scored - det.score(image, scales=(1.0,)).ood[0].numpy()).max() > 1e-2
+
+
 def test_evaluate_histogram_mode_matches_exact_for_bounded_scores(ws, capsys, tmp_path):
     exact, binned = tmp_path / "exact.json", tmp_path / "binned.json"
     assert _evaluate(ws, capsys, "--json", str(exact), "--baselines", "msp", "energy")[0] == 0

@@ -136,6 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         baselines |= sml_pair(segmenter, detector.stats.mean, detector.stats.var, stride)
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
+    scales = detector.resolve_scales(args.scales)  # the detector's own unless given
     variant_c = detector.config.variant == "C"
     tap = None
     for images, labels in progress_bar(
@@ -147,10 +148,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
         logits, features = tap(images)
         size = tuple(images.shape[-2:])
-        if list(args.scales) == [1.0]:
+        if scales == (1.0,):
             maps = detector.score_logits(logits, features, size=size)
         else:
-            maps = detector.score(images, scales=args.scales)
+            maps = detector.score(images, scales=scales)
         scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
         for name, baseline in baselines.items():
             multi = name == "MC dropout"
@@ -179,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "images": len(dataset),
             "num_classes": k,
             "miou": miou,
-            "scales": list(args.scales),
+            "scales": list(scales),
             "histogram_bins": args.histogram_bins,
             "methods": rows,
         }

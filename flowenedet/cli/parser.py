@@ -152,9 +152,8 @@ DETECTOR_OPTIONS: list[Option] = [
         {
             "type": _number_in(0.05, 4.0),
             "nargs": "+",
-            "default": [1.0],
             "metavar": "S",
-            "help": "test-time scales averaged (default 1.0)",
+            "help": "test-time scales averaged (default: the detector's, 1.0 unless tta)",
         },
     ),
     ("--no-segmenter-check", {"action": "store_true", "help": "accept changed segmenter weights"}),
