@@ -376,7 +376,8 @@ class FlowEneDet:
         autocast = check_autocast(autocast)
         images = check_images(images)
         scales = self.resolve_scales(scales)
-        averaged = MAPS if self.config.tta_maps == "all" else ("ood",)
+        every_map = self.config.tta_maps == "all"
+        averaged = MAPS if every_map else ("ood",)
         size = tuple(images.shape[-2:])
         device = segmenter_device(self.segmenter)
         images = images.to(device)  # test-time rescaling on the segmenter's device too
@@ -387,7 +388,7 @@ class FlowEneDet:
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 logits, features = self._tap(scaled)
             scores = self.score_logits(logits, features, size=size, autocast=autocast)
-            if len(scales) > 1 and "idm" in averaged:
+            if len(scales) > 1 and every_map:
                 probs = F.interpolate(  # logits checked by score_logits
                     logits.float(), size=size, mode="bilinear", align_corners=False
                 ).softmax(1)
