@@ -85,14 +85,24 @@ def rescored(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
 
 
 @torch.no_grad()
-def score_with_images(split: SplitData, det: FlowEneDet, name: str, cfg: BenchConfig) -> None:
-    """``det.score`` on the split's images (test-time augmentation needs them)."""
+def score_with_images(
+    split: SplitData,
+    det: FlowEneDet,
+    name: str,
+    cfg: BenchConfig,
+    scales: tuple[float, ...] | None = None,
+) -> torch.Tensor:
+    """``det.score`` on the split's images at ``scales`` (default: the detector's own;
+    test-time augmentation needs the images): adds its maps to ``split.scores`` as
+    ``"<name> <map>"`` and returns its predictions ``(N, H, W)``."""
     parts: dict[str, list] = {}
     for start in range(0, len(split.labels), cfg.batch_size):
-        maps = det.score(split.images[start : start + cfg.batch_size].float() / 255)
-        for kind in MAPS:
-            parts.setdefault(f"{name} {kind}", []).append(getattr(maps, kind))
-    split.scores |= {key: torch.cat(value) for key, value in parts.items()}
+        images = split.images[start : start + cfg.batch_size].float() / 255
+        maps = det.score(images, scales=scales)
+        for kind in (*MAPS, "pred"):
+            parts.setdefault(kind, []).append(getattr(maps, kind))
+    split.scores |= {f"{name} {kind}": torch.cat(parts[kind]) for kind in MAPS}
+    return torch.cat(parts["pred"])
 
 
 def print_table(title: str, detectors, baselines, rows) -> None:

@@ -54,33 +54,32 @@ def _downsampled_mean(maps: torch.Tensor, factors=(1, 2, 4)) -> torch.Tensor:
     return torch.stack(copies).mean(0)[:, 0]
 
 
-@torch.no_grad()
+def _miou(split: SplitData, pred: torch.Tensor, num_classes: int) -> float:
+    evaluator = PixelEvaluator(num_classes)
+    evaluator.update(torch.zeros(pred.shape), split.labels, pred)  # scores unused by miou
+    return evaluator.miou()
+
+
 def _why(split: SplitData, det: FlowEneDet, cfg: BenchConfig) -> list[str]:
     """Adds the ``--why`` rows to ``split.scores`` (one-scale ``idm`` and ``concurrent``
     maps, so only the OOD columns differ) and prints the segmenter's mIoU per scale."""
     one_scale = {kind: split.scores[f"defaults {kind}"] for kind in ("idm", "concurrent")}
-    rows = {"defaults, ood averaged with its 2x, 4x downsampled copies": None}
-    rows |= {f"defaults, scales {scales} on ood": scales for scales in SCALE_SETS}
+    smoothed = "defaults, ood averaged with its 2x, 4x downsampled copies"
+    split.scores[f"{smoothed} ood"] = _downsampled_mean(split.scores["defaults ood"])
+    preds = {1.0: split.pred}
     ood_only = rescored(det, {"tta_maps": "ood"})
-    for name, scales in rows.items():
+    names = [smoothed]
+    for scales in SCALE_SETS:
+        names.append(f"defaults, scales {scales} on ood")
+        pred = score_with_images(split, ood_only, names[-1], cfg, scales)
+        if len(scales) == 1:  # that scale's prediction
+            preds[scales[0]] = pred
+    for name in names:
         split.scores |= {f"{name} {kind}": m for kind, m in one_scale.items()}
-        if scales is None:
-            split.scores[f"{name} ood"] = _downsampled_mean(split.scores["defaults ood"])
-            continue
-        parts = []
-        for start in range(0, len(split.labels), cfg.batch_size):
-            images = split.images[start : start + cfg.batch_size].float() / 255
-            parts.append(ood_only.score(images, scales=scales).ood)
-        split.scores[f"{name} ood"] = torch.cat(parts)
-    for scale in sorted({1.0, *(s for scales in SCALE_SETS for s in scales)}, reverse=True):
-        evaluator = PixelEvaluator(det.config.num_classes)
-        for start in range(0, len(split.labels), cfg.batch_size):
-            images = split.images[start : start + cfg.batch_size].float() / 255
-            scores = det.score(images, scales=(scale,))
-            labels = split.labels[start : start + cfg.batch_size]
-            evaluator.update(scores.ood, labels, scores.pred)
-        print(f"  {split.name}: segmenter mIoU at scale {scale}: {100 * evaluator.miou():.2f}")
-    return list(rows)
+    for scale, pred in preds.items():
+        miou = _miou(split, pred, det.config.num_classes)
+        print(f"  {split.name}: segmenter mIoU at scale {scale}: {100 * miou:.2f}")
+    return names
 
 
 def run_world(world: str, train_scenes: int, val_scenes: int, seed: int, why: bool) -> None:
