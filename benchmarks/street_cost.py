@@ -21,7 +21,7 @@ import time
 import torch
 
 from flowenedet import FlowEneDet
-from flowenedet.data import street
+from flowenedet.evaluation.worlds import street
 from flowenedet.hooks import SegmenterTap
 from flowenedet.zoo import load_reference_segmenter
 

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowenedet import io
-from flowenedet.data import embedded, street
-from flowenedet.data.embedded import SceneSet
+from flowenedet.evaluation.worlds import digits as embedded
+from flowenedet.evaluation.worlds import street
+from flowenedet.evaluation.worlds.digits import SceneSet
 from flowenedet.labels import IGNORE_INDEX
 from flowenedet.progress import progress_bar
 from flowenedet.zoo import segmenter as zoo

@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from flowenedet.cli import main
-from flowenedet.data import make_scenes
+from flowenedet.evaluation.worlds.digits import make_scenes
 from flowenedet.zoo import load_reference_segmenter
 
 pytest.importorskip("skimage")  # the embedded world needs the bench extra

@@ -102,7 +102,7 @@ def _prelude() -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from flowenedet import FlowEneDet
-    from flowenedet.data.embedded import make_scenes
+    from flowenedet.evaluation.worlds.digits import make_scenes
     from flowenedet.hooks import SegmenterTap
     from flowenedet.zoo import load_reference_segmenter
 

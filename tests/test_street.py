@@ -1,4 +1,4 @@
-"""Tests for the street world generator (flowenedet.data.street)."""
+"""Tests for the street world generator (flowenedet.evaluation.worlds.street)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from flowenedet.data import street as st
-from flowenedet.data import street_sources as src
-from flowenedet.data.street import (
+from flowenedet.evaluation.worlds import sources as src
+from flowenedet.evaluation.worlds import street as st
+from flowenedet.evaluation.worlds.street import (
     CLASS_NAMES,
     NUM_CLASSES,
     OOD_AREA,

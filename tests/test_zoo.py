@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from flowenedet.data.embedded import NUM_CLASSES, make_scenes
+from flowenedet.evaluation.worlds.digits import NUM_CLASSES, make_scenes
 from flowenedet.hooks import SegmenterTap, find_classifier, frozen
 from flowenedet.zoo import (
     REFERENCE_ARCHITECTURE,
@@ -155,7 +155,7 @@ def street_model():
 
 @pytest.fixture(scope="module")
 def street_test():
-    from flowenedet.data.street import make_scenes as make_street
+    from flowenedet.evaluation.worlds.street import make_scenes as make_street
 
     return make_street("test", 16, seed=0)
 

@@ -94,7 +94,7 @@ def _embedded(args: argparse.Namespace, split: str | None, size: Any, transform:
         raise CLIError(f"--dataset embedded makes square scenes; got --size {size}")
     side = size if isinstance(size, int) or size is None else size[0]
     require_bench_extra("--dataset embedded")
-    from ..data import make_scenes
+    from ..evaluation.worlds.digits import make_scenes
 
     kw = {"corruption": getattr(args, "corruption", None)}
     kw["severity"] = getattr(args, "severity", 0) or 0

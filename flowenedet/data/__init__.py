@@ -1,13 +1,11 @@
-"""Datasets: loaders for the public benchmarks (users bring the files) and the embedded,
-offline benchmark generated from real images shipped in PyPI packages.
+"""What a user loads: the public benchmarks' datasets in their official layouts (users
+bring the files), folders of images, and fit-time augmentation.
 
-The embedded benchmark needs the ``bench`` extra (scikit-image, mlxtend,
-imagecorruptions-imaug); it is imported only when used.
+The embedded benchmark's generated worlds live with the evaluation:
+:mod:`flowenedet.evaluation.worlds`.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .augment import AugmentDraw, FitAugment
 from .datasets import DATASETS, FolderDataset, SegmentationFiles, load_dataset
@@ -17,18 +15,6 @@ __all__ = [
     "AugmentDraw",
     "FitAugment",
     "FolderDataset",
-    "SceneSet",
     "SegmentationFiles",
     "load_dataset",
-    "make_scenes",
 ]
-
-_EMBEDDED = {"SceneSet", "make_scenes", "NUM_CLASSES", "CLASS_NAMES", "SPLITS"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EMBEDDED:
-        from . import embedded
-
-        return getattr(embedded, name)
-    raise AttributeError(f"module 'flowenedet.data' has no attribute {name!r}")

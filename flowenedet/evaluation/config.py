@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .worlds import WORLDS
+
 __all__ = [
     "CORRUPTIONS",
     "FEATURE_LAYER",
@@ -16,9 +18,6 @@ __all__ = [
     "sml_postprocess",
 ]
 
-WORLDS = ("digits", "street")
-"""The embedded worlds: :mod:`flowenedet.data.embedded` (96 x 96 scenes, logits at stride 4)
-and :mod:`flowenedet.data.street` (256 x 512 scenes, logits at stride 8)."""
 REFERENCE_SML_SIZES = {"boundary_width": 4, "boundary_iterations": 4, "dilation": 6}
 """SML's post-processing in the reference release, in image pixels at full resolution."""
 

@@ -1,6 +1,6 @@
 """The embedded, offline benchmark: FlowEneDet against every baseline on the same pixels.
 
-Pipeline: generate scenes (:mod:`flowenedet.data.embedded`), run the shipped reference
+Pipeline: generate scenes (:mod:`flowenedet.evaluation.worlds.digits`), run the shipped reference
 segmenter (:mod:`flowenedet.zoo`) once per split and keep its logits and decoder
 features, fit FED-U and FED-C on the train split's outputs (``fit_logits``), score every
 method on validation and test splits (clean and corrupted), and evaluate with

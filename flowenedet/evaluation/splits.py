@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +10,9 @@ from torch import Tensor, nn
 from ..hooks import SegmenterTap
 from ..progress import progress_bar
 from .config import FEATURE_LAYER, BenchConfig
+from .worlds import world_module
 
-__all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split", "world_data"]
+__all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split"]
 
 
 @dataclass
@@ -32,28 +32,15 @@ class SplitData:
     pred: Tensor | None = None
 
 
-def world_data(world: str) -> Any:
-    """The scene module of ``world``: :mod:`flowenedet.data.embedded` or ``.street``."""
-    if world == "digits":
-        from ..data import embedded
-
-        return embedded
-    if world == "street":
-        from ..data import street
-
-        return street
-    raise ValueError(f"world must be 'digits' or 'street', got {world!r}")
-
-
 def load_split(
     segmenter: nn.Module, split: str, num: int, cfg: BenchConfig, corruption=None, severity=0
 ) -> SplitData:
     """Generate a split and run the segmenter over it once, in batches.
 
-    ``corruption`` and ``severity`` as for :func:`flowenedet.data.embedded.make_scenes`;
+    ``corruption`` and ``severity`` as for :func:`flowenedet.evaluation.worlds.digits.make_scenes`;
     the scenes come from ``cfg.world``.
     """
-    make_scenes = world_data(cfg.world).make_scenes
+    make_scenes = world_module(cfg.world).make_scenes
     size = {} if cfg.size is None else {"size": cfg.size}
     scenes = make_scenes(
         split, num, seed=cfg.seed, corruption=corruption, severity=severity, **size
@@ -81,7 +68,7 @@ def load_split(
 
 def load_fit_split(segmenter: nn.Module, cfg: BenchConfig) -> SplitData:
     """The training scenes, followed by a copy shifted by ``cfg.fit_corruptions`` (if any)."""
-    from ..data.embedded import MAX_SEVERITY
+    from .worlds.shift import MAX_SEVERITY
 
     train = load_split(segmenter, "train", cfg.train_scenes, cfg)
     if not cfg.fit_corruptions:
@@ -97,6 +84,6 @@ def load_fit_split(segmenter: nn.Module, cfg: BenchConfig) -> SplitData:
 def shifted_split(cfg: BenchConfig) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
     """``(corruptions, severities)`` of the shifted splits, as ``make_scenes`` takes them
     (every ``cfg.shift`` type at every severity 1-4); None when ``cfg.shift`` is empty."""
-    from ..data.embedded import MAX_SEVERITY
+    from .worlds.shift import MAX_SEVERITY
 
     return (tuple(cfg.shift), tuple(range(1, MAX_SEVERITY + 1))) if cfg.shift else None

@@ -6,9 +6,9 @@ reference, 8 for the street world's (:data:`STREET_ARCHITECTURE`). The decoder e
 ``dropout -> classifier``, where ``classifier`` is a
 ``Conv2d(hidden, K, 1)``: FlowEneDet's FED-C reads the classifier's input as decoder
 features, and the dropout makes MC dropout a meaningful baseline. The trained weights for
-the 11 classes of :mod:`flowenedet.data.embedded` and for the 8 classes of
-:mod:`flowenedet.data.street` ship with the package as safetensors (``digits.safetensors``,
-``street.safetensors``) and load without pickle or network.
+the 11 classes of :mod:`flowenedet.evaluation.worlds.digits` and for the 8 classes of
+:mod:`flowenedet.evaluation.worlds.street` ship with the package as safetensors
+(``digits.safetensors``, ``street.safetensors``) and load without pickle or network.
 """
 
 from __future__ import annotations
@@ -188,8 +188,9 @@ def load_reference_segmenter(
     device: str | torch.device = "cpu", world: str = "digits"
 ) -> DigitSegmenter:
     """The trained reference segmenter of ``world`` (``"digits"``:
-    :mod:`flowenedet.data.embedded`, ``"street"``: :mod:`flowenedet.data.street`), in eval
-    mode. Loads the safetensors file shipped inside the package (no pickle, no network)."""
+    :mod:`flowenedet.evaluation.worlds.digits`, ``"street"``:
+    :mod:`flowenedet.evaluation.worlds.street`), in eval mode. Loads the safetensors file
+    shipped inside the package (no pickle, no network)."""
     tensors, card = _read_weights(world)
     architecture = card.get("architecture")
     if not isinstance(architecture, Mapping):

