@@ -5,24 +5,24 @@ Three lines::
     from flowenedet import FlowEneDet
     det = FlowEneDet(model).fit(train_loader)
     maps = det.score(images)  # maps.idm / .ood / .concurrent: (B, H, W) in [0, 1]; maps.pred
+
+The detector is the core (image -> hooks -> energy -> flow -> post-processing -> maps);
+measuring it (metrics, baselines, the embedded benchmark) lives in
+:mod:`flowenedet.evaluation` and is imported from there (``from flowenedet.evaluation
+import baselines, metrics``); ``flowenedet.PixelEvaluator`` loads it on first use.
+``flowenedet.metrics`` and ``flowenedet.baselines`` are deprecated spellings.
 """
 
 from __future__ import annotations
 
-import sys
+import importlib
+from typing import Any
 
-from .detector import DetectorConfig, FlowEneDet, Scores, Stats
+from .config import DetectorConfig
+from .detector import FlowEneDet, Scores, Stats
 from .energy import ClassStats, energy_inputs, flow_inputs
-from .evaluation import baselines, metrics
-from .evaluation.metrics import PixelEvaluator
 from .io import FormatError
 from .labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
-
-# ``flowenedet.metrics`` and ``flowenedet.baselines`` stay importable under their old names
-# (``import flowenedet.metrics``, ``from flowenedet.baselines import MSP``): the very module
-# objects of :mod:`flowenedet.evaluation`, so monkeypatching one patches the other.
-sys.modules[f"{__name__}.metrics"] = metrics
-sys.modules[f"{__name__}.baselines"] = baselines
 
 __version__ = "0.1.0"
 
@@ -43,3 +43,18 @@ __all__ = [
     "flow_inputs",
     "metrics",
 ]
+
+_LAZY = {
+    "baselines": ("flowenedet.baselines", None),  # deprecated shims, with a warning
+    "metrics": ("flowenedet.metrics", None),
+    "PixelEvaluator": ("flowenedet.evaluation.metrics", "PixelEvaluator"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The evaluation side's names, imported on first use: the core never needs them."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = importlib.import_module(module)
+    return value if attribute is None else getattr(value, attribute)

@@ -1,8 +1,8 @@
 """Reject thresholds calibrated on held-out labelled data and stored with the detector.
 
-One threshold per map for the rule ``score > t`` (rejected), chosen by the metric
-module's threshold search (:meth:`flowenedet.evaluation.metrics.PixelEvaluator.threshold`)
-on the task whose positives the map is meant to flag, with the benchmark's conventions:
+One threshold per map for the rule ``score > t`` (rejected), chosen by the threshold
+search of :mod:`flowenedet.thresholds` (the one the metrics use) on the task whose
+positives the map is meant to flag, with the benchmark's conventions:
 
 * ``idm`` -> task ``"idm"``: misclassified class-labelled pixels;
 * ``ood`` -> task ``"ood"``: OOD pixels (label ``OOD_INDEX``) against in-distribution ones;
@@ -23,8 +23,8 @@ from torch import Tensor
 
 from .checks import check_labels
 from .config import Spec, check_field
-from .evaluation.metrics import PixelEvaluator, Target, check_target
 from .labels import IGNORE_INDEX, PADDING_INDEX
+from .thresholds import Target, TaskHistogram, check_target
 
 __all__ = ["DEFAULT_BINS", "MAP_TASKS", "Calibration", "calibrate_maps", "check_maps"]
 
@@ -59,7 +59,7 @@ class Calibration:
 
     Attributes:
         target: what each threshold achieved on the calibration data (see
-            :data:`flowenedet.evaluation.metrics.Target`).
+            :data:`flowenedet.thresholds.Target`).
         thresholds: ``{map: t}``, a pixel of that map is rejected when ``score > t``.
     """
 
@@ -113,24 +113,21 @@ def calibrate_maps(
     """
     target, maps = check_target(target), check_maps(maps)
     bins = check_field("calibrate", "bins", bins, BINS)
-    evaluators = {
-        m: PixelEvaluator(num_classes, score_range=(0.0, 1.0), bins=bins, ignore_index=ignore_index)
-        for m in maps
-    }
+    histograms = {m: TaskHistogram(num_classes, (0.0, 1.0), bins, ignore_index) for m in maps}
     seen = 0
     for scores, labels in batches:
         labels = check_labels(labels, scores.idm.shape[-2:], len(scores.idm), None, ignore_index)
         labels = labels.masked_fill(labels == PADDING_INDEX, ignore_index).cpu()
         pred = scores.pred.cpu()
-        for m, evaluator in evaluators.items():
-            evaluator.update(getattr(scores, m).float().cpu(), labels, pred)
+        for m, histogram in histograms.items():
+            histogram.update(getattr(scores, m).float().cpu(), labels, pred)
         seen += 1
     if not seen:
         raise ValueError("the calibration loader yielded no batches")
     thresholds = {}
-    for m, evaluator in evaluators.items():
+    for m, histogram in histograms.items():
         try:
-            t = evaluator.threshold(MAP_TASKS[m], target)
+            t = histogram.threshold(MAP_TASKS[m], target)
         except ValueError as error:
             raise ValueError(
                 f"cannot calibrate the {m!r} map: {error}; its positives are {POSITIVES[m]}. "

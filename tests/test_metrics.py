@@ -1,9 +1,12 @@
-"""Tests for flowenedet.metrics: exact curves vs scikit-learn, histogram mode, tasks, mIoU."""
+"""Tests for flowenedet.evaluation.metrics: exact curves vs scikit-learn, histogram mode,
+tasks, mIoU."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,7 +198,7 @@ def test_clean_split_reports_ood_as_none_with_a_warning(caplog):
     labels = np.where(LABELS == OOD_INDEX, 0, LABELS)
     ev = PixelEvaluator(3)
     ev.update(np.nan_to_num(SCORES), labels, PREDS)
-    with caplog.at_level(logging.WARNING, logger="flowenedet.metrics"):
+    with caplog.at_level(logging.WARNING, logger="flowenedet.evaluation.metrics"):
         out = ev.compute()
     assert out["ood"] is None
     assert out["idm"] is not None and out["cdd"] is not None
@@ -367,14 +370,24 @@ def test_tied_infinite_scores_are_one_group_whatever_their_order():
         )
 
 
-def test_the_old_module_names_are_the_evaluation_modules():
-    import flowenedet.baselines
-    import flowenedet.metrics
-    from flowenedet.baselines import MSP
-    from flowenedet.metrics import auroc as old_auroc
-
-    import flowenedet.evaluation
-
-    assert flowenedet.metrics is flowenedet.evaluation.metrics
-    assert flowenedet.baselines is flowenedet.evaluation.baselines
-    assert old_auroc is auroc and MSP is flowenedet.evaluation.baselines.MSP
+def test_the_old_module_names_still_work_with_a_deprecation_warning():
+    script = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('error', DeprecationWarning)\n"
+        "import flowenedet\n"
+        "assert 'flowenedet.evaluation' not in sys.modules, 'the core imported evaluation'\n"
+        "try:\n"
+        "    from flowenedet.metrics import auroc\n"
+        "except DeprecationWarning as warning:\n"
+        "    assert 'flowenedet.evaluation.metrics' in str(warning)\n"
+        "else:\n"
+        "    raise AssertionError('no DeprecationWarning')\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "from flowenedet.metrics import auroc\n"
+        "from flowenedet.baselines import MSP\n"
+        "import flowenedet.evaluation.baselines as b, flowenedet.evaluation.metrics as m\n"
+        "assert auroc is m.auroc and MSP is b.MSP\n"
+        "assert flowenedet.PixelEvaluator is m.PixelEvaluator\n"
+        "assert flowenedet.metrics.auroc is m.auroc\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)

@@ -3,9 +3,9 @@
 Modules, in the order data flows through them:
 
 - :mod:`~flowenedet.evaluation.metrics`: pixel-pooled AUROC / AP / FPR95 / open-mIoU
-  (also importable as ``flowenedet.metrics``);
+  (``flowenedet.metrics`` is its deprecated spelling);
 - :mod:`~flowenedet.evaluation.baselines`: MSP, MaxLogit, Energy, Entropy, SML, MC
-  dropout (also importable as ``flowenedet.baselines``);
+  dropout (``flowenedet.baselines`` is its deprecated spelling);
 - :mod:`~flowenedet.evaluation.config`: :class:`BenchConfig` and its presets;
 - :mod:`~flowenedet.evaluation.splits`: generated scenes with the segmenter's outputs;
 - :mod:`~flowenedet.evaluation.runner`: ``run_demo`` / ``run_bench`` (``flowenedet demo`` /
@@ -13,12 +13,8 @@ Modules, in the order data flows through them:
 - :mod:`~flowenedet.evaluation.report`: Markdown tables and the quality bar;
 - :mod:`~flowenedet.evaluation.plots`: scene panels and ROC / PR curves.
 
-Only ``metrics`` and ``baselines`` are imported with the package; the runner and the
-rest need the ``bench`` extra and load on first use.
+Import the modules you need (``from flowenedet.evaluation import baselines, metrics``);
+the runner and the worlds need the ``bench`` extra.
 """
 
 from __future__ import annotations
-
-from . import baselines, metrics
-
-__all__ = ["baselines", "metrics"]

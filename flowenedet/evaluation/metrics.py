@@ -1,230 +1,60 @@
-"""Pooled pixel metrics: AUROC / AP / FPR95 for OOD, IDM and CDD, mIoU and open-mIoU.
+"""Pooled pixel metrics over streams of maps: AUROC / AP / FPR95 for the OOD, IDM and CDD
+tasks (:mod:`flowenedet.thresholds` defines them), mIoU and open-mIoU.
 
-Conventions (docs/benchmarks.md, "Metric conventions"): all valid pixels of all
-images are pooled into one curve (per-image averages on request); a higher score means
-more suspicious.
-
-* ``"ood"``: positives are OOD pixels, negatives are in-distribution pixels (a class
-  label or ``UNLABELLED_ID``).
-* ``"idm"``: over pixels with a class label only; positives are ``pred != label``.
-* ``"cdd"``: over class-labelled and OOD pixels; positives are OOD or ``pred != label``.
-
-``IGNORE_INDEX`` pixels are left out of everything, ``UNLABELLED_ID`` pixels out of
-everything but ``"ood"``.
-
-Threshold rule: a pixel is flagged (rejected) when ``score > threshold``. The thresholds
-of :func:`threshold_at` / :meth:`PixelEvaluator.threshold` (F1-optimal, or at a target FPR
-or TPR) and open-mIoU all use this rule. An open-set prediction marks rejected pixels with
-the class ``K`` (``num_classes``), the ``K + 1``-th class of open-mIoU.
+Conventions (docs/benchmarks.md, "Metric conventions"): all valid pixels of all images
+are pooled into one curve (per-image averages on request); a higher score means more
+suspicious. ``IGNORE_INDEX`` pixels are left out of everything, ``UNLABELLED_ID`` pixels
+out of everything but ``"ood"``. A pixel is flagged when ``score > threshold``; an
+open-set prediction marks rejected pixels with the class ``K`` (``num_classes``), the
+``K + 1``-th class of open-mIoU. The exact functions of one curve (``auroc``,
+``average_precision``, ...) live in :mod:`flowenedet.evaluation.curves` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
+from ..labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
+from ..thresholds import (
+    CORRECT,
+    OOD,
+    TASK_CODES,
+    TASKS,
+    UNLABELLED,
+    WRONG,
+    Bins,
+    Target,
+    check_target,
+    code_table,
+    cut_index,
+    exact_counts,
+    exact_threshold,
+    pixel_codes,
+    sorted_counts,
+    threshold_at,
+    to_numpy,
+)
+from .curves import (
+    auroc,
+    average_precision,
+    check_tpr,
+    curve_metrics,
+    f1_optimal_threshold,
+    fpr_at_tpr,
+)
+from .report import format_table
 
 __all__ = ["TASKS", "OpenSetIoU", "PixelEvaluator", "Target", "auroc", "average_precision"]
 __all__ += ["check_target", "f1_optimal_threshold", "format_table", "fpr_at_tpr", "threshold_at"]
 
 logger = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("ood", "idm", "cdd")
-"""Task names reported by :meth:`PixelEvaluator.compute`, in table order."""
 
-ArrayLike = np.ndarray | torch.Tensor
-Target = str | tuple[str, float]
-"""What a threshold achieves: ``"f1"`` (the F1-optimal cut), ``("fpr", r)`` (the lowest
-threshold whose false-positive rate is at most ``r``) or ``("tpr", r)`` (the highest
-threshold whose true-positive rate reaches ``r``)."""
-
-# Pixel categories kept by the evaluator.
-_CORRECT, _WRONG, _OOD, _UNLABELLED = 0, 1, 2, 3
-# Categories taking part in each task, and those of them that are positives.
-_TASK_CODES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "ood": ((_CORRECT, _WRONG, _OOD, _UNLABELLED), (_OOD,)),
-    "idm": ((_CORRECT, _WRONG), (_WRONG,)),
-    "cdd": ((_CORRECT, _WRONG, _OOD), (_WRONG, _OOD)),
-}
-
-
-# --------------------------------------------------------------------------- helpers
-def _code_table(codes: tuple[int, ...]) -> np.ndarray:
-    """A (256,) bool lookup table that is True at ``codes`` (uint8 pixel codes)."""
-    table = np.zeros(256, dtype=np.bool_)
-    table[list(codes)] = True
-    return table
-
-
-def _to_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
-    return np.asarray(x)
-
-
-def _binary_inputs(scores: ArrayLike, positives: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and flatten ``scores`` (float64) and ``positives`` (bool)."""
-    s = _to_numpy(scores)
-    p = _to_numpy(positives)
-    if s.shape != p.shape:
-        raise ValueError(f"scores has shape {s.shape} but positives has shape {p.shape}")
-    s = s.reshape(-1).astype(np.float64, copy=False)
-    if np.isnan(s).any():
-        raise ValueError(f"scores contains {int(np.isnan(s).sum())} NaN value(s)")
-    p = p.reshape(-1)
-    if p.dtype != np.bool_:
-        if p.size and not np.isin(p, (0, 1)).all():
-            raise ValueError(
-                f"positives must be boolean or 0/1, got values {np.unique(p)[:5].tolist()}"
-            )
-        p = p.astype(np.bool_)
-    return s, p
-
-
-def _check_both(n_pos: int, n_neg: int, task: str) -> None:
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(
-            f"{task}: needs positives and negatives, got {n_pos} positive(s) "
-            f"and {n_neg} negative(s)"
-        )
-
-
-def _exact_counts(
-    scores: np.ndarray, positives: np.ndarray, task: str = "positives"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative (tps, fps, thresholds) at each distinct score, highest first."""
-    order = np.argsort(scores, kind="stable")[::-1]
-    return _sorted_counts(scores[order], positives[order], task)
-
-
-def _sorted_counts(
-    s_desc: np.ndarray, p_desc: np.ndarray, task: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    n_pos = int(np.count_nonzero(p_desc))
-    _check_both(n_pos, p_desc.size - n_pos, task)
-    # distinct scores by comparison, not np.diff: inf - inf is NaN, so tied infinities
-    # would otherwise be split in input order
-    last = np.r_[np.flatnonzero(s_desc[1:] != s_desc[:-1]), s_desc.size - 1]
-    tps = np.cumsum(p_desc, dtype=np.int64)[last]
-    return tps, last + 1 - tps, s_desc[last]
-
-
-def _curve_metrics(tps: np.ndarray, fps: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
-    """AUROC, AP and FPR at ``tpr`` from cumulative counts at distinct thresholds."""
-    n_pos, n_neg = float(tps[-1]), float(fps[-1])
-    t = tps.astype(np.float64)
-    f = fps.astype(np.float64)
-    t_prev = np.r_[0.0, t[:-1]]
-    f_prev = np.r_[0.0, f[:-1]]
-    area = float(np.sum((f - f_prev) * (t + t_prev))) / (2.0 * n_pos * n_neg)
-    ap = float(np.sum((t - t_prev) / n_pos * (t / (t + f))))
-    hit = int(np.argmax(t / n_pos >= tpr))
-    return {"auroc": area, "ap": ap, "fpr95": float(f[hit] / n_neg)}
-
-
-def _best_f1_index(tps: np.ndarray, fps: np.ndarray) -> int:
-    """Index of the cut (flag thresholds ``0..k``) with the highest F1, first on ties."""
-    f1 = 2.0 * tps / (tps + fps + float(tps[-1]))
-    return int(np.argmax(f1))
-
-
-def _check_tpr(tpr: float) -> None:
-    if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-
-
-def check_target(target: Any) -> Target:
-    """``target`` as ``"f1"`` or ``(kind, rate)`` with a float rate; ``ValueError`` otherwise
-    (``"fpr"`` rates lie in [0, 1], ``"tpr"`` rates in (0, 1])."""
-    if target == "f1":
-        return "f1"
-    if (
-        isinstance(target, (tuple, list))
-        and len(target) == 2
-        and target[0] in ("fpr", "tpr")
-        and isinstance(target[1], (int, float))
-        and not isinstance(target[1], bool)
-    ):
-        kind, rate = target[0], float(target[1])
-        low_ok = rate >= 0.0 if kind == "fpr" else rate > 0.0
-        if low_ok and rate <= 1.0:  # NaN fails too
-            return (kind, rate)
-    raise ValueError(
-        f'target must be "f1", ("fpr", r) with r in [0, 1] or ("tpr", r) with r in (0, 1]; '
-        f"got {target!r}"
-    )
-
-
-def _cut_index(tps: np.ndarray, fps: np.ndarray, target: Target) -> int | None:
-    """The cut (flag thresholds ``0..k``) that meets ``target``; ``None``: flag nothing."""
-    if target == "f1":
-        return _best_f1_index(tps, fps)
-    kind, rate = target
-    if kind == "tpr":  # the first (highest) threshold whose TPR reaches the rate
-        return int(np.argmax(tps / float(tps[-1]) >= rate))
-    within = np.flatnonzero(fps / float(fps[-1]) <= rate)  # FPR grows with k
-    return int(within[-1]) if within.size else None
-
-
-# ------------------------------------------------------------------ exact functions
-def auroc(scores: ArrayLike, positives: ArrayLike) -> float:
-    """Area under the ROC curve (trapezoid rule, ties grouped), any shape, flattened."""
-    tps, fps, _ = _exact_counts(*_binary_inputs(scores, positives))
-    return _curve_metrics(tps, fps)["auroc"]
-
-
-def average_precision(scores: ArrayLike, positives: ArrayLike) -> float:
-    """Step-wise average precision, ``sum (R_n - R_{n-1}) P_n`` as in scikit-learn."""
-    tps, fps, _ = _exact_counts(*_binary_inputs(scores, positives))
-    return _curve_metrics(tps, fps)["ap"]
-
-
-def fpr_at_tpr(scores: ArrayLike, positives: ArrayLike, tpr: float = 0.95) -> float:
-    """False-positive rate at the first (highest) threshold whose TPR reaches ``tpr``."""
-    _check_tpr(tpr)
-    tps, fps, _ = _exact_counts(*_binary_inputs(scores, positives))
-    return _curve_metrics(tps, fps, tpr)["fpr95"]
-
-
-def _threshold_between(upper: float, lower: float) -> float:
-    """A value ``t`` with ``lower <= t < upper`` (the midpoint when representable)."""
-    mid = upper / 2.0 + lower / 2.0
-    return float(mid) if lower <= mid < upper else float(lower)
-
-
-def _exact_threshold(thr: np.ndarray, k: int | None) -> float:
-    """``t`` for the rule ``score > t`` that flags exactly the scores ``thr[:k + 1]``."""
-    if k is None:
-        return float(thr[0])
-    return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
-
-
-def threshold_at(scores: ArrayLike, positives: ArrayLike, target: Target = "f1") -> float:
-    """Threshold ``t`` of the rule ``score > t`` that meets ``target`` (see :data:`Target`).
-
-    ``t`` lies halfway between the lowest flagged score and the highest unflagged one,
-    so ``score > t`` reproduces the chosen cut exactly on these data; ``-inf`` when
-    flagging every pixel is needed, the highest score when flagging none is.
-    """
-    target = check_target(target)
-    tps, fps, thr = _exact_counts(*_binary_inputs(scores, positives))
-    return _exact_threshold(thr, _cut_index(tps, fps, target))
-
-
-def f1_optimal_threshold(scores: ArrayLike, positives: ArrayLike) -> float:
-    """Threshold ``t`` maximising the F1 score of the rule ``score > t``:
-    :func:`threshold_at` with ``target="f1"``."""
-    return threshold_at(scores, positives, "f1")
-
-
-# ------------------------------------------------------------------ pooled evaluator
 class PixelEvaluator:
     """Streaming pooled evaluator for OOD, IDM and CDD scores over many images.
 
@@ -264,17 +94,8 @@ class PixelEvaluator:
                 "ignore_index, ood_index and unlabelled_index must be distinct and outside "
                 f"0..{num_classes - 1}, got {specials}"
             )
-        if score_range is not None:
-            lo, hi = (float(v) for v in score_range)
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                raise ValueError(
-                    f"score_range must be finite (lo, hi) with lo < hi, got {score_range}"
-                )
-            if int(bins) < 1:
-                raise ValueError(f"bins must be >= 1, got {bins}")
-            self.score_range: tuple[float, float] | None = (lo, hi)
-        else:
-            self.score_range = None
+        self._bins = Bins(*score_range, bins) if score_range is not None else None
+        self.score_range = None if self._bins is None else (self._bins.low, self._bins.high)
         self.num_classes = int(num_classes)
         self.bins = int(bins)
         self.ignore_index = ignore_index
@@ -300,12 +121,12 @@ class PixelEvaluator:
             else None
         )
 
-    def update(self, scores: ArrayLike, labels: ArrayLike, preds: ArrayLike) -> None:
+    def update(self, scores: Any, labels: Any, preds: Any) -> None:
         """Add a batch: float ``scores``, int ``labels`` and int ``preds``, all ``(B, H, W)``.
 
         Pixels labelled ``ignore_index`` are dropped first and may hold any score (NaN too).
         """
-        s, y, p = _to_numpy(scores), _to_numpy(labels), _to_numpy(preds)
+        s, y, p = to_numpy(scores), to_numpy(labels), to_numpy(preds)
         if s.shape != y.shape or p.shape != y.shape:
             raise ValueError(
                 f"scores has shape {s.shape}, labels {y.shape} and preds {p.shape}; "
@@ -317,35 +138,22 @@ class PixelEvaluator:
         k = self.num_classes
         images = y.shape[0] if y.ndim == 3 else 1  # per_image: measured after the checks
         image_of = np.repeat(np.arange(images), y.size // max(images, 1))
-        valid = y.reshape(-1) != self.ignore_index
+        valid, code = pixel_codes(
+            y.reshape(-1),
+            p.reshape(-1),
+            k,
+            ignore_index=self.ignore_index,
+            ood_index=self.ood_index,
+            unlabelled_index=self.unlabelled_index,
+        )
         image_of = image_of[valid]
         y = y.reshape(-1)[valid].astype(np.int64)
         p = p.reshape(-1)[valid].astype(np.int64)
         s = s.reshape(-1)[valid].astype(np.float64)
-
-        is_class = (y >= 0) & (y < k)
-        is_ood = y == self.ood_index
-        is_unl = y == self.unlabelled_index
-        bad = ~(is_class | is_ood | is_unl)
-        if bad.any():
-            raise ValueError(
-                f"labels contain values {np.unique(y[bad])[:5].tolist()} that are neither "
-                f"a class 0..{k - 1} nor ignore/ood/unlabelled "
-                f"({self.ignore_index}/{self.ood_index}/{self.unlabelled_index})"
-            )
-        bad = (p < 0) | (p >= k)
-        if bad.any():
-            raise ValueError(
-                f"preds must be classes 0..{k - 1} on valid pixels, got values "
-                f"{np.unique(p[bad])[:5].tolist()}"
-            )
         if np.isnan(s).any():
             raise ValueError(f"scores contains {int(np.isnan(s).sum())} NaN value(s)")
-
-        code = np.full(y.shape, _CORRECT, dtype=np.uint8)
-        code[is_class & (p != y)] = _WRONG
-        code[is_ood] = _OOD
-        code[is_unl] = _UNLABELLED
+        is_class = code <= WRONG
+        is_ood, is_unl = code == OOD, code == UNLABELLED
         self._confusion += np.bincount(y[is_class] * k + p[is_class], minlength=k * k)
         if self.per_image:
             for image in range(images):
@@ -356,25 +164,11 @@ class PixelEvaluator:
             self._chunks.append((s, code, p.astype(np.int32)))
             self._sorted = None
         else:
-            b = self._bin_index(s)
-            row = np.where(code == _CORRECT, p, k + p)
+            b = self._bins.index(s)
+            row = np.where(code == CORRECT, p, k + p)
             row[is_unl] = 2 * k
             idx = np.r_[row * self.bins + b, (2 * k + 1) * self.bins + b[is_ood]]
             self._hist += np.bincount(idx, minlength=self._hist.size)
-
-    def _bin_index(self, s: np.ndarray) -> np.ndarray:
-        assert self.score_range is not None
-        lo, hi = self.score_range
-        x = (np.clip(s, lo, hi) - lo) * (self.bins / (hi - lo))
-        return np.clip(np.ceil(x).astype(np.int64) - 1, 0, self.bins - 1)
-
-    def _edges(self) -> np.ndarray:
-        """Lower edge of each bin; bin 0 takes everything clamped from below."""
-        assert self.score_range is not None
-        lo, hi = self.score_range
-        edges = lo + np.arange(self.bins, dtype=np.float64) * ((hi - lo) / self.bins)
-        edges[0] = -math.inf
-        return edges
 
     # ---------------------------------------------------------------- curves
     def _stored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -390,27 +184,24 @@ class PixelEvaluator:
         """(correct (K, bins), wrong-or-OOD by pred (K, bins), unlabelled, OOD (bins,))."""
         assert self._hist is not None
         k = self.num_classes
-        h = self._hist.reshape(2 * k + 2, self.bins)
+        h = self._hist.reshape(2 * k + 2, self._bins.count)
         return h[:k], h[k : 2 * k], h[2 * k], h[2 * k + 1]
 
     def _task_counts(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cumulative (tps, fps, thresholds), highest score first; raises if degenerate."""
-        if task not in _TASK_CODES:
+        if task not in TASK_CODES:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        members, pos_codes = _TASK_CODES[task]
+        members, pos_codes = TASK_CODES[task]
         if self._hist is None:
             s, code, _ = self._stored()
-            keep = _code_table(members)[code]  # a lookup: much cheaper than np.isin
-            return _sorted_counts(s[keep], _code_table(pos_codes)[code[keep]], task)
+            keep = code_table(members)[code]  # a lookup: much cheaper than np.isin
+            return sorted_counts(s[keep], code_table(pos_codes)[code[keep]], task)
         correct, wrong_or_ood, unl, ood = self._hist_rows()
         wrong = wrong_or_ood.sum(0) - ood
-        per_code = {_CORRECT: correct.sum(0), _WRONG: wrong, _OOD: ood, _UNLABELLED: unl}
+        per_code = {CORRECT: correct.sum(0), WRONG: wrong, OOD: ood, UNLABELLED: unl}
         pos = sum(per_code[c] for c in pos_codes)
         neg = sum(per_code[c] for c in members if c not in pos_codes)
-        _check_both(int(pos.sum()), int(neg.sum()), task)
-        occupied = np.flatnonzero((pos + neg)[::-1])
-        tps, fps = np.cumsum(pos[::-1])[occupied], np.cumsum(neg[::-1])[occupied]
-        return tps, fps, self._edges()[::-1][occupied]
+        return self._bins.counts(pos, neg, task)
 
     def compute(self, tpr: float = 0.95) -> dict[str, dict[str, float] | None]:
         """``{task: {"auroc", "ap", "fpr95"}}`` as fractions for ``"ood"``, ``"idm"``, ``"cdd"``.
@@ -418,7 +209,7 @@ class PixelEvaluator:
         A task without positives or without negatives is ``None`` (logged as a warning).
         ``"fpr95"`` is the FPR at ``tpr``.
         """
-        _check_tpr(tpr)
+        check_tpr(tpr)
         out: dict[str, dict[str, float] | None] = {}
         for task in TASKS:
             try:
@@ -427,7 +218,7 @@ class PixelEvaluator:
                 logger.warning("metrics for task %r not computed: %s", task, err)
                 out[task] = None
                 continue
-            out[task] = _curve_metrics(tps, fps, tpr)
+            out[task] = curve_metrics(tps, fps, tpr)
         return out
 
     def compute_per_image(self) -> dict[str, dict[str, float] | None]:
@@ -475,13 +266,9 @@ class PixelEvaluator:
         """
         target = check_target(target)
         tps, fps, thr = self._task_counts(task)
-        k = _cut_index(tps, fps, target)
         if self._hist is None:
-            return _exact_threshold(thr, k)
-        if k is not None:
-            return float(thr[k])
-        lo, hi = self.score_range
-        return (lo if thr[0] == -math.inf else float(thr[0])) + (hi - lo) / self.bins
+            return exact_threshold(thr, cut_index(tps, fps, target))
+        return self._bins.threshold(tps, fps, thr, target)
 
     # ---------------------------------------------------------------- segmentation
     def miou(self) -> float:
@@ -507,14 +294,14 @@ class PixelEvaluator:
         k = self.num_classes
         if self._hist is None:
             s, code, pred = self._stored()
-            keep = code != _UNLABELLED
+            keep = code != UNLABELLED
             s, code, pred = s[keep], code[keep], pred[keep].astype(np.int64)
-            key = (code != _CORRECT) * (2 * k) + (s > threshold) * k + pred
+            key = (code != CORRECT) * (2 * k) + (s > threshold) * k + pred
             c = np.bincount(key, minlength=4 * k).reshape(4, k)
             cor_keep, cor_rej, wro_keep, wro_rej = c[0], c[1], c[2], c[3]
         else:
             correct, wrong_or_ood, _, _ = self._hist_rows()
-            rej = self._edges() >= threshold
+            rej = self._bins.edges() >= threshold
             cor_keep, cor_rej = correct[:, ~rej].sum(1), correct[:, rej].sum(1)
             wro_keep, wro_rej = wrong_or_ood[:, ~rej].sum(1), wrong_or_ood[:, rej].sum(1)
         return _open_miou(cor_keep, cor_rej, wro_keep, wro_rej)
@@ -555,10 +342,10 @@ class OpenSetIoU:
         self.unlabelled_index = unlabelled_index
         self._counts = np.zeros((4, self.num_classes), dtype=np.int64)
 
-    def update(self, open_pred: ArrayLike, labels: ArrayLike, preds: ArrayLike) -> None:
+    def update(self, open_pred: Any, labels: Any, preds: Any) -> None:
         """Add ``(B, H, W)`` open-set predictions (``0..K``), labels and the closed-set
         predictions (``0..K-1``) they were made from."""
-        o, y, p = (_to_numpy(a) for a in (open_pred, labels, preds))
+        o, y, p = (to_numpy(a) for a in (open_pred, labels, preds))
         if o.shape != y.shape or p.shape != y.shape:
             raise ValueError(
                 f"open_pred has shape {o.shape}, labels {y.shape} and preds {p.shape}; "
@@ -589,62 +376,12 @@ class OpenSetIoU:
 def _image_metrics(scores: np.ndarray, code: np.ndarray) -> dict[str, dict[str, float] | None]:
     """One image's exact metrics per task from its valid pixels' scores and categories."""
     out: dict[str, dict[str, float] | None] = {}
-    for task, (members, pos_codes) in _TASK_CODES.items():
-        keep = _code_table(members)[code]
-        positives = _code_table(pos_codes)[code[keep]]
+    for task, (members, pos_codes) in TASK_CODES.items():
+        keep = code_table(members)[code]
+        positives = code_table(pos_codes)[code[keep]]
         if positives.all() or not positives.any():
             out[task] = None
             continue
-        tps, fps, _ = _exact_counts(scores[keep], positives, task)
-        out[task] = _curve_metrics(tps, fps)
+        tps, fps, _ = exact_counts(scores[keep], positives, task)
+        out[task] = curve_metrics(tps, fps)
     return out
-
-
-# ------------------------------------------------------------------------ table
-_TASK_TITLES = {"ood": "OOD", "idm": "IDM", "cdd": "CDD"}
-_METRIC_TITLES = {"auroc": "AUROC", "ap": "AP", "fpr95": "FPR95"}
-_EXTRA_TITLES = {"miou": "mIoU", "open_miou": "Open-mIoU", "open_miou_oracle": "Open-mIoU (oracle)"}
-
-
-def _percent(value: Any, decimals: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{100.0 * float(value):.{decimals}f}"
-
-
-def format_table(
-    rows: Mapping[str, Mapping[str, Any]],
-    *,
-    tasks: Sequence[str] | None = None,
-    metrics: Sequence[str] = ("auroc", "ap", "fpr95"),
-    extras: Sequence[str] = (),
-    decimals: int = 2,
-    method_header: str = "Method",
-) -> str:
-    """Markdown table, one row per method, values as percentages.
-
-    Args:
-        rows: ``{method: compute() output}``, optionally with extra top-level keys
-            holding fractions (e.g. ``"miou"``, ``"open_miou"``).
-        tasks: task columns to show; default every task of :data:`TASKS` that has
-            numbers in at least one row.
-        metrics: metric keys per task (FPR95: lower is better; the others higher).
-        extras: extra top-level keys to append as columns.
-        decimals: digits after the decimal point.
-
-    Missing or ``None`` values are shown as ``-``.
-    """
-    if tasks is None:
-        tasks = [t for t in TASKS if any(isinstance(r.get(t), Mapping) for r in rows.values())]
-    titles = [
-        f"{_TASK_TITLES.get(t, t)} {_METRIC_TITLES.get(m, m)}" for t in tasks for m in metrics
-    ]
-    header = [method_header, *titles, *(_EXTRA_TITLES.get(e, e) for e in extras)]
-    table = [header, ["---"] + ["--:"] * (len(header) - 1)]
-    for method, row in rows.items():
-        cells = [str(method).replace("|", "\\|")]
-        for t in tasks:
-            res = row.get(t) if isinstance(row.get(t), Mapping) else {}
-            cells += [_percent(res.get(m), decimals) for m in metrics]
-        table.append(cells + [_percent(row.get(e), decimals) for e in extras])
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .metrics import format_table
+from ..thresholds import TASKS
 
 __all__ = [
     "BAR_SPLITS",
@@ -13,6 +14,7 @@ __all__ = [
     "bar_cells",
     "best_baseline",
     "corruption_wins",
+    "format_table",
     "quality_bar",
     "report",
     "seed_summary",
@@ -195,3 +197,52 @@ def report(results: dict[str, Any]) -> str:
         for title, splits in sections
         if splits is None or splits
     )
+
+
+_TASK_TITLES = {"ood": "OOD", "idm": "IDM", "cdd": "CDD"}
+_METRIC_TITLES = {"auroc": "AUROC", "ap": "AP", "fpr95": "FPR95"}
+_EXTRA_TITLES = {"miou": "mIoU", "open_miou": "Open-mIoU", "open_miou_oracle": "Open-mIoU (oracle)"}
+
+
+def _percent(value: Any, decimals: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100.0 * float(value):.{decimals}f}"
+
+
+def format_table(
+    rows: Mapping[str, Mapping[str, Any]],
+    *,
+    tasks: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("auroc", "ap", "fpr95"),
+    extras: Sequence[str] = (),
+    decimals: int = 2,
+    method_header: str = "Method",
+) -> str:
+    """Markdown table, one row per method, values as percentages.
+
+    Args:
+        rows: ``{method: compute() output}``, optionally with extra top-level keys
+            holding fractions (e.g. ``"miou"``, ``"open_miou"``).
+        tasks: task columns to show; default every task of :data:`TASKS` that has
+            numbers in at least one row.
+        metrics: metric keys per task (FPR95: lower is better; the others higher).
+        extras: extra top-level keys to append as columns.
+        decimals: digits after the decimal point.
+
+    Missing or ``None`` values are shown as ``-``.
+    """
+    if tasks is None:
+        tasks = [t for t in TASKS if any(isinstance(r.get(t), Mapping) for r in rows.values())]
+    titles = [
+        f"{_TASK_TITLES.get(t, t)} {_METRIC_TITLES.get(m, m)}" for t in tasks for m in metrics
+    ]
+    header = [method_header, *titles, *(_EXTRA_TITLES.get(e, e) for e in extras)]
+    table = [header, ["---"] + ["--:"] * (len(header) - 1)]
+    for method, row in rows.items():
+        cells = [str(method).replace("|", "\\|")]
+        for t in tasks:
+            res = row.get(t) if isinstance(row.get(t), Mapping) else {}
+            cells += [_percent(res.get(m), decimals) for m in metrics]
+        table.append(cells + [_percent(row.get(e), decimals) for e in extras])
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
