@@ -99,10 +99,10 @@ def run_world(world: str, steps: int | None, val_scenes: int | None) -> None:
     baselines.pop("MC dropout")  # needs the images again for every sample; not the point here
     for corruption, severity in ((None, 0), shifted_split(cfg)):
         split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
-        plain = {name: det for name, det in detectors.items() if not det.config.tta}
+        plain = {name: det for name, det in detectors.items() if not det.config.scoring.tta}
         score_split(split, plain, baselines, cfg)
         for name, det in detectors.items():
-            if det.config.tta:
+            if det.config.scoring.tta:
                 score_with_images(split, det, name, cfg)
         rows, _ = evaluate_split(split, segmenter.num_classes)
         title = f"{world}, {split.name} ({cfg.val_scenes} scenes, {cfg.steps} steps)"

@@ -78,10 +78,7 @@ def fit_fed_c(
 
 def rescored(det: FlowEneDet, change: dict[str, Any]) -> FlowEneDet:
     """The same fitted detector scored with other score-time settings."""
-    copy = FlowEneDet(det.segmenter)
-    copy.config = type(det.config)(**{**vars(det.config), **change})
-    copy.flow, copy.stats, copy._tap = det.flow, det.stats, det._tap
-    return copy
+    return det.with_options(**change)
 
 
 @torch.no_grad()

@@ -143,13 +143,13 @@ def measure_precision(
     @torch.no_grad()
     def segment() -> object:
         with autocast():
-            return upsampled_argmax(det._tap(images)[0], (h, w))
+            return upsampled_argmax(det.segment(images)[0], (h, w))
 
     def score() -> object:
         return det.score(images, autocast=dtype)
 
     with torch.no_grad(), autocast():
-        logits, features = det._tap(images)
+        logits, features = det.segment(images)
 
     def detector_only() -> object:
         return det.score_logits(logits, features, size=(h, w), autocast=dtype)

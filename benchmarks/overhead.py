@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowenedet import FlowEneDet
+from flowenedet.flow import align_features
 from flowenedet.postprocess import upsampled_argmax
+from flowenedet.scoring import Scorer
 
 
 class FPNSegmenter(nn.Module):
@@ -69,7 +71,7 @@ class FPNSegmenter(nn.Module):
 
 
 class NflowsScoring:
-    """Stands in for the detector's ``ScoringCache``: scores with nflows' own flow."""
+    """Stands in for a ``ScoringCache``: scores with nflows' own flow."""
 
     @staticmethod
     def get(flow):
@@ -169,7 +171,9 @@ def main() -> None:
         seg_t.append(t), seg_m.append(m)
         t, m = measure(segment_and_score, device)
         det_t.append(t), det_m.append(m)
-    logits, features = det._tap(images)
+    logits, features = det.segment(images)
+    cfg = det.config
+    nflows = Scorer(det.flow, det.stats, cfg.flow, cfg.fitted, cfg.scoring, NflowsScoring())
 
     def score_only() -> object:
         return det.score_logits(logits, features, size=(h, w))
@@ -178,11 +182,8 @@ def main() -> None:
         return upsampled_argmax(logits, (h, w))
 
     def score_nflows() -> object:  # the pre-fusion path: nflows' own log_odds_map
-        fused, det._scoring = det._scoring, NflowsScoring()
-        try:
-            return det.score_logits(logits, features, size=(h, w))
-        finally:
-            det._scoring = fused
+        aligned = align_features(features, logits, det.config.flow.pooled_channels)
+        return nflows.logits(logits, aligned, (h, w))
 
     parts = (score_only, predict_only) + ((score_nflows,) if args.nflows_reference else ())
     part_t = {fn: [] for fn in parts}

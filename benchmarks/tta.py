@@ -77,7 +77,7 @@ def _why(split: SplitData, det: FlowEneDet, cfg: BenchConfig) -> list[str]:
     for name in names:
         split.scores |= {f"{name} {kind}": m for kind, m in one_scale.items()}
     for scale, pred in preds.items():
-        miou = _miou(split, pred, det.config.num_classes)
+        miou = _miou(split, pred, det.config.fitted.num_classes)
         print(f"  {split.name}: segmenter mIoU at scale {scale}: {100 * miou:.2f}")
     return names
 

@@ -26,11 +26,13 @@ from benchmarks.common import fit_fed_c, load_fit, study_config
 from flowenedet import FlowEneDet
 from flowenedet.config import DEFAULT_STEPS
 from flowenedet.detector import Stats
-from flowenedet.energy import flow_inputs
+from flowenedet.energy import energy_of_inputs, flow_inputs
 from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
 from flowenedet.evaluation.splits import load_split, shifted_split
+from flowenedet.flow import align_features
+from flowenedet.inference import log_odds
 from flowenedet.labels import IGNORE_INDEX
 from flowenedet.postprocess import postprocess_maps, resize, upsampled_argmax
 
@@ -39,9 +41,9 @@ WEIGHTS = (0.5, 1.0, 2.0)
 
 def _terms(det: FlowEneDet, logits: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
     """The detector's raw log-odds and free energy ``(B, h, w)`` (its scoring internals)."""
-    logits, _, features = det._prepare(logits, None, features)
-    inputs = flow_inputs(logits, det.stats.mean, det.stats.var, det.config.inputs)
-    return det._log_odds(inputs, features), inputs[:, 1] - inputs[:, 0]
+    features = align_features(features, logits, det.config.flow.pooled_channels)
+    inputs = flow_inputs(logits, det.stats.mean, det.stats.var, det.config.flow.inputs)
+    return log_odds(det.flow, inputs, features), energy_of_inputs(inputs)
 
 
 def run_world(world: str, steps: int, train_scenes: int, val_scenes: int, seed: int) -> None:
@@ -81,9 +83,8 @@ def run_world(world: str, steps: int, train_scenes: int, val_scenes: int, seed: 
                     f"{a} n + m + 0.5 E": a * n + m + 0.5 * energy,
                 }.items():
                     r = torch.sigmoid(raw)
-                    _, ood, _ = postprocess_maps(
-                        r, r, r, pred=pred, config=main.config, stride=main.config.stride
-                    )
+                    options, stride = main.config.scoring, main.config.fitted.stride
+                    _, ood, _ = postprocess_maps(r, r, r, pred=pred, config=options, stride=stride)
                     blends.setdefault(name, []).append(resize(ood, size).clamp_(0, 1))
         split.scores |= {f"FED-C ood, {k}": torch.cat(v) for k, v in blends.items()}
         rows, _ = evaluate_split(split, segmenter.num_classes)

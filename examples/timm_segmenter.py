@@ -43,7 +43,7 @@ def main() -> None:
     print(
         f"idm {tuple(maps.idm.shape)}, ood {tuple(maps.ood.shape)}, pred {tuple(maps.pred.shape)}"
     )
-    print(f"features hooked at {det.config.feature_layer!r}")
+    print(f"features hooked at {det.config.fitted.feature_layer!r}")
     print(FlowEneDet.load("timm_detector.safetensors", model))
 
 

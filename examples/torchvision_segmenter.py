@@ -28,7 +28,7 @@ def main() -> None:
     ood = det(images)  # pytorch-ood style: the (B, H, W) "ood" map
     det.save("torchvision_detector.safetensors")
 
-    print(f"features hooked at {det.config.feature_layer!r} (the aux head is skipped)")
+    print(f"features hooked at {det.config.fitted.feature_layer!r} (the aux head is skipped)")
     print(f"maps of shape {tuple(ood.shape)}; mean OOD {maps.ood.mean():.3f}")
     print(
         "These numbers mean nothing: the segmenter has random weights, so its predictions "

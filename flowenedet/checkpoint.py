@@ -16,15 +16,12 @@ from typing import Any
 from torch import Tensor
 
 from . import io
-from .config import DetectorConfig, FitOptions, config_from_dict, differences
-
-ADOPTED = ("num_classes", "feature_layer", "feature_channels", "stride", "segmenter_fingerprint")
-"""Settings a fit reads off the segmenter and the data unless they were given."""
+from .config import FitOptions, FitRecord, FlowSettings, config_from_dict, differences
 
 __all__ = ["TrainingState", "check_resumable", "load_checkpoint", "save_checkpoint"]
 
 KIND = "flowenedet-checkpoint"
-VERSION = 2  # 2: the checksum covers the header; the fit's options and segmenter stored
+VERSION = 3  # 3: settings grouped; 2: the checksum covers the header
 MAX_STEPS = 10**8
 
 
@@ -38,7 +35,7 @@ class TrainingState:
     optimizer: dict[str, Any]
     schedule: dict[str, Any]
     extra: dict[str, Tensor]  # e.g. class statistics
-    config: dict[str, Any]  # what the fit was asked for: settings, options, segmenter
+    config: dict[str, Any]  # the fit: its flow settings, what it measured, its options
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: TrainingState) -> Path:
@@ -109,33 +106,28 @@ def _check_header(header: Any, path: str | os.PathLike[str]) -> None:
 def check_resumable(
     state: TrainingState,
     path: str | os.PathLike[str],
-    config: DetectorConfig,
+    settings: FlowSettings,
     options: FitOptions,
     fingerprint: str,
-) -> DetectorConfig:
-    """The checkpoint's settings (validated), if it is of the fit being resumed; refuses
-    other settings, other fit options or another segmenter (``ValueError`` listing what
-    differs); one that does not record its fit is a :class:`flowenedet.io.FormatError`."""
+) -> FitRecord:
+    """What the checkpoint's fit measured (validated), if it is of the fit being resumed;
+    refuses other flow settings, other fit options or another segmenter (``ValueError``
+    listing what differs); one that does not record its fit is a
+    :class:`flowenedet.io.FormatError`."""
     stored = state.config
-    if not (
-        isinstance(stored.get("detector"), dict)
-        and isinstance(stored.get("fit"), dict)
-        and isinstance(stored.get("segmenter_fingerprint"), str)
-    ):
-        raise io.FormatError(f"checkpoint {path} does not record the fit it belongs to")
+    if not all(isinstance(stored.get(key), dict) for key in ("settings", "record", "fit")):
+        raise io.FormatError(
+            f"checkpoint {path} does not record the fit it belongs to (or was written by "
+            "an older flowenedet): delete it to start afresh"
+        )
     try:
-        resumed = config_from_dict(DetectorConfig, stored["detector"], str(path))
+        record = config_from_dict(FitRecord, stored["record"], str(path))
     except ValueError as error:
         raise io.FormatError(str(error)) from None
     found = []
-    if stored["segmenter_fingerprint"] != fingerprint:
+    if record.segmenter_fingerprint != fingerprint:
         found.append("the segmenter (its weights differ)")
-    requested = {
-        name: value
-        for name, value in dataclasses.asdict(config).items()
-        if not (name in ADOPTED and value is None)
-    }
-    found += differences(stored["detector"], requested, "setting")
+    found += differences(stored["settings"], dataclasses.asdict(settings), "setting")
     fit = dataclasses.asdict(options)
     fit.pop("checkpoint_every")  # does not change the result
     found += differences(stored["fit"], fit, "fit option")
@@ -144,4 +136,4 @@ def check_resumable(
             f"checkpoint {path} is not of this fit: {'; '.join(found)}. Resume with the "
             "same segmenter and arguments, or delete the checkpoint to start afresh."
         )
-    return resumed
+    return record

@@ -21,17 +21,23 @@ from .energy import INPUT_SETS
 __all__ = [
     "DEFAULT_STEPS",
     "FILE_DEFAULTS",
+    "GROUPS",
     "POSTPROCESS_MODES",
     "PRESETS",
     "TTA_MAPS",
     "TTA_SCALES",
     "DetectorConfig",
     "FitOptions",
+    "FitRecord",
+    "FlowSettings",
+    "ScoringOptions",
     "Spec",
     "check_field",
     "config_from_dict",
     "differences",
+    "merge_fit_options",
     "preset",
+    "split_settings",
 ]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -135,14 +141,41 @@ TTA_MAPS = ("all", "ood")
 release), or the ``ood`` map alone, with ``idm``, ``concurrent`` and the prediction from
 the first scale."""
 FILE_DEFAULTS = {"postprocess": "logit-pixels"}
-"""Settings a detector file may lack because it predates them, with the value that
-reproduces how it scored: files of flowenedet before the ``postprocess`` setting ran it
-in logit pixels (today's default is another)."""
+"""Settings a detector file of the flat format may lack because it predates them, with the
+value that reproduces how it scored: files of flowenedet before the ``postprocess`` setting
+ran it in logit pixels (today's default is another)."""
 
 
 @dataclass
-class DetectorConfig(_Checked):
-    """Everything needed to rebuild a detector; stored in the safetensors header.
+class FlowSettings(_Checked):
+    """The flow and how it learns: chosen before the fit and fixed by it.
+
+    ``feature_layer`` is the FED-C layer asked for (None: the classifier's input, found at
+    fit); ``ignore_index`` the void label; ``void_as_miss`` and ``loss_weighting`` say
+    which pixels train the flow and how they are weighted; ``seed`` fixes its
+    initialisation and pixel sampling.
+    """
+
+    variant: str = setting("C", Spec(str, choices=("C", "U")))
+    inputs: str = setting("rich", Spec(str, choices=tuple(INPUT_SETS)))
+    feature_layer: str | None = setting(None, Spec(str, high=1000, optional=True))
+    ignore_index: int = setting(255, Spec(int, -(2**31), 2**31 - 1))
+    pooled_channels: int = setting(32, Spec(int, 1, 256))
+    context_channels: int = setting(32, Spec(int, 1, 256))
+    num_blocks: int = setting(8, Spec(int, 1, 32))
+    hidden: int = setting(32, Spec(int, 1, 512))
+    coupling: str = setting("pixel", Spec(str, choices=("pixel", "conv")))
+    prior: str = setting("equal", Spec(str, choices=("equal", "measured", "learned")))
+    # the reference release's options (docs/method.md, "Reproducing the paper")
+    void_as_miss: bool = setting(False, Spec(bool))
+    loss_weighting: str = setting("balanced", Spec(str, choices=("balanced", "prevalence")))
+    seed: int = setting(0, Spec(int, 0, 2**63 - 1))
+
+
+@dataclass
+class ScoringOptions(_Checked):
+    """How the maps are made from a fitted flow; any of them can change after the fit
+    (:meth:`flowenedet.FlowEneDet.with_options`).
 
     The defaults were chosen on the validation splits of both embedded worlds together
     (docs/benchmarks.md): post-processing sizes in image pixels, converted by the stride
@@ -151,16 +184,6 @@ class DetectorConfig(_Checked):
     (and SML's post-processing loses to plain SML there too).
     """
 
-    variant: str = setting("C", Spec(str, choices=("C", "U")))
-    inputs: str = setting("rich", Spec(str, choices=tuple(INPUT_SETS)))
-    num_classes: int | None = setting(None, Spec(int, 2, 100_000, optional=True))
-    feature_layer: str | None = setting(None, Spec(str, high=1000, optional=True))
-    feature_channels: int | None = setting(None, Spec(int, 1, 65_536, optional=True))
-    ignore_index: int = setting(255, Spec(int, -(2**31), 2**31 - 1))
-    pooled_channels: int = setting(32, Spec(int, 1, 256))
-    context_channels: int = setting(32, Spec(int, 1, 256))
-    num_blocks: int = setting(8, Spec(int, 1, 32))
-    hidden: int = setting(32, Spec(int, 1, 512))
     # post-processing sizes, in image pixels unless postprocess="logit-pixels"
     boundary_width: int = setting(0, _SIZE)
     boundary_iterations: int = setting(0, _SIZE)
@@ -173,17 +196,125 @@ class DetectorConfig(_Checked):
     ood_energy_weight: float = setting(1.5, Spec(float, -100.0, 100.0))
     concurrent_energy_weight: float = setting(0.5, Spec(float, -100.0, 100.0))
     chunk_pixels: int = setting(1 << 16, Spec(int, 1, 1 << 26))
-    seed: int = setting(0, Spec(int, 0, 2**63 - 1))
-    segmenter_fingerprint: str | None = setting(None, Spec(str, pattern=_HEX64, optional=True))
-    # the reference release's options (docs/method.md, "Reproducing the paper")
-    void_as_miss: bool = setting(False, Spec(bool))
-    loss_weighting: str = setting("balanced", Spec(str, choices=("balanced", "prevalence")))
-    prior: str = setting("equal", Spec(str, choices=("equal", "measured", "learned")))
-    coupling: str = setting("pixel", Spec(str, choices=("pixel", "conv")))
     postprocess: str = setting("image-pixels-at-logits", Spec(str, choices=POSTPROCESS_MODES))
-    stride: float | None = setting(None, Spec(float, 0.01, 256.0, optional=True))
     tta: bool = setting(False, Spec(bool))
     tta_maps: str = setting("all", Spec(str, choices=TTA_MAPS))
+
+
+@dataclass
+class FitRecord(_Checked):
+    """What the fit measured on the segmenter and its data; set by the fit, never by hand.
+
+    ``num_classes`` ``K`` of the logits; ``feature_layer`` the FED-C layer the features
+    came from (None: not known, as after ``fit_logits`` without one: scoring images finds
+    it as the fit would); ``feature_channels`` ``F`` of those features (FED-C);
+    ``stride`` image pixels per logit pixel (None in files older than its measurement);
+    ``segmenter_fingerprint`` the fitted segmenter's weights
+    (:func:`flowenedet.storage.segmenter_fingerprint`).
+    """
+
+    num_classes: int = setting(None, Spec(int, 2, 100_000))
+    segmenter_fingerprint: str = setting(None, Spec(str, pattern=_HEX64))
+    feature_layer: str | None = setting(None, Spec(str, high=1000, optional=True))
+    feature_channels: int | None = setting(None, Spec(int, 1, 65_536, optional=True))
+    stride: float | None = setting(None, Spec(float, 0.01, 256.0, optional=True))
+
+
+GROUPS: dict[str, type] = {"flow": FlowSettings, "scoring": ScoringOptions, "fitted": FitRecord}
+"""The detector's settings by what they are, as stored in its file."""
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild a detector, stored in its file: the flow's settings,
+    the scoring options and, once fitted, what the fit measured."""
+
+    flow: FlowSettings = field(default_factory=FlowSettings)
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    fitted: FitRecord | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in GROUPS.items():
+            value = getattr(self, name)
+            if not (isinstance(value, cls) or (name == "fitted" and value is None)):
+                raise TypeError(f"DetectorConfig.{name} must be a {cls.__name__}; got {value!r}")
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any], fitted: FitRecord | None = None):
+        """A config from one flat mapping of :class:`FlowSettings` and
+        :class:`ScoringOptions` fields (the constructor's keywords, a preset); an unknown
+        name or one that only a fit may set is a ``TypeError`` naming it."""
+        flow, scoring = split_settings(values)
+        return cls(FlowSettings(**flow), ScoringOptions(**scoring), fitted)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"flow": {...}, "scoring": {...}, "fitted": {...} or null}``."""
+        return {
+            name: None if getattr(self, name) is None else dataclasses.asdict(getattr(self, name))
+            for name in GROUPS
+        }
+
+    @classmethod
+    def from_json(cls, values: Any, source: str) -> DetectorConfig:
+        """The config stored by :meth:`to_json` in ``source``; ``ValueError`` naming it for
+        anything else (not an object, unknown groups or settings, invalid values)."""
+        if not isinstance(values, Mapping) or set(values) != set(GROUPS):
+            keys = sorted(values) if isinstance(values, Mapping) else type(values).__name__
+            raise ValueError(
+                f"{source}: settings must be a JSON object of {sorted(GROUPS)}; got {keys}"
+            )
+        groups = {
+            name: None if values[name] is None else config_from_dict(kind, values[name], source)
+            for name, kind in GROUPS.items()
+        }
+        if groups["flow"] is None or groups["scoring"] is None:
+            raise ValueError(f"{source}: the flow and scoring settings may not be null")
+        return cls(**groups)
+
+    @classmethod
+    def from_flat(cls, values: Any, source: str) -> DetectorConfig:
+        """The config of a file written before the settings were grouped: one flat object
+        (the fitted values among them); ``ValueError`` naming ``source`` otherwise."""
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"{source}: settings must be a JSON object; got {type(values).__name__}"
+            )
+        parts: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+        for key, value in values.items():  # feature_layer: as asked and as fitted
+            groups = [g for g, kind in GROUPS.items() if key in _specs(kind)]
+            if not groups:
+                raise ValueError(f"{source} has unknown settings {[key]}")
+            for group in groups:
+                parts[group][key] = value
+        fitted = parts["fitted"]
+        if fitted.get("num_classes") is None or fitted.get("segmenter_fingerprint") is None:
+            raise ValueError(
+                f"{source} has no segmenter fingerprint or class count: it is not a fitted detector"
+            )
+        return cls(
+            config_from_dict(FlowSettings, parts["flow"], source),
+            config_from_dict(ScoringOptions, parts["scoring"], source),
+            config_from_dict(FitRecord, fitted, source),
+        )
+
+
+def split_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(flow, scoring)`` settings from one flat mapping of their fields; ``TypeError``
+    for a name of neither, naming what the fit measures apart."""
+    flow, scoring, unknown = {}, {}, []
+    for key, value in values.items():
+        if key in _specs(FlowSettings):
+            flow[key] = value
+        elif key in _specs(ScoringOptions):
+            scoring[key] = value
+        else:
+            unknown.append(key)
+    measured = sorted(set(unknown) & set(_specs(FitRecord)))
+    if measured:
+        raise TypeError(f"{measured} are measured by the fit, not settings")
+    if unknown:
+        raise TypeError(f"unknown FlowEneDet options: {sorted(unknown)}")
+    return flow, scoring
 
 
 DEFAULT_STEPS = 1000
@@ -213,6 +344,17 @@ class FitOptions(_Checked):
     def __post_init__(self) -> None:
         if self.steps is None and self.epochs is None:
             raise ValueError("give the fit's length: steps= (optimizer steps) or epochs=")
+
+
+def merge_fit_options(base: FitOptions, given: Mapping[str, Any]) -> FitOptions:
+    """``base`` with the ``given`` :class:`FitOptions` fields (``TypeError`` naming unknown
+    ones); ``epochs`` given alone means passes, not ``base``'s step budget."""
+    unknown = set(given) - set(_specs(FitOptions))
+    if unknown:
+        raise TypeError(f"unknown fit options: {sorted(unknown)}")
+    if "epochs" in given and "steps" not in given:
+        given = {**given, "steps": None}
+    return FitOptions(**(dataclasses.asdict(base) | dict(given)))
 
 
 # The reference release (UAI 2023), as audited in docs/method.md: every option of it that

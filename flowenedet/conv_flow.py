@@ -291,6 +291,11 @@ class ConvEnergyFlow(nn.Module):
         self._transform = MapComposite(blocks)
         self._distribution = HitMissMixture(features, prior=prior)
 
+    @property
+    def base(self) -> HitMissMixture:
+        """The hit / miss mixture base distribution."""
+        return self._distribution
+
     def _check(self, inputs: Tensor, features: Tensor | None) -> Tensor | None:
         _check_map("inputs", inputs, self.features)
         if self.feature_channels == 0:

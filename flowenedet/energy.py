@@ -27,6 +27,7 @@ __all__ = [
     "INPUT_SETS",
     "ClassStats",
     "energy_inputs",
+    "energy_of_inputs",
     "flow_inputs",
     "free_energy",
     "rich_inputs",
@@ -143,6 +144,12 @@ def rich_inputs(logits: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     log_max_prob = top - log_partition
     margin = top - top2[:, 1:]
     return torch.cat([pair, standardized_max, entropy, log_max_prob, margin], dim=1)
+
+
+def energy_of_inputs(inputs: Tensor) -> Tensor:
+    """The standardised free energy ``E`` ``(B, h, w)`` from flow inputs ``(B, D, h, w)``
+    whose first channels are ``log sigmoid(-E)``, ``log sigmoid(E)``: their difference."""
+    return inputs[:, 1] - inputs[:, 0]
 
 
 INPUT_SETS = {"energy": (energy_inputs, 2), "rich": (rich_inputs, 6)}

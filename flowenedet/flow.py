@@ -31,6 +31,7 @@ __all__ = [
     "EnergyFlow",
     "FlooredActNorm",
     "HitMissMixture",
+    "align_features",
     "miss_posterior",
     "pixels",
     "pool_feature_channels",
@@ -118,6 +119,17 @@ def pool_feature_channels(features: Tensor, channels: int) -> Tensor:
     if f % channels == 0:  # equal groups: a plain mean, much cheaper than adaptive pooling
         return features.view(b, channels, f // channels, h, w).mean(2)
     return F.adaptive_avg_pool3d(features[:, None], (channels, h, w))[:, 0]
+
+
+def align_features(features: Tensor, logits: Tensor, channels: int) -> Tensor:
+    """Decoder ``features`` ``(B, F, h', w')`` pooled to ``channels`` groups and resized to
+    the ``logits``' ``(h, w)``: the flow's context ``(B, P, h, w)``."""
+    features = pool_feature_channels(features.float(), channels)
+    if features.shape[-2:] != logits.shape[-2:]:
+        features = F.interpolate(
+            features, size=logits.shape[-2:], mode="bilinear", align_corners=False
+        )
+    return features
 
 
 class ContextEncoder(nn.Module):
@@ -259,6 +271,11 @@ class EnergyFlow(Flow):
             ]
         super().__init__(CompositeTransform(blocks), HitMissMixture(features, prior=prior))
         self.context_encoder = ContextEncoder(features, context_channels, feature_channels)
+
+    @property
+    def base(self) -> HitMissMixture:
+        """The hit / miss mixture base distribution."""
+        return self._distribution
 
     def refresh_linear_caches(self) -> None:
         """Drop the eval-mode caches of the LU-factorised linear layers.

@@ -323,6 +323,23 @@ class SegmenterTap:
             self._module = modules[name]
             self._take_input = where == "input"
 
+    @classmethod
+    def finding_features(
+        cls, segmenter: nn.Module, images: Tensor, channels: int | None = None
+    ) -> SegmenterTap:
+        """A tap on the FED-C layer :func:`find_feature_layer` finds with ``images``;
+        ``ValueError`` if ``channels`` is given and the layer's features have others."""
+        layer = find_feature_layer(segmenter, images)
+        tap = cls(segmenter, layer)
+        if channels is not None and (found := tap(images)[1].shape[1]) != channels:
+            raise ValueError(
+                f"the detector was fitted on features with {channels} channels, but {layer!r} "
+                f"(found as fit finds it) gives {found}; pass feature_layer= naming the layer "
+                "the fit features came from"
+            )
+        logger.info("FED-C features: %r", layer)
+        return tap
+
     def __call__(self, images: Tensor, *, dropout: bool = False) -> tuple[Tensor, Tensor | None]:
         """Return ``(logits (B, K, h, w), features (B, F, h', w') or None)``."""
         captured: list[Tensor] = []

@@ -43,6 +43,7 @@ __all__ = [
     "FusedEnergyFlow",
     "ScoringCache",
     "check_autocast",
+    "log_odds",
     "scoring_flow",
 ]
 
@@ -88,7 +89,7 @@ class FusedEnergyFlow(nn.Module):
         transforms = list(flow._transform._transforms)
         if len(transforms) % 3:
             raise ValueError("EnergyFlow blocks must be (ActNorm, LULinear, coupling) triples")
-        features = flow._distribution.features
+        features = flow.base.features
         order = torch.arange(features, device=device)  # state row j holds feature order[j]
         missing = torch.zeros(features, **f64)  # output biases not yet added to the state
         context_weights, self.splits = [], []
@@ -129,7 +130,7 @@ class FusedEnergyFlow(nn.Module):
         self.hidden = context_weights[0].shape[0]
         self._buffer("context_weight", torch.cat(context_weights))
         # L_m^T (u - mu_m), u = the state (plus `missing`) in feature order
-        base = flow._distribution
+        base = flow.base
         chol_t = base.precision_cholesky().double().transpose(1, 2)[:, :, order]  # (2, D, D)
         means = base.means.double()[:, order]
         centred = missing[None] - means  # (2, D)
@@ -285,3 +286,22 @@ class ScoringCache:
         if flow is not self._flow or key != self._key:
             self._flow, self._key, self._scoring = flow, key, scoring_flow(flow)
         return self._scoring
+
+
+def log_odds(
+    flow: EnergyFlow | ConvEnergyFlow,
+    inputs: Tensor,
+    features: Tensor | None,
+    chunk_pixels: int = 1 << 16,
+    autocast: torch.dtype | None = None,
+    cache: ScoringCache | None = None,
+) -> Tensor:
+    """The posterior's log-odds ``log p(miss | z) - log p(hit | z)`` ``(B, h, w)`` for
+    inputs ``(B, D, h, w)`` (and pooled features ``(B, P, h, w)``): the flow's likelihood
+    ratio by its scoring path (kept in ``cache`` across calls) plus the prior's log-odds
+    (0 for equal priors). ``autocast``: the networks' precision (see
+    :class:`FusedEnergyFlow`)."""
+    prior = flow.base.log_prior()
+    scoring = cache.get(flow) if cache is not None else scoring_flow(flow)
+    ratio = scoring(inputs, features, chunk_pixels, autocast)
+    return ratio + (prior[MISS] - prior[HIT])

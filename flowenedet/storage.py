@@ -2,14 +2,15 @@
 
 A detector file is a safetensors file (written by :mod:`flowenedet.io`: atomic, checksummed,
 never pickle) holding the flow's weights under ``flow.*``, the :class:`Stats` under
-``stats.*`` and the :class:`DetectorConfig` as JSON in the header, with the
-:class:`~flowenedet.calibration.Calibration` (reject thresholds, or ``null``) under its
-``"calibration"`` key. Loading checks that the file fits the segmenter it is loaded for.
+``stats.*`` and the :class:`DetectorConfig` as JSON in the header (its groups ``"flow"``,
+``"scoring"`` and ``"fitted"``), with the :class:`~flowenedet.calibration.Calibration`
+(reject thresholds, or ``null``) under its ``"calibration"`` key. Files of every earlier
+format version load (their settings were one flat object). Loading checks that the file
+fits the segmenter it is loaded for.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from . import io
 from .calibration import Calibration
-from .config import FILE_DEFAULTS, DetectorConfig, config_from_dict
+from .config import FILE_DEFAULTS, DetectorConfig
 from .hooks import unwrap
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ __all__ = [
 ]
 
 FORMAT = "flowenedet-detector"
-FORMAT_VERSION = 4  # 4: calibrated thresholds; 3: the checksum covers the settings
-OLDER_VERSIONS = (3,)  # read as uncalibrated detectors
+FORMAT_VERSION = 5  # 5: settings grouped; 4: calibrated thresholds; 3: checksummed settings
+OLDER_VERSIONS = (3, 4)  # flat settings; format 3 read as uncalibrated detectors
 LEGACY_VERSIONS = (2,)  # read, uncalibrated, with a warning that their settings are unprotected
 
 
@@ -101,7 +102,7 @@ def write_detector(
     """Write one detector file atomically; returns its path."""
     tensors = {f"flow.{k}": v for k, v in flow_state.items()}
     tensors |= {f"stats.{name}": value for name, value in vars(stats).items()}
-    header = dataclasses.asdict(config)
+    header = config.to_json()
     header[CALIBRATION] = calibration.to_json() if calibration is not None else None
     return io.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=header)
 
@@ -127,7 +128,7 @@ def read_detector(
         older_versions=OLDER_VERSIONS,
     )
     calibration = None
-    if version != FORMAT_VERSION:
+    if version < 4:
         logger.info("%s is of format %d, which holds no thresholds: uncalibrated", path, version)
     elif isinstance(settings, dict):
         settings = dict(settings)
@@ -143,23 +144,23 @@ def read_detector(
             path,
             version,
         )
-    if isinstance(settings, dict):  # a file older than a setting scores as it did then
-        settings = FILE_DEFAULTS | settings
     try:
-        config = config_from_dict(DetectorConfig, settings, str(path))
-    except ValueError as error:
+        if version == FORMAT_VERSION:
+            config = DetectorConfig.from_json(settings, str(path))
+        else:  # one flat object; a file older than a setting scores as it did then
+            flat = FILE_DEFAULTS | settings if isinstance(settings, dict) else settings
+            config = DetectorConfig.from_flat(flat, str(path))
+    except (TypeError, ValueError) as error:
         raise io.FormatError(str(error)) from None
-    if config.segmenter_fingerprint is None or config.num_classes is None:
-        raise io.FormatError(
-            f"{path} has no segmenter fingerprint or class count: it is not a fitted detector"
-        )
+    if config.fitted is None:
+        raise io.FormatError(f"{path} records no fit: it is not a fitted detector")
     part = {prefix: {} for prefix in ("flow", "stats")}
     for name, value in tensors.items():
         prefix, _, key = name.partition(".")
         if prefix not in part:
             raise io.FormatError(f"{path} holds an unexpected tensor {name!r}")
         part[prefix][key] = value
-    k = config.num_classes
+    k = config.fitted.num_classes
     expected = {
         "mean": torch.empty(k),
         "var": torch.empty(k),
@@ -200,22 +201,24 @@ def check_segmenter(
 ) -> None:
     """Refuse a segmenter the stored detector does not fit: other classes or feature
     channels at a classifier-conv feature layer, or (``weights=True``) other weights."""
-    if config.variant == "C" and config.feature_layer and config.feature_layer.endswith(":input"):
+    fitted = config.fitted
+    layer_name = fitted.feature_layer or config.flow.feature_layer
+    if config.flow.variant == "C" and layer_name and layer_name.endswith(":input"):
         modules = dict(unwrap(segmenter).named_modules())
-        layer = modules.get(config.feature_layer.removesuffix(":input"))
+        layer = modules.get(layer_name.removesuffix(":input"))
         widths = None
         if isinstance(layer, nn.Conv2d):
             widths = layer.out_channels, layer.in_channels
         elif isinstance(layer, nn.Linear):
             widths = layer.out_features, layer.in_features
-        if widths is not None and widths != (config.num_classes, config.feature_channels):
+        if widths is not None and widths != (fitted.num_classes, fitted.feature_channels):
             raise ValueError(
-                f"the detector was fitted for {config.num_classes} classes and "
-                f"{config.feature_channels} feature channels, but the segmenter's "
-                f"{config.feature_layer} has {widths[0]} and {widths[1]}"
+                f"the detector was fitted for {fitted.num_classes} classes and "
+                f"{fitted.feature_channels} feature channels, but the segmenter's "
+                f"{layer_name} has {widths[0]} and {widths[1]}"
             )
-    stored = config.segmenter_fingerprint
-    if weights and stored and not fingerprint_matches(stored, segmenter):
+    stored = fitted.segmenter_fingerprint
+    if weights and not fingerprint_matches(stored, segmenter):
         raise ValueError(
             f"{path} was fitted on a different segmenter (its weights differ); its class "
             "statistics and flow would be wrong for this one. Refit the detector, or pass "

@@ -1,7 +1,8 @@
-"""Flow training: hit / miss targets, balanced pixel sampling, the loss, schedule and loop.
+"""Flow training: hit / miss targets, pixel sampling, the loss, the schedule and the loop.
 
-Kept apart from the detector so single-process, distributed (torchrun) and resumed fits
-share exactly the same arithmetic.
+The recipe that drives them (statistics, the flow, the OOD scale) is
+:func:`flowenedet.fitting.fit_detector`; single-process, distributed (torchrun) and
+resumed fits share exactly the same arithmetic.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -19,20 +19,17 @@ from torch import Tensor
 
 from . import distributed
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from .energy import MIN_VARIANCE, ClassStats
+from .energy import MIN_VARIANCE
 from .labels import PADDING_INDEX
-from .postprocess import resize_labels, upsampled_argmax
+from .postprocess import upsampled_argmax
 from .progress import progress_bar
 
 __all__ = [
-    "FitStatistics",
     "balanced_pixel_sample",
     "divergence_hint",
-    "fit_statistics",
     "hit_miss_loss",
     "miss_targets",
     "passes",
-    "pooled_mean_std",
     "train_flow",
     "uniform_pixel_sample",
     "warmup_step_schedule",
@@ -113,72 +110,6 @@ def miss_targets(
     valid_share = F.adaptive_avg_pool2d(valid[:, None].float(), low)[:, 0]
     wrong_share = F.adaptive_avg_pool2d(wrong[:, None].float(), low)[:, 0]
     return valid_share > 0, wrong_share / valid_share.clamp_min(1e-12)
-
-
-@dataclass
-class FitStatistics:
-    """What one pass over the fit data measured (summed over all processes)."""
-
-    stats: ClassStats  # per-class max-logit sums over correctly classified pixels
-    hits: float  # valid pixels the segmenter gets right (soft: shares of label pixels)
-    misses: float  # ... and wrong
-    num_batches: int  # batches per process (the mean shard length)
-
-
-def fit_statistics(
-    batches: Iterable[tuple[Tensor, Tensor, Any]],
-    ignore_index: int,
-    progress: bool | None = None,
-    void_as_miss: bool = False,
-) -> FitStatistics:
-    """One pass over ``(logits (B, K, h, w), labels (B, H, W), _)`` batches; empty
-    batches (``B = 0``) count towards ``num_batches`` only.
-
-    Raises ``ValueError`` for no batches, or for data without correct or without wrong
-    pixels: the flow learns from both.
-    """
-    stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
-    show = progress if distributed.rank() == 0 else False
-    for logits, labels, _ in progress_bar(
-        batches, desc="class statistics", unit="batches", progress=show
-    ):
-        counts[2] += 1
-        if logits.shape[0] == 0:  # a batch that only trains the flow
-            continue
-        if stats is None:
-            stats = ClassStats(logits.shape[1])
-        stats.update(logits, resize_labels(labels, logits.shape[-2:]), ignore_index)
-        valid, miss = miss_targets(logits, labels, ignore_index, void_as_miss)
-        wrong = float(miss[valid].sum())
-        counts[:2] += torch.tensor([float(valid.sum()) - wrong, wrong], dtype=torch.float64)
-    if stats is None:
-        raise ValueError("loader is empty: fit needs at least one batch")
-    for total in (stats.count, stats.total, stats.total_sq, counts):
-        total.copy_(distributed.all_reduce_sum(total))
-    hits, misses = float(counts[0]), float(counts[1])
-    if hits == 0 or misses == 0:
-        raise ValueError(
-            f"fit data has {hits:.0f} correctly and {misses:.0f} wrongly classified valid "
-            "pixels; the detector learns from both, so it needs some of each"
-        )
-    logger.info("fit data: %.0f correct, %.0f misclassified valid pixels", hits, misses)
-    # every process must run the same number of steps: the mean shard length
-    num_batches = math.ceil(counts[2].item() / distributed.world_size())
-    return FitStatistics(stats, hits, misses, num_batches)
-
-
-def pooled_mean_std(values: Sequence[Tensor]) -> Tensor:
-    """``(len(values), 2)``: mean and standard deviation of each tensor's elements, pooled
-    over all processes under torch.distributed (float64 sums, float32 result)."""
-    sums = []
-    for value in values:
-        value = value.double()
-        sums += [value.new_tensor(value.numel()), value.sum(), value.square().sum()]
-    sums = distributed.all_reduce_sum(torch.stack(sums).cpu()).reshape(-1, 3)
-    count = sums[:, 0].clamp_min(1)
-    mean = sums[:, 1] / count
-    std = (sums[:, 2] / count - mean.square()).clamp_min(1e-12).sqrt()
-    return torch.stack([mean, std], dim=1).float()
 
 
 def hit_miss_loss(component_log_prob: Tensor, miss: Tensor, balanced: bool = True) -> Tensor:

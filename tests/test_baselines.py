@@ -1,4 +1,4 @@
-"""Tests for flowenedet.baselines: MSP, MaxLogit, Energy, Entropy, SML and MC dropout."""
+"""Tests for flowenedet.evaluation.baselines: MSP, MaxLogit, Energy, Entropy, SML and MC dropout."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_scores_match_pytorch_ood(logits: torch.Tensor) -> None:
 )
 def test_detector_classes_use_the_score_functions(cls, fn, logits: torch.Tensor) -> None:
     det = cls(make_model())
-    torch.testing.assert_close(det.score_logits(logits), fn(logits))
+    torch.testing.assert_close(det.score_logits(logits).ood, fn(logits))
 
 
 # ---------------------------------------------------------------- hand-computed values
@@ -168,13 +168,13 @@ def test_sml_standardizes_the_predicted_class() -> None:
     expected = torch.tensor([[[1.0, -3.0, 1.0]]])
     torch.testing.assert_close(sml(logits, mean, var), expected)
     det = SML(make_model(), mean=mean, var=var, postprocess=False)
-    torch.testing.assert_close(det.score_logits(logits), expected)
+    torch.testing.assert_close(det.score_logits(logits).ood, expected)
 
 
 def test_sml_postprocess_smooths_and_keeps_resolution(logits: torch.Tensor) -> None:
     mean, var = torch.zeros(5), torch.ones(5)
-    raw = SML(make_model(), mean, var, postprocess=False).score_logits(logits)
-    post = SML(make_model(), mean, var).score_logits(logits)
+    raw = SML(make_model(), mean, var, postprocess=False).score_logits(logits).ood
+    post = SML(make_model(), mean, var).score_logits(logits).ood
     assert post.shape == raw.shape == (2, 6, 7)
     assert not torch.allclose(post, raw)
     assert post.std() < raw.std()  # smoothing lowers the spread of the map
@@ -213,10 +213,10 @@ def test_sml_fit_matches_hand_computed_class_statistics() -> None:
     expected = F.interpolate(
         sml(out, det.mean, det.var)[:, None], size=(16, 16), mode="bilinear", align_corners=False
     )[:, 0]
-    torch.testing.assert_close(det.score(images), expected)
+    torch.testing.assert_close(det.predict(images), expected)
     # statistics passed in directly (as from a fitted FlowEneDet) give the same scores
     again = SML(model, mean=det.mean, var=det.var, postprocess=False)
-    torch.testing.assert_close(again.score(images), expected)
+    torch.testing.assert_close(again.predict(images), expected)
 
 
 def test_sml_fit_accepts_dict_batches() -> None:
@@ -237,7 +237,7 @@ def test_scores_come_at_image_resolution(name: str) -> None:
     assert isinstance(det, Baseline) and isinstance(det, BASELINES[name])
     assert det.fit(make_loader(model), progress=False) is det
     images = torch.randn(2, 3, 17, 23, generator=torch.Generator().manual_seed(3))
-    scores = det.score(images)
+    scores = det.predict(images)
     assert scores.shape == (2, 17, 23)
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
     assert scores.std() > 0
@@ -252,16 +252,16 @@ def test_score_upsamples_logit_scores_bilinearly() -> None:
     small = 1.0 - out.softmax(1).max(1).values
     expected = F.interpolate(small[:, None], size=(17, 23), mode="bilinear", align_corners=False)
     det = MSP(model)
-    torch.testing.assert_close(det.score(images), expected[:, 0])
+    torch.testing.assert_close(det.predict(images), expected[:, 0])
     torch.testing.assert_close(det(images), expected[:, 0])
-    torch.testing.assert_close(det.score_logits(out, size=(17, 23)), expected[:, 0])
+    torch.testing.assert_close(det.score_logits(out, size=(17, 23)).ood, expected[:, 0])
 
 
 def test_segmenters_returning_dicts_work() -> None:
     torch.manual_seed(0)
     model = DictSegmenter().eval()
     images = torch.randn(1, 3, 8, 8)
-    assert MaxLogit(model).score(images).shape == (1, 8, 8)
+    assert MaxLogit(model).predict(images).shape == (1, 8, 8)
 
 
 # ---------------------------------------------------------------- segmenter left alone
@@ -274,7 +274,7 @@ def test_segmenter_is_left_unchanged(name: str, train_mode: bool) -> None:
     model.body[0].weight.requires_grad_(False)
     before = snapshot(model)
     det = make_baseline(name, model).fit(loader, progress=False)
-    det.score(loader[0][0])
+    det.predict(loader[0][0])
     assert_unchanged(model, before)
 
 
@@ -284,7 +284,7 @@ def test_mc_dropout_is_the_entropy_of_the_mean_of_dropout_samples() -> None:
     images = torch.randn(2, 3, 10, 12, generator=torch.Generator().manual_seed(5))
     det = MCDropout(model, samples=5)
     torch.manual_seed(123)
-    scores = det.score(images)
+    scores = det.predict(images)
 
     # the same passes by hand: dropout on, batch norm in eval mode
     torch.manual_seed(123)
@@ -299,10 +299,10 @@ def test_mc_dropout_is_the_entropy_of_the_mean_of_dropout_samples() -> None:
 
     # scores vary with the dropout masks and are not the deterministic entropy
     torch.manual_seed(123)
-    torch.testing.assert_close(det.score(images), scores)
+    torch.testing.assert_close(det.predict(images), scores)
     torch.manual_seed(7)
-    assert not torch.allclose(det.score(images), scores)
-    assert not torch.allclose(Entropy(model).score(images), scores)
+    assert not torch.allclose(det.predict(images), scores)
+    assert not torch.allclose(Entropy(model).predict(images), scores)
     assert not model.body[3].training
 
 
@@ -310,9 +310,9 @@ def test_mc_dropout_mutual_information_is_between_zero_and_entropy() -> None:
     model = make_model()
     images = torch.randn(2, 3, 10, 12, generator=torch.Generator().manual_seed(6))
     torch.manual_seed(0)
-    ent = MCDropout(model, samples=6).score(images)
+    ent = MCDropout(model, samples=6).predict(images)
     torch.manual_seed(0)
-    mi = MCDropout(model, samples=6, measure="mutual_information").score(images)
+    mi = MCDropout(model, samples=6, measure="mutual_information").predict(images)
     assert (mi >= 0).all() and (mi <= ent + 1e-6).all() and mi.max() > 0
 
 
@@ -322,9 +322,9 @@ def test_mc_dropout_score_logits_takes_samples() -> None:
     samples = torch.stack([sure, -sure])
     det = MCDropout(make_model())
     torch.testing.assert_close(
-        det.score_logits(samples), torch.full((1, 1, 1), math.log(2.0)), atol=1e-6, rtol=0
+        det.score_logits(samples).ood, torch.full((1, 1, 1), math.log(2.0)), atol=1e-6, rtol=0
     )
-    mi = MCDropout(make_model(), measure="mutual_information").score_logits(samples)
+    mi = MCDropout(make_model(), measure="mutual_information").score_logits(samples).ood
     torch.testing.assert_close(mi, torch.full((1, 1, 1), math.log(2.0)), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"\(S, B, K, h, w\)"):
         det.score_logits(sure)
@@ -351,9 +351,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="floating"):
         max_logit(torch.ones(1, 3, 4, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="images must be a floating tensor"):
-        MSP(model).score(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+        MSP(model).predict(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"images must have shape \(B, C, H, W\)"):
-        Entropy(model).score(torch.randn(3, 8, 8))
+        Entropy(model).predict(torch.randn(3, 8, 8))
     with pytest.raises(ValueError, match=r"mean and var must have shape \(4,\)"):
         sml(torch.randn(1, 4, 2, 2), torch.zeros(3), torch.ones(3))
     with pytest.raises(ValueError, match=r"shape \(K,\).*\(2, 4\)"):
@@ -361,9 +361,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="both mean= and var="):
         SML(model, mean=torch.zeros(4))
     with pytest.raises(ValueError, match=r"shape \(4,\) .* got \(5,\) and \(5,\)"):
-        SML(model, mean=torch.zeros(5), var=torch.ones(5)).score(torch.randn(1, 3, 8, 8))
+        SML(model, mean=torch.zeros(5), var=torch.ones(5)).predict(torch.randn(1, 3, 8, 8))
     with pytest.raises(RuntimeError, match="call fit"):
-        SML(model).score(torch.randn(1, 3, 8, 8))
+        SML(model).predict(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="labels has shape"):
         SML(model).fit([(torch.randn(1, 3, 8, 8), torch.zeros(1, 4, 4, dtype=torch.long))])
     with pytest.raises(ValueError, match="size"):

@@ -20,6 +20,7 @@ from flowenedet.evaluation.metrics import (
 )
 from flowenedet.storage import FORMAT, FORMAT_VERSION
 
+from .headers import flat
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
 # ------------------------------------------------------------------ threshold searches
@@ -182,6 +183,7 @@ def test_thresholds_survive_save_and_load(calibrated, segmenter, held_out, tmp_p
 def test_a_format_3_file_loads_uncalibrated(fitted, segmenter, tmp_path):
     path = fitted["U"].save(tmp_path / "det.safetensors")
     tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    config = flat(config)  # format 3: flat settings, no thresholds
     del config["calibration"]
     fio.save_file_atomic(path, tensors, kind=FORMAT, version=3, config=config)
     loaded = FlowEneDet.load(path, segmenter)

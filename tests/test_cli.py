@@ -117,10 +117,10 @@ def _run(capsys, argv: list[str]) -> tuple[int, str, str]:
 
 def test_fit_writes_a_detector_the_library_loads_for_that_segmenter(ws, segmenter):
     det = FlowEneDet.load(ws["det"], segmenter)
-    assert det.config.variant == "C"
-    assert det.config.num_classes == NUM_CLASSES
-    assert det.config.num_blocks == 2  # --detector-kwargs reached the detector
-    assert det.config.feature_layer == "classifier:input"
+    assert det.config.flow.variant == "C"
+    assert det.config.fitted.num_classes == NUM_CLASSES
+    assert det.config.flow.num_blocks == 2  # --detector-kwargs reached the detector
+    assert det.config.fitted.feature_layer == "classifier:input"
 
 
 def test_score_writes_heat_maps_and_float16_maps_equal_to_the_library(ws, segmenter, capsys):
@@ -207,7 +207,7 @@ def test_evaluate_prints_the_table_and_writes_json(ws, segmenter, test_data, cap
 
 def test_evaluate_and_score_use_a_tta_detectors_scales_unless_told(ws, segmenter, capsys, tmp_path):
     det = FlowEneDet.load(ws["det"], segmenter)
-    det.config.tta = True
+    det.config.scoring.tta = True
     tta = dict(ws, det=det.save(tmp_path / "tta.safetensors"))
     reports = {}
     for name, extra in (("own", []), ("one", ["--scales", "1.0"])):
@@ -265,7 +265,7 @@ def test_evaluate_a_fed_c_fit_from_logits_without_feature_layer_hooks_what_score
         logits = segmenter.classifier(features)
     det = FlowEneDet(segmenter, **json.loads(SMALL))
     det.fit_logits(logits, labels, features, steps=4, pixels_per_image=64, progress=False)
-    assert det.config.feature_layer is None
+    assert det.config.fitted.feature_layer is None
     path = det.save(tmp_path / "logits_det.safetensors")
     out = tmp_path / "logits.json"
     argv = ["evaluate", "--detector", str(path), "--folder", str(ws["test"][0])]
@@ -292,7 +292,7 @@ def test_fit_with_a_timm_backbone(ws, capsys, segmenter):
     from flowenedet.zoo import DigitSegmenter
 
     det = FlowEneDet.load(out, DigitSegmenter("resnet10t", num_classes=4), check_segmenter=False)
-    assert det.config.variant == "U" and det.config.num_classes == 4
+    assert det.config.flow.variant == "U" and det.config.fitted.num_classes == 4
 
 
 def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
@@ -808,7 +808,7 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert set(results["splits"]) == {"val", "val/shifted", "test", "test/shifted"}
     # The detector written is usable with the shipped segmenter.
     det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
-    assert det.config.variant == "C" and det.config.num_classes == 11
+    assert det.config.flow.variant == "C" and det.config.fitted.num_classes == 11
 
 
 def test_a_tiny_street_demo_runs_end_to_end(tmp_path, capsys):

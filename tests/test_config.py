@@ -4,7 +4,14 @@ import math
 import pytest
 
 from flowenedet import FlowEneDet
-from flowenedet.config import DetectorConfig, FitOptions
+from flowenedet.config import (
+    DetectorConfig,
+    FitOptions,
+    FitRecord,
+    FlowSettings,
+    ScoringOptions,
+    merge_fit_options,
+)
 from flowenedet.energy import INPUT_SETS
 
 
@@ -30,29 +37,60 @@ from flowenedet.energy import INPUT_SETS
     ],
 )
 def test_every_setting_is_checked_where_it_is_made(field, value, error, match):
+    group = next(g for g in (FlowSettings, ScoringOptions, FitRecord) if field in _names(g))
+    valid = {"num_classes": 3, "segmenter_fingerprint": "0" * 64} if group is FitRecord else {}
     with pytest.raises(error, match=match):
-        DetectorConfig(**{field: value})
-    config = DetectorConfig()
+        group(**(valid | {field: value}))
+    config = group(**valid)
     with pytest.raises(error, match=match):
         setattr(config, field, value)  # assignment is checked too, and leaves the old value
-    assert getattr(config, field) == getattr(DetectorConfig(), field)
+    assert getattr(config, field) == getattr(group(**valid), field)
+
+
+def _names(group: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(group)}
+
+
+def test_settings_are_grouped_by_what_they_are(segmenter):
+    config = DetectorConfig.from_settings({"num_blocks": 3, "ood_energy_weight": 1.0})
+    assert config.flow.num_blocks == 3 and config.scoring.ood_energy_weight == 1.0
+    assert config.fitted is None  # nothing measured before a fit
+    with pytest.raises(TypeError, match=r"\['stride'\] are measured by the fit"):
+        FlowEneDet(segmenter, stride=4.0)
+    with pytest.raises(TypeError, match="must be a ScoringOptions"):
+        DetectorConfig(scoring=FlowSettings())
+
+
+def test_a_config_round_trips_through_json_and_reads_the_flat_format():
+    record = FitRecord(num_classes=5, segmenter_fingerprint="ab" * 32, stride=8.0)
+    config = DetectorConfig(FlowSettings(variant="U"), ScoringOptions(tta=True), record)
+    assert DetectorConfig.from_json(config.to_json(), "here") == config
+    flat = {**dataclasses.asdict(config.flow), **dataclasses.asdict(config.scoring)}
+    flat |= dataclasses.asdict(record)  # the format before the groups: one object
+    assert DetectorConfig.from_flat(flat, "old") == config
+    with pytest.raises(ValueError, match="not a fitted detector"):
+        DetectorConfig.from_flat({"variant": "U"}, "unfitted")
+    with pytest.raises(ValueError, match=r"old has unknown settings \['colour'\]"):
+        DetectorConfig.from_flat(flat | {"colour": 1}, "old")
+    with pytest.raises(ValueError, match="must be a JSON object of"):
+        DetectorConfig.from_json(flat, "flat")
 
 
 def test_the_constructor_uses_the_schema(segmenter):
-    with pytest.raises(ValueError, match=r"DetectorConfig\.hidden"):
+    with pytest.raises(ValueError, match=r"FlowSettings\.hidden"):
         FlowEneDet(segmenter, hidden=0)
     with pytest.raises(TypeError, match="unknown FlowEneDet options"):
         FlowEneDet(segmenter, hiden=8)
 
 
 def test_defaults_and_integer_floats_are_accepted():
-    config = DetectorConfig(ood_energy_weight=2, ood_smooth_sigma=1)
+    config = ScoringOptions(ood_energy_weight=2, ood_smooth_sigma=1)
     assert config.ood_energy_weight == 2.0 and isinstance(config.ood_energy_weight, float)
-    assert dataclasses.asdict(DetectorConfig()) == dataclasses.asdict(DetectorConfig())
+    assert DetectorConfig().to_json() == DetectorConfig().to_json()
 
 
 def test_input_sets_follow_the_energy_module():
-    spec = dataclasses.fields(DetectorConfig)[1].metadata["spec"]
+    spec = dataclasses.fields(FlowSettings)[1].metadata["spec"]
     assert set(spec.choices) == set(INPUT_SETS)
 
 
@@ -78,11 +116,11 @@ def test_fit_options_are_checked(field, value):
 # ---------------------------------------------------------------- presets
 def test_a_paper_preset_sets_the_reference_options_and_can_be_overridden(segmenter):
     det = FlowEneDet(segmenter, preset="paper-deeplabv3plus", num_blocks=6, variant="U")
-    cfg = det.config
+    cfg, scoring = det.config.flow, det.config.scoring
     assert (cfg.num_blocks, cfg.variant) == (6, "U")  # given values win
     assert cfg.inputs == "energy" and cfg.void_as_miss and cfg.loss_weighting == "prevalence"
-    assert cfg.prior == "learned" and cfg.postprocess == "image-pixels" and cfg.tta
-    assert (cfg.boundary_width, cfg.ood_dilation, cfg.ood_smooth_kernel) == (4, 6, 7)
+    assert cfg.prior == "learned" and scoring.postprocess == "image-pixels" and scoring.tta
+    assert (scoring.boundary_width, scoring.ood_dilation, scoring.ood_smooth_kernel) == (4, 6, 7)
     fit = det.fit_options
     assert (fit.steps, fit.warmup_steps, fit.decay_every, fit.weight_decay) == (
         50_000,
@@ -90,7 +128,7 @@ def test_a_paper_preset_sets_the_reference_options_and_can_be_overridden(segment
         15_000,
         0.01,
     )
-    assert FlowEneDet(segmenter, preset="paper-segformer").config.num_blocks == 8
+    assert FlowEneDet(segmenter, preset="paper-segformer").config.flow.num_blocks == 8
 
 
 def test_the_default_preset_is_the_plain_defaults(segmenter):
@@ -105,10 +143,10 @@ def test_an_unknown_preset_is_refused(segmenter):
 
 
 def test_fit_arguments_override_the_preset_and_epochs_alone_means_passes(segmenter):
-    det = FlowEneDet(segmenter, preset="paper-deeplabv3plus")
-    assert det._fit_options({"steps": 3}).steps == 3
-    assert det._fit_options({"steps": 3}).warmup_steps == 4000
-    by_epochs = det._fit_options({"epochs": 2})
+    preset = FlowEneDet(segmenter, preset="paper-deeplabv3plus").fit_options
+    assert merge_fit_options(preset, {"steps": 3}).steps == 3
+    assert merge_fit_options(preset, {"steps": 3}).warmup_steps == 4000
+    by_epochs = merge_fit_options(preset, {"epochs": 2})
     assert by_epochs.steps is None and by_epochs.epochs == 2
     with pytest.raises(TypeError, match="unknown fit options"):
-        det._fit_options({"step": 3})
+        merge_fit_options(preset, {"step": 3})

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from flowenedet import FlowEneDet, PixelEvaluator
+from flowenedet import FlowEneDet, PixelEvaluator, Scores
+from flowenedet.evaluation.baselines import make_baseline
 from flowenedet.hooks import SegmenterTap
+from flowenedet.postprocess import upsampled_argmax
 
 from .toy import NUM_CLASSES, make_scenes
 
@@ -27,6 +29,41 @@ def test_calling_the_detector_gives_one_map_higher_is_more_anomalous(fitted, ima
     assert det(images).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="map must be one of"):
         det.predict(images, map="energy")
+
+
+DETECTORS = ("FED-U", "FED-C", "msp", "maxlogit", "energy", "entropy", "sml", "mcdropout")
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_every_detector_offers_one_interface(name, fitted, segmenter, train_loader, images):
+    """FlowEneDet and each baseline: fit / fit_logits return the detector, predict (and
+    calling it) gives one (B, H, W) map, score and score_logits give Scores at the
+    images' size with the segmenter's prediction."""
+    if name.startswith("FED-"):
+        det = fitted[name[-1]]
+    else:
+        det = make_baseline(name, segmenter)
+        assert det.fit(train_loader[:1], progress=False) is det
+        logits, labels = segmenter(train_loader[0][0]).detach(), train_loader[0][1]
+        assert det.fit_logits(logits, labels) is det
+    torch.manual_seed(0)  # MC dropout's masks
+    anomaly = det.predict(images)
+    assert anomaly.shape == (3, 32, 32) and anomaly.dtype == torch.float32
+    torch.manual_seed(0)
+    assert torch.equal(det(images), anomaly)
+    torch.manual_seed(0)
+    scores = det.score(images)
+    assert isinstance(scores, Scores) and torch.equal(scores.ood, anomaly)
+    assert all(getattr(scores, k).shape == (3, 32, 32) for k in ("idm", "ood", "concurrent"))
+    with torch.no_grad():
+        expected_pred = upsampled_argmax(segmenter(images), (32, 32))
+    if det.needs_images:  # MC dropout: its own prediction, from the passes' mean
+        assert (scores.pred == expected_pred).float().mean() > 0.9
+        return
+    assert torch.equal(scores.pred, expected_pred)
+    logits, features = SegmenterTap(segmenter, "classifier:input")(images)
+    from_logits = det.score_logits(logits, features, size=(32, 32))
+    assert torch.allclose(from_logits.ood, scores.ood, atol=1e-6)
 
 
 def test_to_moves_segmenter_flow_and_statistics_and_returns_the_detector(segmenter, train_loader):
@@ -63,7 +100,7 @@ def test_a_detector_fitted_on_logits_scores_the_models_images(segmenter, train_l
         logits, labels, features, steps=2, progress=False
     )
     assert torch.equal(det.score(images).ood, named.score(images).ood)
-    assert det.config.feature_layer == "classifier:input"  # found as fit finds it
+    assert det.config.fitted.feature_layer is None  # found as fit finds it, not recorded
     unresolved = FlowEneDet(segmenter).fit_logits(logits, labels, features, steps=2, progress=False)
     path = unresolved.save(tmp_path / "det.safetensors")
     loaded = FlowEneDet.load(path, segmenter)
@@ -78,7 +115,7 @@ def test_features_from_another_layer_are_named_in_the_error(segmenter, train_loa
     for _ in range(2):  # nothing wrong is kept
         with pytest.raises(ValueError, match="feature_layer= naming the layer"):
             det.score(images)
-    assert det.config.feature_layer is None
+    assert det.config.fitted.feature_layer is None
 
 
 # ------------------------------------------------------------------ per-image metrics

@@ -113,18 +113,16 @@ def test_multi_scale_scores_keep_shape_and_differ_from_single_scale(fitted, segm
 def test_score_logits_equals_score_on_the_same_logits(fitted, segmenter):
     images, _ = make_scenes(2, seed=6)
     det = fitted["C"]
-    logits, features = det._tap(images)
+    logits, features = det.segment(images)
     direct = det.score_logits(logits, features, size=(32, 32))
     assert torch.equal(direct.idm, det.score(images).idm)
 
 
 def test_banded_scoring_equals_whole_map(fitted):
     images, _ = make_scenes(2, seed=7)
-    det = copy.copy(fitted["C"])
-    det.config = copy.copy(det.config)
+    det = fitted["C"]
     whole = det.score(images)
-    det.config.chunk_pixels = 40  # a band of one or two rows at a time
-    banded = det.score(images)
+    banded = det.with_options(chunk_pixels=40).score(images)  # one or two rows at a time
     assert torch.allclose(whole.idm, banded.idm, atol=1e-6)
 
 
@@ -198,53 +196,45 @@ def test_papers_energy_pair_is_available_as_input_set(segmenter, train_loader):
 
 
 def test_ood_map_without_energy_term_ranks_pixels_as_the_posterior(fitted, segmenter):
-    det = copy.copy(fitted["C"])
-    det.config = copy.copy(det.config)
-    det.config.ood_energy_weight = 0.0
-    det.config.boundary_width = 0  # no post-processing: the two maps differ only in the
-    det.config.smooth_kernel = 1  # energy term and a monotone rescaling of the log-odds
+    # no post-processing: the two maps differ only in the energy term and a monotone
+    # rescaling of the log-odds
+    det = fitted["C"].with_options(ood_energy_weight=0.0, boundary_width=0, smooth_kernel=1)
     images, _ = make_scenes(2, seed=8)
-    logits, features = det._tap(images)
+    logits, features = det.segment(images)
     scores = det.score_logits(logits, features)
     order = scores.idm.flatten().argsort()
     assert (scores.ood.flatten()[order].diff() >= -1e-6).all()
-    det.config.ood_energy_weight = 1.0
+    det = det.with_options(ood_energy_weight=1.0)
     with_energy = det.score_logits(logits, features).ood.flatten()[order]
     assert not (with_energy.diff() >= -1e-6).all()
 
 
 def test_concurrent_map_is_the_ood_score_with_its_own_energy_weight(fitted):
-    det = copy.copy(fitted["C"])
-    det.config = copy.copy(det.config)
-    det.config.boundary_width = 0  # no post-processing: only the energy weights differ
-    det.config.smooth_kernel = 1
+    # no post-processing: only the energy weights differ
+    det = fitted["C"].with_options(boundary_width=0, smooth_kernel=1)
     images, _ = make_scenes(2, seed=8)
-    logits, features = det._tap(images)
-    det.config.concurrent_energy_weight = det.config.ood_energy_weight
-    same = det.score_logits(logits, features)
+    logits, features = det.segment(images)
+    weight = det.config.scoring.ood_energy_weight
+    same = det.with_options(concurrent_energy_weight=weight).score_logits(logits, features)
     assert torch.allclose(same.concurrent, same.ood, atol=1e-6)
-    det.config.concurrent_energy_weight = 0.0  # ranks pixels as the posterior, like idm
-    scores = det.score_logits(logits, features)
+    # ranks pixels as the posterior, like idm
+    scores = det.with_options(concurrent_energy_weight=0.0).score_logits(logits, features)
     order = scores.idm.flatten().argsort()
     assert (scores.concurrent.flatten()[order].diff() >= -1e-6).all()
     assert not torch.allclose(scores.concurrent, same.concurrent)
 
 
 def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):
-    det = copy.copy(fitted["C"])
-    det.config = copy.copy(det.config)
-    det.config.boundary_width = 0  # no boundary suppression: the maps differ by smoothing only
+    # no boundary suppression: the maps differ by smoothing only
+    det = fitted["C"].with_options(boundary_width=0)
     images, _ = make_scenes(2, seed=8)
-    logits, features = det._tap(images)
-    det.config.ood_smooth_kernel = 1  # the ood map alone unsmoothed
-    raw = det.score_logits(logits, features)
-    det.config.ood_smooth_kernel = None  # as smooth_kernel (7)
-    smoothed = det.score_logits(logits, features)
+    logits, features = det.segment(images)
+    raw = det.with_options(ood_smooth_kernel=1).score_logits(logits, features)  # ood unsmoothed
+    smoothed = det.with_options(ood_smooth_kernel=None).score_logits(logits, features)  # as 7
     assert torch.equal(raw.idm, smoothed.idm)
     assert not torch.allclose(raw.ood, smoothed.ood)
     assert (smoothed.ood.amax((1, 2)) < raw.ood.amax((1, 2)) - 1e-3).all()  # peaks flattened
-    det.config.ood_keep_peaks = True
-    kept = det.score_logits(logits, features).ood
+    kept = det.with_options(ood_keep_peaks=True).score_logits(logits, features).ood
     assert torch.equal(kept, torch.maximum(raw.ood, smoothed.ood))
     assert torch.equal(kept.amax((1, 2)), raw.ood.amax((1, 2)))
 
@@ -368,15 +358,13 @@ def test_torchvision_model_is_wrapped_with_its_aux_head_skipped():
     images = torch.rand(2, 3, 64, 64)
     labels = torch.randint(0, 3, (2, 64, 64))
     det = FlowEneDet(model).fit([(images, labels)], steps=2, pixels_per_image=64, progress=False)
-    assert det.config.feature_layer == "classifier.4:input"
+    assert det.config.fitted.feature_layer == "classifier.4:input"
     assert det.score(images).ood.shape == (2, 64, 64)
 
 
-def test_unfitted_segmenter_of_other_width_is_refused_at_score(fitted):
-    other = ToySegmenter(num_classes=NUM_CLASSES + 1)
-    det = copy.copy(fitted["U"])
-    det.segmenter = other
-    det._tap = type(det._tap)(other)
+def test_unfitted_segmenter_of_other_width_is_refused_at_score(fitted, tmp_path):
+    path = fitted["U"].save(tmp_path / "det.safetensors")
+    det = FlowEneDet.load(path, ToySegmenter(num_classes=NUM_CLASSES + 1), check_segmenter=False)
     with pytest.raises(ValueError, match="gives 5 classes"):
         det.score(torch.rand(1, 3, 32, 32))
 
@@ -524,18 +512,18 @@ def test_images_that_overflow_the_segmenter_give_an_error_not_nan_maps(fitted):
 
 # ---------------------------------------------------------------- the release's options
 def test_the_stride_is_measured_at_fit(fitted):
-    assert fitted["U"].config.stride == 2.0  # 32-pixel images, 16-pixel logits
+    assert fitted["U"].config.fitted.stride == 2.0  # 32-pixel images, 16-pixel logits
 
 
 def test_a_measured_prior_shifts_the_posterior_by_exactly_its_log_odds(fitted):
     det = copy.deepcopy(fitted["U"])
-    det.config.smooth_kernel = 1  # idm is then the posterior itself
+    det.config.scoring.smooth_kernel = 1  # idm is then the posterior itself
     logits = det.segmenter(make_scenes(2, seed=8)[0]).detach()
     equal = det.score_logits(logits).idm
-    det.config.prior = "measured"
-    det.flow._distribution.prior = "measured"
+    det.config.flow.prior = "measured"
+    det.flow.base.prior = "measured"
     with torch.no_grad():
-        det.flow._distribution.log_weights.copy_(torch.tensor([0.8, 0.2]).log())
+        det.flow.base.log_weights.copy_(torch.tensor([0.8, 0.2]).log())
     shifted = det.score_logits(logits).idm
     unsaturated = (equal > 1e-4) & (equal < 1 - 1e-4) & (shifted > 1e-4) & (shifted < 1 - 1e-4)
     change = torch.logit(shifted.double()) - torch.logit(equal.double())
@@ -545,11 +533,11 @@ def test_a_measured_prior_shifts_the_posterior_by_exactly_its_log_odds(fitted):
 def test_a_learned_prior_is_trained_from_the_measured_rates(segmenter, train_loader):
     det = FlowEneDet(segmenter, variant="U", prior="learned")
     det.fit(train_loader[:2], steps=6, lr=0.01, progress=False)
-    weights = det.flow._distribution.log_weights
+    weights = det.flow.base.log_weights
     assert isinstance(weights, torch.nn.Parameter)
     measured = FlowEneDet(segmenter, variant="U", prior="measured")
     measured.fit(train_loader[:2], steps=1, progress=False)
-    assert not torch.allclose(weights, measured.flow._distribution.log_weights)
+    assert not torch.allclose(weights, measured.flow.base.log_weights)
 
 
 def test_void_as_miss_counts_void_pixels_as_misses_of_the_fit_data(segmenter, train_loader):
@@ -561,7 +549,7 @@ def test_void_as_miss_counts_void_pixels_as_misses_of_the_fit_data(segmenter, tr
     for void_as_miss in (False, True):
         det = FlowEneDet(segmenter, variant="U", void_as_miss=void_as_miss)
         det.fit([(images, labels)], steps=1, progress=False)
-        rates[void_as_miss] = det.flow._distribution.log_weights.exp()[1].item()
+        rates[void_as_miss] = det.flow.base.log_weights.exp()[1].item()
     with torch.no_grad():
         pred = upsampled_argmax(segmenter(images), labels.shape[-2:])
     valid, void = (labels != 255) & (labels != PADDING_INDEX), labels == 255
@@ -575,7 +563,7 @@ def test_tta_scores_at_the_release_scales(fitted):
     det = copy.deepcopy(fitted["C"])
     images, _ = make_scenes(2, seed=12, size=64)
     explicit = det.score(images, scales=(1.0, 0.5, 0.25))
-    det.config.tta = True
+    det.config.scoring.tta = True
     by_default = det.score(images)
     assert torch.equal(explicit.ood, by_default.ood) and torch.equal(explicit.pred, by_default.pred)
 
@@ -584,7 +572,7 @@ def test_tta_on_the_ood_map_alone_keeps_the_other_maps_at_the_first_scale(fitted
     det = copy.deepcopy(fitted["C"])
     images, _ = make_scenes(2, seed=12, size=64)
     one, every = det.score(images), det.score(images, scales=(1.0, 0.5, 0.25))
-    det.config.tta_maps = "ood"
+    det.config.scoring.tta_maps = "ood"
     only_ood = det.score(images, scales=(1.0, 0.5, 0.25))
     assert torch.equal(only_ood.ood, every.ood) and not torch.equal(only_ood.ood, one.ood)
     for kind in ("idm", "concurrent", "pred"):
@@ -593,11 +581,11 @@ def test_tta_on_the_ood_map_alone_keeps_the_other_maps_at_the_first_scale(fitted
 
 def test_image_pixel_postprocessing_at_stride_one_is_the_logit_pixel_one(fitted):
     det = copy.deepcopy(fitted["C"])
-    det.config.postprocess = "logit-pixels"
-    det.config.boundary_width = det.config.boundary_iterations = 2  # something to compare
-    logits, features = det._tap(make_scenes(2, seed=2)[0])
+    det.config.scoring.postprocess = "logit-pixels"
+    det.config.scoring.boundary_width = det.config.scoring.boundary_iterations = 2  # to compare
+    logits, features = det.segment(make_scenes(2, seed=2)[0])
     before = det.score_logits(logits, features)
-    det.config.postprocess = "image-pixels"
+    det.config.scoring.postprocess = "image-pixels"
     after = det.score_logits(logits, features)  # size = logits' size: image and logits agree
     for kind in ("idm", "ood", "concurrent"):
         assert torch.allclose(getattr(before, kind), getattr(after, kind), atol=1e-6)
@@ -609,16 +597,16 @@ def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted)
     equal (boundaries of the logit-resolution prediction fall elsewhere) but rank pixels
     alike."""
     det = copy.deepcopy(fitted["C"])
-    det.config.stride = 4.0  # as if the logits were at stride 4
+    det.config.fitted.stride = 4.0  # as if the logits were at stride 4
     for name, value in (("boundary_width", 4), ("boundary_iterations", 4), ("ood_dilation", 6)):
-        setattr(det.config, name, value)  # the release's sizes
+        setattr(det.config.scoring, name, value)  # the release's sizes
     images, _ = make_scenes(4, seed=3, size=64)
-    logits, features = det._tap(images)
+    logits, features = det.segment(images)
     logits = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
     features = F.interpolate(features, size=(16, 16), mode="bilinear", align_corners=False)
     maps = {}
     for mode in ("image-pixels", "image-pixels-at-logits"):
-        det.config.postprocess = mode
+        det.config.scoring.postprocess = mode
         maps[mode] = det.score_logits(logits, features, size=(64, 64))
     # measured: correlation 0.995 / 0.84-0.9 / 0.996; unconverted sizes give 0.83 / 0.53 / 0.85
     for kind, least in (("idm", 0.95), ("ood", 0.75), ("concurrent", 0.95)):

@@ -43,8 +43,8 @@ def test_torchvision_lraspp_gets_its_high_resolution_classifier_input():
     ).eval()
     # its logits are low_classifier(low) + high_classifier(high): the wider input is taken
     det = fit_and_score(model, size=32)
-    assert det.config.feature_layer == "classifier.high_classifier:input"
-    assert det.config.feature_channels == 128
+    assert det.config.fitted.feature_layer == "classifier.high_classifier:input"
+    assert det.config.fitted.feature_channels == 128
 
 
 def test_transformers_segformer():
@@ -64,7 +64,7 @@ def test_transformers_segformer():
     torch.manual_seed(0)
     model = transformers.SegformerForSemanticSegmentation(config).eval()
     det = fit_and_score(model)
-    assert det.config.feature_layer == "decode_head.classifier:input"
+    assert det.config.fitted.feature_layer == "decode_head.classifier:input"
 
 
 def test_transformers_upernet_skips_its_auxiliary_head():
@@ -86,7 +86,7 @@ def test_transformers_upernet_skips_its_auxiliary_head():
     )
     torch.manual_seed(0)
     model = transformers.UperNetForSemanticSegmentation(config).eval()
-    assert fit_and_score(model).config.feature_layer == "decode_head.classifier:input"
+    assert fit_and_score(model).config.fitted.feature_layer == "decode_head.classifier:input"
 
 
 def tiny_mask2former(transformers):
@@ -125,8 +125,9 @@ def test_transformers_mask2former_is_refused_with_the_wrapper_to_use_then_works_
         FlowEneDet(model).fit([(images, torch.zeros(2, 64, 64, dtype=torch.long))], steps=1)
     det = fit_and_score(MaskClassificationLogits(model))
     # FED-C conditions on the pixel decoder's mask features, at the masks' resolution
-    assert det.config.feature_layer == "model.model.pixel_level_module.decoder.mask_projection"
-    assert det.config.feature_channels == 32
+    layer = "model.model.pixel_level_module.decoder.mask_projection"
+    assert det.config.fitted.feature_layer == layer
+    assert det.config.fitted.feature_channels == 32
 
 
 class FixedQueries(nn.Module):
@@ -160,7 +161,7 @@ def test_segmentation_models_pytorch(family):
     smp = pytest.importorskip("segmentation_models_pytorch")
     torch.manual_seed(0)
     model = getattr(smp, family)(encoder_name="resnet18", encoder_weights=None, classes=K).eval()
-    assert fit_and_score(model).config.feature_layer == "segmentation_head.0:input"
+    assert fit_and_score(model).config.fitted.feature_layer == "segmentation_head.0:input"
 
 
 # ------------------------------------------------------------------ dtype and compile
@@ -178,7 +179,7 @@ def test_a_half_precision_copy_loads_and_scores_like_the_float32_model(fitted, t
     change = (maps.idm - reference.idm).abs().flatten()
     assert change.mean() < 0.01 and torch.quantile(change, 0.99) < 0.05
     refit = FlowEneDet(half).fit([(images, labels)], steps=1, progress=False)  # fits too
-    assert refit.config.feature_layer == "classifier:input"
+    assert refit.config.fitted.feature_layer == "classifier:input"
     other = copy.deepcopy(det.segmenter)
     with torch.no_grad():
         other.classifier.bias.add_(0.1)
@@ -208,8 +209,8 @@ def test_a_torch_compiled_segmenter_fits_loads_and_scores_as_the_plain_one(
     refit = FlowEneDet(compiled, num_classes=NUM_CLASSES).fit(
         [(images, labels)], steps=1, progress=False
     )
-    assert refit.config.feature_layer == "classifier:input"  # the model's own names
-    assert refit.config.segmenter_fingerprint == det.config.segmenter_fingerprint
+    assert refit.config.fitted.feature_layer == "classifier:input"  # the model's own names
+    assert refit.config.fitted.segmenter_fingerprint == det.config.fitted.segmenter_fingerprint
 
 
 # ------------------------------------------------------------------ examples
@@ -229,7 +230,7 @@ def test_detectors_saved_with_the_earlier_fingerprint_still_load(fitted, segment
     det = copy.copy(fitted["U"])
     det.config = dataclasses.replace(det.config)
     # earlier releases: the SHA-256 of the exact state dict's bytes
-    det.config.segmenter_fingerprint = io.tensor_checksum(segmenter.state_dict())
+    det.config.fitted.segmenter_fingerprint = io.tensor_checksum(segmenter.state_dict())
     path = det.save(tmp_path / "old.safetensors")
     images, _ = make_scenes(2, seed=6)
     assert torch.equal(FlowEneDet.load(path, segmenter).score(images).idm, det.score(images).idm)

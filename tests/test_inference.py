@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from flowenedet.config import DetectorConfig
+from flowenedet.config import ScoringOptions
 from flowenedet.conv_flow import ConvEnergyFlow
 from flowenedet.energy import flow_inputs
-from flowenedet.flow import EnergyFlow
+from flowenedet.flow import EnergyFlow, align_features
 from flowenedet.inference import FusedEnergyFlow, ScoringCache, check_autocast
 from flowenedet.postprocess import postprocess_maps, upsampled_argmax
+from flowenedet.scoring import Scorer
 
 from .toy import make_scenes
 
@@ -70,7 +71,7 @@ def test_scoring_cache_follows_weight_changes_and_new_flows():
     first = cache.get(flow)
     assert cache.get(flow) is first  # unchanged weights: built once
     with torch.no_grad():
-        flow._distribution.means.add_(0.5)  # an in-place update, like an optimizer step
+        flow.base.means.add_(0.5)  # an in-place update, like an optimizer step
     assert close(cache.get(flow)(z), flow.log_odds_map(z, None))
     other = trained_looking_flow(2, 0, seed=3)
     flow.load_state_dict(other.state_dict())
@@ -85,16 +86,22 @@ def test_conv_couplings_keep_their_own_path():
 
 
 @pytest.mark.parametrize("variant", "UC")
-def test_fitted_detector_scores_equal_the_nflows_path(fitted, variant, monkeypatch):
+def test_fitted_detector_scores_equal_the_nflows_path(fitted, variant):
     det = fitted[variant]
     images, _ = make_scenes(2, seed=21, ood=True)
     fused = det.score(images)
 
-    def nflows_log_odds(flow):
-        return lambda inputs, features, chunk, dtype=None: flow.log_odds_map(inputs, features)
+    class NflowsPath:  # a ScoringCache giving nflows' own log-odds
+        @staticmethod
+        def get(flow):
+            return lambda inputs, features, chunk, dtype=None: flow.log_odds_map(inputs, features)
 
-    monkeypatch.setattr(det._scoring, "get", nflows_log_odds)
-    reference = det.score(images)
+    cfg = det.config
+    nflows = Scorer(det.flow, det.stats, cfg.flow, cfg.fitted, cfg.scoring, NflowsPath())
+    logits, features = det.segment(images)
+    if features is not None:
+        features = align_features(features, logits, cfg.flow.pooled_channels)
+    reference = nflows.logits(logits, features, images.shape[-2:])
     for kind in ("idm", "ood", "concurrent"):
         assert close(getattr(fused, kind), getattr(reference, kind))
     assert torch.equal(fused.pred, reference.pred)
@@ -106,7 +113,7 @@ def test_bf16_scores_agree_with_float32(fitted):
     maps by up to ~0.13 where its prediction flips (run with ``-s`` for the numbers)."""
     det = fitted["C"]
     images, _ = make_scenes(4, seed=22, ood=True)
-    logits, features = det._tap(images)
+    logits, features = det.segment(images)
     full = det.score_logits(logits, features, size=(32, 32))
     flow_only = det.score_logits(logits, features, size=(32, 32), autocast=torch.bfloat16)
     both = det.score(images, autocast=torch.bfloat16)
@@ -140,7 +147,7 @@ def test_fused_path_stays_on_the_flows_device():
     inputs = flow_inputs(logits, torch.zeros(5), torch.ones(5))  # statistics kept on the CPU
     assert inputs.device.type == "meta" and inputs.shape == (2, 6, 13, 17)
     maps = postprocess_maps(
-        out, out, out, pred=logits.argmax(1), config=DetectorConfig(), stride=4.0
+        out, out, out, pred=logits.argmax(1), config=ScoringOptions(), stride=4.0
     )
     assert {m.device.type for m in maps} == {"meta"}
     assert upsampled_argmax(logits, (52, 68)).device.type == "meta"

@@ -1,5 +1,4 @@
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
 from flowenedet.storage import FORMAT, FORMAT_VERSION
 
+from .headers import flat
 from .toy import NUM_CLASSES, ToySegmenter, make_scenes
 
 
@@ -55,6 +55,7 @@ def _write_legacy(path, tensors, config, version):
 def test_detector_of_the_previous_format_loads_and_says_so(fitted, segmenter, tmp_path, caplog):
     path = fitted["U"].save(tmp_path / "det.safetensors")
     tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    config = flat(config)
     del config["calibration"]  # format 2 stored no thresholds
     _write_legacy(path, tensors, config, version=2)
     images, _ = make_scenes(2, seed=3)
@@ -75,13 +76,13 @@ def test_detector_of_an_older_format_is_refused(fitted, segmenter, tmp_path):
 
 
 def test_file_from_before_the_ood_smoothing_options_scores_as_it_did(fitted, segmenter, tmp_path):
-    det = copy.copy(fitted["U"])
-    det.config = dataclasses.replace(det.config, smooth_kernel=3, ood_smooth_kernel=None)
+    det = fitted["U"].with_options(smooth_kernel=3, ood_smooth_kernel=None)
     path = det.save(tmp_path / "det.safetensors")
     tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
+    config = flat(config)  # format 4: one flat object
     for name in ("ood_smooth_kernel", "ood_smooth_sigma", "ood_keep_peaks"):
         del config[name]
-    fio.save_file_atomic(path, tensors, kind=FORMAT, version=FORMAT_VERSION, config=config)
+    fio.save_file_atomic(path, tensors, kind=FORMAT, version=4, config=config)
     images, _ = make_scenes(2, seed=3)
     loaded = FlowEneDet.load(path, segmenter)
     assert torch.equal(loaded.score(images).ood, det.score(images).ood)  # ood kernel 3 too
@@ -163,7 +164,7 @@ def test_saving_an_unfitted_detector_is_refused(segmenter, tmp_path):
 def test_fed_u_with_a_named_feature_layer_round_trips(segmenter, train_loader, tmp_path):
     det = FlowEneDet(segmenter, variant="U", feature_layer="classifier:input")
     path = det.fit(train_loader[:2], steps=2, progress=False).save(tmp_path / "u.safetensors")
-    assert FlowEneDet.load(path, segmenter).config.variant == "U"
+    assert FlowEneDet.load(path, segmenter).config.flow.variant == "U"
 
 
 def test_temporaries_of_killed_writes_are_removed_by_the_next_save(fitted, tmp_path):

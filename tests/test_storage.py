@@ -7,16 +7,18 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
 from flowenedet.storage import FORMAT, FORMAT_VERSION
 
+from .headers import edited, flat, group_of
 from .toy import make_scenes
 
 
@@ -36,8 +38,7 @@ def craft(path, out, config=None, tensors=None):
     original_tensors, original_config = read(path)
     tensors = {**original_tensors, **(tensors or {})}
     tensors = {k: v for k, v in tensors.items() if v is not None}
-    body = {**original_config, **(config or {})}
-    body = {k: v for k, v in body.items() if v is not ...}
+    body = edited(original_config, config or {})
     fio.save_file_atomic(out, tensors, kind=FORMAT, version=FORMAT_VERSION, config=body)
     return out
 
@@ -69,7 +70,7 @@ def rewrite_header(path, out, edit):
         ("num_blocks", 8.0, "num_blocks"),
         ("segmenter_fingerprint", None, "fingerprint"),
         ("segmenter_fingerprint", ..., "fingerprint"),  # removed from the header
-        ("num_classes", None, "class count"),
+        ("num_classes", None, "num_classes"),
         ("nonsense", 1, "unknown settings"),
     ],
 )
@@ -78,7 +79,7 @@ def test_crafted_header_values_are_refused_before_anything_is_built(
 ):
     bad = craft(saved, tmp_path / "bad.safetensors", config={field: value})
     built = []
-    monkeypatch.setattr(FlowEneDet, "_build_flow", lambda *a: built.append(a))
+    monkeypatch.setattr("flowenedet.detector.build_flow", lambda *a: built.append(a))
     with pytest.raises(FormatError, match=match) as info:
         FlowEneDet.load(bad, segmenter)
     assert str(bad) in str(info.value)
@@ -91,8 +92,7 @@ def test_non_finite_header_numbers_are_refused(saved, segmenter, tmp_path):
         for text in ("NaN", "Infinity"):
 
             def edit(meta, field=field, text=text):
-                config = json.loads(meta["config"])
-                config[field] = 0.0
+                config = edited(json.loads(meta["config"]), {field: 0.0})
                 meta["config"] = json.dumps(config).replace(f'"{field}": 0.0', f'"{field}": {text}')
                 meta["sha256"] = fio._file_checksum(tensors, meta)
 
@@ -120,8 +120,9 @@ def test_any_edit_of_the_settings_is_a_damaged_file(saved, segmenter, tmp_path):
 
         def edit(meta, field=field):
             config = json.loads(meta["config"])
-            value = config[field]
-            config[field] = value + 2 if isinstance(value, int) else value * 1.0000001
+            group = group_of(config, field)
+            value = group[field]
+            group[field] = value + 2 if isinstance(value, int) else value * 1.0000001
             meta["config"] = json.dumps(config, sort_keys=True)
 
         bad = rewrite_header(saved, tmp_path / f"{field}.safetensors", edit)
@@ -131,8 +132,9 @@ def test_any_edit_of_the_settings_is_a_damaged_file(saved, segmenter, tmp_path):
 
     def flip_fingerprint(meta):
         config = json.loads(meta["config"])
-        fingerprint = config["segmenter_fingerprint"]
-        config["segmenter_fingerprint"] = ("0" if fingerprint[0] != "0" else "1") + fingerprint[1:]
+        fingerprint = config["fitted"]["segmenter_fingerprint"]
+        flipped = ("0" if fingerprint[0] != "0" else "1") + fingerprint[1:]
+        config["fitted"]["segmenter_fingerprint"] = flipped
         meta["config"] = json.dumps(config, sort_keys=True)
 
     bad = rewrite_header(saved, tmp_path / "fp.safetensors", flip_fingerprint)
@@ -252,11 +254,12 @@ def test_fuzzed_files_are_refused_or_give_finite_maps(saved, segmenter, tmp_path
     images, _ = make_scenes(2, seed=1)
     outcomes = {"refused": 0, "finite": 0}
     for case in range(60):
-        edited_config, edited_tensors = dict(config), dict(tensors)
+        edited_config, edited_tensors = edited(config, {}), dict(tensors)
         for _ in range(rng.randint(1, 3)):
             if rng.random() < 0.5:
-                key = rng.choice(sorted(edited_config))
-                edited_config[key] = _mutate_value(edited_config[key], rng)
+                group = rng.choice(["flow", "scoring", "fitted"])
+                key = rng.choice(sorted(edited_config[group]))
+                edited_config[group][key] = _mutate_value(edited_config[group][key], rng)
             else:
                 key = rng.choice(sorted(edited_tensors))
                 edited_tensors[key] = _mutate_tensor(edited_tensors[key], rng)
@@ -297,11 +300,34 @@ def test_fuzzed_files_are_refused_or_give_finite_maps(saved, segmenter, tmp_path
 def test_a_file_older_than_the_postprocess_setting_scores_as_it_did(saved, tmp_path, segmenter):
     """A file without ``postprocess`` predates it and ran post-processing in logit pixels:
     it must load with that, not with today's default, and score as such a detector did."""
-    old = craft(saved, tmp_path / "old.safetensors", config={"postprocess": ...})
+    tensors, header = read(saved)
+    old = tmp_path / "old.safetensors"
+    before = flat(edited(header, {"postprocess": ...}))  # format 4: flat, no postprocess
+    fio.save_file_atomic(old, tensors, kind=FORMAT, version=4, config=before)
     loaded = FlowEneDet.load(old, segmenter)
-    assert loaded.config.postprocess == "logit-pixels"
+    assert loaded.config.scoring.postprocess == "logit-pixels"
     images, _ = make_scenes(2, seed=1)
     current = FlowEneDet.load(saved, segmenter)
     assert not torch.equal(loaded.score(images).ood, current.score(images).ood)
-    current.config.postprocess = "logit-pixels"
+    current.config.scoring.postprocess = "logit-pixels"
     assert torch.equal(loaded.score(images).ood, current.score(images).ood)
+
+
+# ------------------------------------------------------------------ every format
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
+def test_files_of_every_format_load_and_score_as_their_release_did(version):
+    """``tests/fixtures``: a detector written by the release of each format and the maps
+    that release scored for one scene (``make_fixtures.py`` says how they were made)."""
+    from flowenedet.zoo import load_reference_segmenter
+
+    det = FlowEneDet.load(FIXTURES / f"detector-v{version}.safetensors", load_reference_segmenter())
+    expected = load_file(FIXTURES / f"detector-v{version}-maps.safetensors")
+    maps = det.score(expected["image"].float() / 255)
+    for kind in ("idm", "ood", "concurrent"):
+        assert torch.allclose(getattr(maps, kind), expected[kind], atol=1e-5), kind
+    assert torch.equal(maps.pred, expected["pred"].long())
+    assert (det.calibration is not None) == (version >= 4)  # format 4 added thresholds
+    assert det.config.fitted.feature_layer == "classifier:input"

@@ -135,7 +135,7 @@ def test_resume_with_the_same_fit_is_accepted(segmenter, train_loader, checkpoin
     det = FlowEneDet(segmenter, variant="U").fit(
         train_loader[:2], steps=4, checkpoint=checkpoint_of_u, resume=True, progress=False
     )
-    assert det.stats is not None and det.config.variant == "U"
+    assert det.stats is not None and det.config.flow.variant == "U"
 
 
 @pytest.mark.parametrize(

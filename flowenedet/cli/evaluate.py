@@ -16,8 +16,8 @@ from ..detector import MAPS
 from ..evaluation import metrics
 from ..evaluation.baselines import make_baseline, sml_pair
 from ..evaluation.metrics import PixelEvaluator, format_table
-from ..hooks import SegmenterTap
 from ..progress import progress_bar
+from ..scoring import test_time_scales
 from .dataset import build_dataset, make_loader
 from .errors import CLIError, require_file, require_output_file
 from .segmenter import load_detector, load_segmenter, select_device
@@ -125,28 +125,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = load_detector(args, segmenter)
     if not calibrated and detector.calibration is not None:  # the thresholds stored with it
         calibrated = {f"FED {m}": t for m, t in detector.calibration.thresholds.items()}
-    k = detector.config.num_classes
+    k = detector.config.fitted.num_classes
     baselines = {}
     for key in args.baselines:
         if key != "sml":
             baselines[BASELINE_ROWS[key]] = make_baseline(key, segmenter)
             continue
         # as the embedded benchmark, at the stride the detector measured at fit
-        stride = detector.config.stride or 1.0
+        stride = detector.config.fitted.stride or 1.0
         baselines |= sml_pair(segmenter, detector.stats.mean, detector.stats.var, stride)
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
-    scales = detector.resolve_scales(args.scales)  # the detector's own unless given
-    variant_c = detector.config.variant == "C"
-    tap = None
+    scales = test_time_scales(detector.config.scoring, args.scales)  # the detector's own
     for images, labels in progress_bar(
         make_loader(dataset, args), desc="evaluating", unit="batches", progress=args.progress
     ):
         images = images.to(device)
-        if tap is None:  # FED-C fitted from tensors without feature_layer: as score() finds it
-            detector._resolve_feature_layer(images[:1])
-            tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
-        logits, features = tap(images)
+        logits, features = detector.segment(images)
         size = tuple(images.shape[-2:])
         if scales == (1.0,):
             maps = detector.score_logits(logits, features, size=size)
@@ -154,8 +149,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             maps = detector.score(images, scales=scales)
         scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
         for name, baseline in baselines.items():
-            multi = name == "MC dropout"
-            scores[name] = baseline.score(images) if multi else baseline.score_logits(logits, size)
+            if baseline.needs_images:
+                scores[name] = baseline.score(images).ood
+            else:
+                scores[name] = baseline.score_logits(logits, features, size).ood
         for name, ev in evaluators.items():
             ev.update(scores[name].float().cpu(), labels, maps.pred.cpu())
     try:

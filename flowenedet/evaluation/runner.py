@@ -4,7 +4,7 @@ Pipeline: generate scenes (:mod:`flowenedet.evaluation.worlds.digits`), run the 
 segmenter (:mod:`flowenedet.zoo`) once per split and keep its logits and decoder
 features, fit FED-U and FED-C on the train split's outputs (``fit_logits``), score every
 method on validation and test splits (clean and corrupted), and evaluate with
-:class:`flowenedet.metrics.PixelEvaluator`. Thresholds for the honest open-mIoU are
+:class:`flowenedet.evaluation.metrics.PixelEvaluator`. Thresholds for the honest open-mIoU are
 calibrated on the validation split; the oracle one is tuned on the split itself.
 
 ``run_demo`` is the quick tour behind ``flowenedet demo``; ``run_bench`` the full run
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from .. import io
 from ..detector import MAPS, FlowEneDet
+from ..postprocess import upsampled_argmax
 from ..progress import progress_bar
 from . import baselines
 from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig
@@ -87,12 +88,17 @@ def make_baselines(segmenter: nn.Module, detector: FlowEneDet, cfg: BenchConfig)
 def score_split(
     split: SplitData, detectors: dict[str, FlowEneDet], methods: dict, cfg: BenchConfig
 ) -> None:
-    """Fill ``split.scores`` (each ``(N, S, S)``) and ``split.pred``."""
+    """Fill ``split.scores`` (each ``(N, S, S)``) and ``split.pred`` (the segmenter's):
+    every map of each detector (``"FED-C ood"``, ...) and each baseline's one map, all
+    through the same interface (:meth:`score_logits` on the split's logits, or
+    :meth:`score` on its images for a method that ``needs_images``)."""
     size = tuple(split.labels.shape[-2:])
     out: dict[str, list[Tensor]] = {}
     preds = []
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)  # MC dropout masks
+    rows = {name: [(f"{name} {kind}", kind) for kind in MAPS] for name in detectors}
+    rows |= {name: [(name, "ood")] for name in methods}  # a baseline's map is all three
     for start in progress_bar(
         range(0, len(split.labels), cfg.batch_size),
         desc=f"scoring {split.name}",
@@ -101,17 +107,14 @@ def score_split(
     ):
         chunk = slice(start, start + cfg.batch_size)
         logits, features = split.logits[chunk], split.features[chunk]
-        for name, det in detectors.items():
-            maps = det.score_logits(logits, features, size=size)
-            for kind in MAPS:
-                out.setdefault(f"{name} {kind}", []).append(getattr(maps, kind))
-        preds.append(maps.pred)
-        for name, method in methods.items():
-            if isinstance(method, baselines.MCDropout):
-                value = method.score(split.images[chunk].float() / 255)
+        for name, method in {**detectors, **methods}.items():
+            if method.needs_images:
+                maps = method.score(split.images[chunk].float() / 255)
             else:
-                value = method.score_logits(logits, size=size)
-            out.setdefault(name, []).append(value)
+                maps = method.score_logits(logits, features, size=size)
+            for row, kind in rows[name]:
+                out.setdefault(row, []).append(getattr(maps, kind))
+        preds.append(upsampled_argmax(logits, size))
     torch.random.set_rng_state(generator_state)
     split.scores = {name: torch.cat(parts) for name, parts in out.items()}
     split.pred = torch.cat(preds)

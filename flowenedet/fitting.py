@@ -1,0 +1,288 @@
+"""The fit recipe: from batches of segmenter outputs to what a fitted detector stores.
+
+:func:`fit_detector` runs it in four steps:
+
+1. one pass over the data for the class statistics (SML) and the hit / miss rates, which
+   also measures the shapes the detector is for (:class:`~flowenedet.config.FitRecord`);
+2. the flow, built for those shapes (:func:`build_flow`), its mixture prior at the
+   measured rates;
+3. training on sampled pixels for a budget of optimizer steps
+   (:func:`~flowenedet.training.train_flow`);
+4. the scale of the two terms of the ``ood`` and ``concurrent`` maps, measured on the
+   fit data (:attr:`~flowenedet.storage.Stats.ood_scale`).
+
+A :class:`~flowenedet.fit_data.FitSource` says where the batches come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import distributed
+from .checkpoint import check_resumable, load_checkpoint
+from .config import DEFAULT_STEPS, FitOptions, FitRecord, FlowSettings
+from .conv_flow import ConvEnergyFlow
+from .energy import INPUT_SETS, ClassStats, energy_of_inputs, flow_inputs
+from .fit_data import FitSource, LogitBatch
+from .flow import EnergyFlow
+from .inference import log_odds
+from .postprocess import resize_labels
+from .progress import progress_bar
+from .storage import Stats
+from .training import (
+    balanced_pixel_sample,
+    divergence_hint,
+    miss_targets,
+    passes,
+    train_flow,
+    uniform_pixel_sample,
+)
+
+__all__ = [
+    "FitResult",
+    "FitStatistics",
+    "build_flow",
+    "fit_detector",
+    "fit_statistics",
+    "pooled_mean_std",
+]
+
+logger = logging.getLogger(__name__)
+
+Flow = EnergyFlow | ConvEnergyFlow
+
+
+def build_flow(settings: FlowSettings, feature_channels: int | None, device: Any) -> Flow:
+    """The flow of ``settings`` for ``feature_channels`` decoder channels (FED-C), with
+    its initial weights from ``settings.seed``."""
+    pooled = min(settings.pooled_channels, feature_channels) if settings.variant == "C" else 0
+    inputs = INPUT_SETS[settings.inputs][1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        if settings.coupling == "conv":  # the reference release's convolutional couplings
+            flow = ConvEnergyFlow(
+                inputs, pooled, num_blocks=settings.num_blocks, prior=settings.prior
+            )
+        else:
+            flow = EnergyFlow(
+                features=inputs,
+                context_channels=settings.context_channels,
+                feature_channels=pooled,
+                num_blocks=settings.num_blocks,
+                hidden=settings.hidden,
+                prior=settings.prior,
+            )
+    return flow.to(device)
+
+
+# ------------------------------------------------------------------ statistics
+@dataclass
+class FitStatistics:
+    """What one pass over the fit data measured (summed over all processes)."""
+
+    stats: ClassStats  # per-class max-logit sums over correctly classified pixels
+    hits: float  # valid pixels the segmenter gets right (soft: shares of label pixels)
+    misses: float  # ... and wrong
+    num_batches: int  # batches per process (the mean shard length)
+
+
+def fit_statistics(
+    batches: Iterable[tuple[Tensor, Tensor, Any]],
+    ignore_index: int,
+    progress: bool | None = None,
+    void_as_miss: bool = False,
+) -> FitStatistics:
+    """One pass over ``(logits (B, K, h, w), labels (B, H, W), _)`` batches; empty
+    batches (``B = 0``) count towards ``num_batches`` only.
+
+    Raises ``ValueError`` for no batches, or for data without correct or without wrong
+    pixels: the flow learns from both.
+    """
+    stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
+    show = progress if distributed.rank() == 0 else False
+    for logits, labels, _ in progress_bar(
+        batches, desc="class statistics", unit="batches", progress=show
+    ):
+        counts[2] += 1
+        if logits.shape[0] == 0:  # a batch that only trains the flow
+            continue
+        if stats is None:
+            stats = ClassStats(logits.shape[1])
+        stats.update(logits, resize_labels(labels, logits.shape[-2:]), ignore_index)
+        valid, miss = miss_targets(logits, labels, ignore_index, void_as_miss)
+        wrong = float(miss[valid].sum())
+        counts[:2] += torch.tensor([float(valid.sum()) - wrong, wrong], dtype=torch.float64)
+    if stats is None:
+        raise ValueError("loader is empty: fit needs at least one batch")
+    for total in (stats.count, stats.total, stats.total_sq, counts):
+        total.copy_(distributed.all_reduce_sum(total))
+    hits, misses = float(counts[0]), float(counts[1])
+    if hits == 0 or misses == 0:
+        raise ValueError(
+            f"fit data has {hits:.0f} correctly and {misses:.0f} wrongly classified valid "
+            "pixels; the detector learns from both, so it needs some of each"
+        )
+    logger.info("fit data: %.0f correct, %.0f misclassified valid pixels", hits, misses)
+    # every process must run the same number of steps: the mean shard length
+    num_batches = math.ceil(counts[2].item() / distributed.world_size())
+    return FitStatistics(stats, hits, misses, num_batches)
+
+
+def pooled_mean_std(values: list[Tensor]) -> Tensor:
+    """``(len(values), 2)``: mean and standard deviation of each tensor's elements, pooled
+    over all processes under torch.distributed (float64 sums, float32 result)."""
+    sums = []
+    for value in values:
+        value = value.double()
+        sums += [value.new_tensor(value.numel()), value.sum(), value.square().sum()]
+    sums = distributed.all_reduce_sum(torch.stack(sums).cpu()).reshape(-1, 3)
+    count = sums[:, 0].clamp_min(1)
+    mean = sums[:, 1] / count
+    std = (sums[:, 2] / count - mean.square()).clamp_min(1e-12).sqrt()
+    return torch.stack([mean, std], dim=1).float()
+
+
+# ------------------------------------------------------------------ the recipe
+@dataclass
+class FitResult:
+    """What a fit gives the detector: the trained ``flow`` (eval mode), its ``stats`` and
+    the ``record`` of what it measured."""
+
+    flow: Flow
+    stats: Stats
+    record: FitRecord
+
+
+def fit_detector(
+    source: FitSource,
+    settings: FlowSettings,
+    options: FitOptions,
+    device: torch.device,
+    fingerprint: str,
+    *,
+    progress: bool | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Fit a detector's flow and statistics on ``source`` (see the module docstring).
+
+    ``fingerprint`` is the segmenter's (:func:`flowenedet.storage.segmenter_fingerprint`).
+    With ``checkpoint`` the training state is saved every ``options.checkpoint_every``
+    steps; ``resume=True`` continues from it when it exists (refusing a checkpoint of
+    other settings, options or segmenter), skipping the statistics pass.
+    """
+    shapes = source.shapes
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint)
+        record = check_resumable(state, checkpoint, settings, options, fingerprint)
+        shapes.num_classes = record.num_classes
+        shapes.feature_channels, shapes.stride = record.feature_channels, record.stride
+        mean, var = state.extra["mean"], state.extra["var"]
+        flow = build_flow(settings, record.feature_channels, device)
+        total = state.total_steps
+    else:
+        batches = map(source.prepare_stats, source.raw_batches())
+        first = next(batches, None)  # the shapes: what the flow is built for
+        if first is None:
+            raise ValueError("loader is empty: fit needs at least one batch")
+        flow = build_flow(settings, shapes.feature_channels, first[0].device)
+        measured = fit_statistics(
+            _chain(first, batches), settings.ignore_index, progress, settings.void_as_miss
+        )
+        rates = torch.tensor([measured.hits, measured.misses], dtype=torch.float32)
+        with torch.no_grad():
+            flow.base.log_weights.copy_((rates / rates.sum()).log())
+        mean, var = measured.stats.finalize()
+        total = options.steps or options.epochs * measured.num_batches
+        if total < DEFAULT_STEPS:
+            logger.warning(
+                "the flow trains for %d optimizer steps only; on both embedded worlds "
+                "validation AP rose up to about %d (the default budget, docs/benchmarks.md): "
+                "pass steps=%d rather than epochs",
+                total,
+                DEFAULT_STEPS,
+                DEFAULT_STEPS,
+            )
+        record = FitRecord(
+            num_classes=shapes.num_classes,
+            segmenter_fingerprint=fingerprint,
+            feature_layer=source.feature_layer,
+            feature_channels=shapes.feature_channels,
+            stride=shapes.stride,
+        )
+    flow.to(device)
+    balanced = settings.loss_weighting == "balanced"
+
+    def pixels(raw: Any, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        logits, labels, features = source.prepare(raw)
+        inputs = flow_inputs(logits, mean, var, settings.inputs)
+        valid, miss = miss_targets(logits, labels, settings.ignore_index, settings.void_as_miss)
+        if balanced:
+            picked = balanced_pixel_sample(valid, miss > 0, options.pixels_per_image, generator)
+        else:
+            picked = uniform_pixel_sample(valid, options.pixels_per_image, generator)
+        picked = picked.to(device)
+        log_probs = flow.sampled_component_log_prob(inputs, features, picked)
+        return log_probs + flow.base.log_prior(), miss.flatten()[picked]
+
+    try:
+        train_flow(
+            flow,
+            passes(source.raw_batches),
+            pixels,
+            total_steps=total,
+            lr=options.lr,
+            seed=settings.seed,
+            weight_decay=options.weight_decay,
+            warmup_steps=options.warmup_steps,
+            decay_every=options.decay_every,
+            balanced=balanced,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_every=options.checkpoint_every,
+            resume=resume,
+            checkpoint_extra={"mean": mean, "var": var},
+            checkpoint_config={
+                "settings": dataclasses.asdict(settings),
+                "record": dataclasses.asdict(record),
+                "fit": dataclasses.asdict(options),
+            },
+        )
+    except FloatingPointError as error:
+        raise FloatingPointError(f"{error}{divergence_hint(var, options.lr)}") from None
+    first = source.prepare(next(source.raw_batches()))
+    ood_scale = _measure_ood_scale(flow, first, mean, var, settings)
+    if not torch.isfinite(ood_scale).all():
+        raise FloatingPointError(
+            "the fitted flow gives non-finite scores on the fit data: training diverged"
+            + divergence_hint(var, options.lr)
+        )
+    return FitResult(flow, Stats(mean, var, ood_scale), record)
+
+
+def _chain(first: LogitBatch, rest: Iterator[LogitBatch]) -> Iterator[LogitBatch]:
+    yield first
+    yield from rest
+
+
+@torch.no_grad()
+def _measure_ood_scale(
+    flow: Flow, batch: LogitBatch, mean: Tensor, var: Tensor, settings: FlowSettings
+) -> Tensor:
+    """:attr:`Stats.ood_scale` from the valid pixels of one fit batch (of every process's
+    first batch under torch.distributed): the log-odds' and the standardised free
+    energy's mean and standard deviation."""
+    logits, labels, features = batch
+    valid, _ = miss_targets(logits, labels, settings.ignore_index)
+    inputs = flow_inputs(logits, mean, var, settings.inputs)
+    terms = [log_odds(flow, inputs, features), energy_of_inputs(inputs)]
+    return pooled_mean_std([term[valid] for term in terms]).flatten()

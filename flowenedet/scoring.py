@@ -1,0 +1,169 @@
+"""From a fitted flow to the maps: the scoring path of :meth:`FlowEneDet.score_logits` and,
+over test-time scales, of :meth:`FlowEneDet.score`.
+
+Per logit pixel: the flow's log-odds of "miss" (:func:`flowenedet.inference.log_odds`), and
+the standardised free energy of the same inputs, each put on the fit data's scale
+(:attr:`~flowenedet.storage.Stats.ood_scale`); the ``idm`` map is the posterior, the
+``ood`` and ``concurrent`` maps blend the two terms with their energy weights. Then the
+post-processing of :mod:`flowenedet.postprocess` and bilinear resizing to the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .checks import check_logits, check_scales
+from .config import TTA_SCALES, DetectorConfig, FitRecord, FlowSettings, ScoringOptions
+from .conv_flow import ConvEnergyFlow
+from .energy import energy_of_inputs, flow_inputs
+from .flow import EnergyFlow, align_features
+from .inference import ScoringCache, log_odds
+from .postprocess import postprocess_maps, resize, upsampled_argmax
+from .scores import MAPS, Scores
+from .storage import Stats
+
+__all__ = ["Scorer", "align_to_fit", "rescale", "test_time_scales"]
+
+
+@dataclass
+class Scorer:
+    """Everything scoring reads, none of which it changes: the fitted ``flow`` and
+    ``stats``, the flow's ``settings``, the fit's ``record`` and the scoring ``options``."""
+
+    flow: EnergyFlow | ConvEnergyFlow
+    stats: Stats
+    settings: FlowSettings
+    record: FitRecord
+    options: ScoringOptions
+    cache: ScoringCache
+
+    @torch.no_grad()
+    def logits(
+        self,
+        logits: Tensor,
+        features: Tensor | None,
+        size: tuple[int, int],
+        autocast: torch.dtype | None = None,
+        thresholds: dict[str, float] | None = None,
+    ) -> Scores:
+        """The maps at ``size`` from checked float32 ``logits`` ``(B, K, h, w)`` and pooled
+        ``features`` ``(B, P, h, w)`` at the logits' size (FED-C) or None."""
+        opts, stats = self.options, self.stats
+        inputs = flow_inputs(logits, stats.mean, stats.var, self.settings.inputs)
+        odds = log_odds(self.flow, inputs, features, opts.chunk_pixels, autocast, self.cache)
+        scale = stats.ood_scale
+        standardized = (odds - scale[0]) / scale[1]
+        energy = (energy_of_inputs(inputs) - scale[2]) / scale[3]
+        raw = [
+            torch.sigmoid(odds),
+            torch.sigmoid(standardized + opts.ood_energy_weight * energy),
+            torch.sigmoid(standardized + opts.concurrent_energy_weight * energy),
+        ]
+        pred = upsampled_argmax(logits, size)
+        if opts.postprocess == "image-pixels":  # the reference: upsample first
+            raw = [resize(m, size) for m in raw]
+            maps = postprocess_maps(*raw, pred=pred, config=opts, stride=1.0)
+        else:
+            # image pixels per logit pixel: as measured at fit, else as this call's
+            measured = self.record.stride or size[-2] / logits.shape[-2]
+            stride = 1.0 if opts.postprocess == "logit-pixels" else measured
+            maps = postprocess_maps(*raw, pred=logits.argmax(1), config=opts, stride=stride)
+        # checked before the resize (finite maps resize to finite maps): fewer pixels
+        if not all(torch.isfinite(m).all() for m in maps):
+            top = logits.abs().max().item()
+            raise ValueError(
+                f"the maps are not finite for these logits (largest |logit| {top:.3g}): they "
+                "are far outside the range the detector was fitted on; check the images' "
+                "scale and normalisation"
+            )
+        maps = [resize(m, size).clamp_(0, 1) for m in maps]
+        return Scores(
+            *maps,
+            pred=pred,
+            thresholds=dict(thresholds or {}),
+            num_classes=self.record.num_classes,
+        )
+
+    def images(
+        self,
+        segment: Callable[[Tensor], tuple[Tensor, Tensor | None]],
+        images: Tensor,
+        scales: tuple[float, ...],
+        autocast: torch.dtype | None = None,
+        thresholds: dict[str, float] | None = None,
+    ) -> Scores:
+        """The maps of ``images`` ``(B, 3, H, W)`` averaged over test-time ``scales``;
+        ``segment(images)`` gives checked logits and aligned features of (rescaled)
+        images. With several scales and ``tta_maps="all"`` ``pred`` is the argmax of the
+        averaged upsampled softmax (the reference release); with ``"ood"`` only the
+        ``ood`` map is averaged."""
+        every_map = self.options.tta_maps == "all"
+        averaged = MAPS if every_map else ("ood",)
+        size = tuple(images.shape[-2:])
+        result, softmax = None, None
+        for scale in scales:
+            logits, features = segment(images if scale == 1.0 else rescale(images, scale))
+            scores = self.logits(logits, features, size, autocast, thresholds)
+            if len(scales) > 1 and every_map:
+                probs = F.interpolate(
+                    logits, size=size, mode="bilinear", align_corners=False
+                ).softmax(1)
+                softmax = probs if softmax is None else softmax.add_(probs)
+            if result is None:
+                result = scores
+            else:
+                for kind in averaged:
+                    getattr(result, kind).add_(getattr(scores, kind))
+        for kind in averaged:
+            getattr(result, kind).div_(len(scales))
+        if softmax is not None:
+            result.pred = softmax.argmax(1)
+        return result
+
+
+def align_to_fit(
+    config: DetectorConfig, logits: Tensor, features: Tensor | None, device: torch.device
+) -> tuple[Tensor, Tensor | None]:
+    """Checked float32 ``logits`` ``(B, K, h, w)`` on ``device`` and, for FED-C, decoder
+    ``features`` ``(B, F, h', w')`` pooled to the flow's channels at the logits' size;
+    ``ValueError`` unless their shapes are those the fitted detector of ``config`` is for."""
+    record = config.fitted
+    logits = check_logits(logits).to(device)
+    if logits.shape[1] != record.num_classes:
+        raise ValueError(
+            f"the segmenter gives {logits.shape[1]} classes but the detector is for "
+            f"num_classes={record.num_classes}"
+        )
+    if config.flow.variant != "C":
+        return logits, None
+    if features is None:
+        raise ValueError("variant 'C' needs decoder features; pass features=")
+    if features.shape[1] != record.feature_channels:
+        raise ValueError(
+            f"the segmenter gives {features.shape[1]} feature channels but the detector is "
+            f"for feature_channels={record.feature_channels}"
+        )
+    if features.shape[0] != logits.shape[0]:
+        raise ValueError(f"features has {features.shape[0]} items but logits have {len(logits)}")
+    return logits, align_features(features.to(device), logits, config.flow.pooled_channels)
+
+
+def test_time_scales(
+    options: ScoringOptions, scales: Sequence[float] | None = None
+) -> tuple[float, ...]:
+    """The test-time scales to score at: those given (checked), else the reference's
+    ``(1.0, 0.5, 0.25)`` when ``options.tta``, else ``(1.0,)``."""
+    if scales is None:
+        scales = TTA_SCALES if options.tta else (1.0,)
+    return check_scales(scales)
+
+
+def rescale(images: Tensor, scale: float) -> Tensor:
+    """``images`` ``(B, C, H, W)`` bilinearly resized by ``scale`` (sides rounded)."""
+    size = [max(1, round(s * scale)) for s in images.shape[-2:]]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
