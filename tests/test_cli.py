@@ -431,6 +431,17 @@ def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
             2,
             "nope",
         ),
+        "protocol with histogram bins": (
+            [*evaluate, "--protocol", "smiyc-obstacle", "--histogram-bins", "100"],
+            2,
+            "--histogram-bins does not apply to --protocol smiyc-obstacle",
+        ),
+        "protocol with thresholds from": (
+            [*evaluate, "--protocol", "fishyscapes", "--thresholds-from", str(root / "t.json")],
+            2,
+            "--protocol fishyscapes has no open-mIoU column",
+        ),
+        "unknown protocol": ([*evaluate, "--protocol", "smiyc"], 2, "invalid choice: 'smiyc'"),
     }
 
 
@@ -462,6 +473,9 @@ def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
         "resume without checkpoint",
         "missing required option",
         "unknown dataset",
+        "protocol with histogram bins",
+        "protocol with thresholds from",
+        "unknown protocol",
     ],
 )
 def test_expected_errors_give_a_message_and_exit_status_not_a_traceback(ws, capsys, case):

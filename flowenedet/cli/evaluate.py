@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from ..hooks import SegmenterTap
 from ..progress import progress_bar
 from .dataset import build_dataset, make_loader
 from .errors import CLIError, require_file, require_output_file
+from .protocol import check_protocol_args, run_protocol
 from .segmenter import load_detector, load_segmenter, select_device
 
 __all__ = ["BASELINE_ROWS", "DEFAULT_BASELINES", "cmd_evaluate"]
@@ -113,10 +115,45 @@ def _split_used(dataset: Any) -> str:
     return getattr(dataset, "split", None) or "all"
 
 
+def _batches(
+    args: argparse.Namespace,
+    dataset: Any,
+    detector: Any,
+    baselines: dict[str, Any],
+    device: Any,
+    desc: str = "evaluating",
+) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """``(scores by row name, labels, pred)`` per batch: the FED maps (``FED idm`` ...) and
+    every baseline on the same images, at the detector's scales unless ``--scales``."""
+    segmenter = detector.segmenter
+    scales = detector.resolve_scales(args.scales)  # the detector's own unless given
+    variant_c = detector.config.variant == "C"
+    tap = None
+    for images, labels in progress_bar(
+        make_loader(dataset, args), desc=desc, unit="batches", progress=args.progress
+    ):
+        images = images.to(device)
+        if tap is None:  # FED-C fitted from tensors without feature_layer: as score() finds it
+            detector._resolve_feature_layer(images[:1])
+            tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
+        logits, features = tap(images)
+        size = tuple(images.shape[-2:])
+        if scales == (1.0,):
+            maps = detector.score_logits(logits, features, size=size)
+        else:
+            maps = detector.score(images, scales=scales)
+        scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
+        for name, baseline in baselines.items():
+            multi = name == "MC dropout"
+            scores[name] = baseline.score(images) if multi else baseline.score_logits(logits, size)
+        yield scores, labels, maps.pred.cpu()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the metric table (FlowEneDet and baselines) for a labelled dataset."""
     require_file(args.detector, "--detector")
     require_output_file(args.json, "--json")
+    check_protocol_args(args)
     calibrated = _calibrated_thresholds(args.thresholds_from)
     device = select_device(args.device)
     split = args.split or ("test" if args.dataset == "embedded" else None)
@@ -134,30 +171,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # as the embedded benchmark, at the stride the detector measured at fit
         stride = detector.config.stride or 1.0
         baselines |= sml_pair(segmenter, detector.stats.mean, detector.stats.var, stride)
+    if args.protocol:
+        batches = functools.partial(_batches, args, dataset, detector, baselines, device)
+        return run_protocol(args, batches, dataset, k, detector.resolve_scales(args.scales))
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
-    scales = detector.resolve_scales(args.scales)  # the detector's own unless given
-    variant_c = detector.config.variant == "C"
-    tap = None
-    for images, labels in progress_bar(
-        make_loader(dataset, args), desc="evaluating", unit="batches", progress=args.progress
-    ):
-        images = images.to(device)
-        if tap is None:  # FED-C fitted from tensors without feature_layer: as score() finds it
-            detector._resolve_feature_layer(images[:1])
-            tap = SegmenterTap(segmenter, detector.config.feature_layer if variant_c else None)
-        logits, features = tap(images)
-        size = tuple(images.shape[-2:])
-        if scales == (1.0,):
-            maps = detector.score_logits(logits, features, size=size)
-        else:
-            maps = detector.score(images, scales=scales)
-        scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
-        for name, baseline in baselines.items():
-            multi = name == "MC dropout"
-            scores[name] = baseline.score(images) if multi else baseline.score_logits(logits, size)
+    scales = detector.resolve_scales(args.scales)
+    for scores, labels, pred in _batches(args, dataset, detector, baselines, device):
         for name, ev in evaluators.items():
-            ev.update(scores[name].float().cpu(), labels, maps.pred.cpu())
+            ev.update(scores[name].float().cpu(), labels, pred)
     try:
         miou = evaluators["FED idm"].miou()
     except ValueError:  # anomaly-only labels: no class pixels
