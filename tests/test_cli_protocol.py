@@ -19,6 +19,7 @@ from flowenedet.evaluation.baselines import MSP
 from flowenedet.evaluation.components import ComponentEvaluator
 from flowenedet.evaluation.smiyc import SmiycPixelCurve
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
+from flowenedet.zoo import load_reference_segmenter
 
 from .toy import OOD_COLOUR, OOD_LABEL, make_scenes
 
@@ -34,7 +35,9 @@ def toy(tmp_path_factory, segmenter, fitted):
     (root / "cli_protocol_models.py").write_text(
         "from tests.toy import ToySegmenter\n\n\ndef build():\n    return ToySegmenter()\n"
     )
-    save_file({k: v.clone() for k, v in segmenter.state_dict().items()}, str(root / "toy.safetensors"))
+    save_file(
+        {k: v.clone() for k, v in segmenter.state_dict().items()}, str(root / "toy.safetensors")
+    )
     detector = fitted["C"].save(root / "det.safetensors")
     images, labels = make_scenes(3, size=96, seed=31, ood=True)
     tree = root / "dataset_AnomalyTrack"
@@ -125,3 +128,24 @@ def test_smiyc_anomaly_on_the_embedded_digits_world(tmp_path: Path, capsys):
         assert 0 < row["ood"]["ap"] < 1 and set(row["components"]) >= {"siou", "ppv", "f1_mean"}
     _, default = _run(capsys, argv[:-2])  # without --protocol: today's table
     assert "| FED concurrent |" in default and "sIoU" not in default
+
+
+STREET = importlib.resources.files("flowenedet.zoo") / "street.safetensors"
+
+
+@pytest.mark.skipif(not STREET.is_file(), reason="the street reference weights are missing")
+def test_smiyc_obstacle_on_the_embedded_street_world(tmp_path: Path, capsys):
+    det = tmp_path / "street.safetensors"
+    world = ["--model", "zoo", "--dataset", "embedded", "--world", "street", "--scenes", "2"]
+    world += ["--size", "128", "--device", "cpu"]
+    fit = ["fit", *world, "--steps", "2", "--pixels-per-image", "64", "--out", str(det)]
+    _run(capsys, fit)
+    street = load_reference_segmenter(world="street")
+    assert FlowEneDet.load(det, street).config.num_classes == 8  # fitted for that segmenter
+    out = tmp_path / "street.json"
+    argv = ["evaluate", *world, "--detector", str(det), "--baselines", "energy"]
+    _, stdout = _run(capsys, [*argv, "--protocol", "smiyc-obstacle", "--json", str(out)])
+    assert HEADER in stdout and "| Energy |" in stdout
+    report = json.loads(out.read_text())
+    assert report["images"] == 2 and report["num_classes"] == 8
+    assert report["methods"]["FED ood"]["components"]["components"] >= 1

@@ -122,6 +122,14 @@ DATA_OPTIONS: list[Option] = [
     ("--labels", {"metavar": "DIR", "help": "label maps <image stem><suffix> for --folder"}),
     ("--label-suffix", {"default": ".png", "metavar": "SUFFIX", "help": "default: .png"}),
     (
+        "--world",
+        {
+            "choices": ("digits", "street"),
+            "default": "digits",
+            "help": "embedded: the world (default digits); --model zoo is its reference segmenter",
+        },
+    ),
+    (
         "--scenes",
         {
             "type": positive_int,
