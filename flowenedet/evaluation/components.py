@@ -79,7 +79,9 @@ OBSTACLE_TRACK = SizeFilter(min_prediction=50, min_ground_truth=10)
 TRACKS: dict[str, SizeFilter] = {"anomaly": ANOMALY_TRACK, "obstacle": OBSTACLE_TRACK}
 """The tracks' filters by name."""
 
-_EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)
+# 8-connectivity within each frame of a (B, H, W) stack, none across frames
+_EIGHT_NEIGHBOURS = np.zeros((3, 3, 3), dtype=bool)
+_EIGHT_NEIGHBOURS[1] = True
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -111,8 +113,9 @@ def as_numpy(x: Any, name: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameComponents:
-    """One frame's components: ``siou`` ``(G,)`` of its ground-truth components and ``ppv``
-    ``(P,)`` of its predicted ones, after the size filters (in label order)."""
+    """Components of one frame or a batch: ``siou`` ``(G,)`` of the ground-truth components
+    and ``ppv`` ``(P,)`` of the predicted ones, after the size filters (frame by frame, each
+    in label order)."""
 
     siou: np.ndarray
     ppv: np.ndarray
@@ -127,27 +130,30 @@ def frame_components(
     ignore_index: int = IGNORE_INDEX,
 ) -> FrameComponents:
     """sIoU of every ground-truth component and PPV of every predicted component of one
-    frame: ``mask`` bool ``(H, W)`` (the predicted anomaly pixels), ``labels`` int ``(H, W)``
-    (``ood_index`` = anomaly, ``ignore_index`` = void, anything else in-distribution);
-    ``sizes`` a :class:`SizeFilter` or a track name of :data:`TRACKS`."""
+    frame, ``mask`` bool ``(H, W)`` (the predicted anomaly pixels) and ``labels`` int
+    ``(H, W)`` (``ood_index`` = anomaly, ``ignore_index`` = void, anything else
+    in-distribution), or of each frame of ``(B, H, W)`` stacks (components never reach
+    across frames); ``sizes`` a :class:`SizeFilter` or a track name of :data:`TRACKS`."""
     sizes = _sizes(sizes)
     m, y = as_numpy(mask, "mask"), as_numpy(labels, "labels")
-    if m.ndim != 2 or m.shape != y.shape:
-        raise ValueError(f"mask has shape {m.shape} and labels {y.shape}; both must be (H, W)")
-    valid = y != ignore_index
+    if m.ndim not in (2, 3) or m.shape != y.shape:
+        raise ValueError(
+            f"mask has shape {m.shape} and labels {y.shape}; both must be (H, W) or (B, H, W)"
+        )
+    m, y = m.reshape(-1, *m.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     gt, n_gt = _label(y == ood_index)
-    pred, n_pred = _label(m.astype(bool) & valid)
+    pred, n_pred = _label(m.astype(bool) & (y != ignore_index))  # void is never predicted
+    # only pixels in a component matter: the rest of the frame is left behind here
+    where = np.flatnonzero(gt | pred)
+    g, p = gt.ravel()[where], pred.ravel()[where]
     # the prediction's filter: small predicted components are dropped
-    pred_size = np.bincount(pred.ravel(), minlength=n_pred + 1)
-    kept = pred_size >= sizes.min_prediction
+    kept = np.bincount(p, minlength=n_pred + 1) >= sizes.min_prediction
     kept[0] = False
-    pred = np.where(kept[pred], pred, 0)
+    p = np.where(kept[p], p, 0)
     # the ground truth's filter: small components become void, with whatever lies on them
-    gt_size = np.bincount(gt.ravel(), minlength=n_gt + 1)
-    small = gt_size < sizes.min_ground_truth
+    small = np.bincount(g, minlength=n_gt + 1) < sizes.min_ground_truth
     small[0] = False
-    roi = valid & ~small[gt]
-    g, p = gt[roi], pred[roi]
+    g, p = g[~small[g]], p[~small[g]]
     g_size = np.bincount(g, minlength=n_gt + 1)
     p_size = np.bincount(p, minlength=n_pred + 1)
     # overlaps: one entry per (ground-truth, predicted) pair that shares pixels
@@ -212,20 +218,18 @@ class ComponentEvaluator:
 
     def update(self, scores: Any, labels: Any) -> None:
         """Add frames: ``scores`` float and ``labels`` int, both ``(H, W)`` or ``(B, H, W)``
-        (tensors or arrays); each frame's components are its own."""
+        (tensors or arrays); each frame's components are its own. Memory: a few copies of
+        the batch, so give large frames a few at a time."""
         s, y = as_numpy(scores, "scores"), as_numpy(labels, "labels")
         if s.shape != y.shape or s.ndim not in (2, 3):
             raise ValueError(
                 f"scores has shape {s.shape} and labels {y.shape}; both must be (H, W) or (B, H, W)"
             )
-        frames = zip(s.reshape(-1, *s.shape[-2:]), y.reshape(-1, *y.shape[-2:]), strict=True)
-        for score, label in frames:
-            mask = score > self.threshold
-            kw = {"ood_index": self.ood_index, "ignore_index": self.ignore_index}
-            self.add_frame(frame_components(mask, label, self.sizes, **kw))
+        kw = {"ood_index": self.ood_index, "ignore_index": self.ignore_index}
+        self.add_frame(frame_components(s > self.threshold, y, self.sizes, **kw))
 
     def add_frame(self, frame: FrameComponents) -> None:
-        """Add one frame's :class:`FrameComponents` (from :func:`frame_components`)."""
+        """Add the :class:`FrameComponents` of a frame or batch (:func:`frame_components`)."""
         self._siou_sum += float(np.sum(frame.siou))
         self._ppv_sum += float(np.sum(frame.ppv))
         self._gt += frame.siou.size
