@@ -820,6 +820,11 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["train_scenes"] == 32 and results["config"]["steps"] == 3
     assert set(results["splits"]) == {"val", "val/shifted", "test", "test/shifted"}
+    assert "| OOD sIoU | OOD PPV | OOD mean F1 |" in stdout
+    test = results["splits"]["test"]
+    assert "components" in test["FED-C ood"] and "components" in test["MSP"]
+    assert "components" not in test["FED-C idm"]
+    assert test["MSP"]["components"]["components"] > 0  # OOD objects of 10 px and more
     # The detector written is usable with the shipped segmenter.
     det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
     assert det.config.variant == "C" and det.config.num_classes == 11

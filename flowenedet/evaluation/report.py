@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .metrics import format_table
+from .protocols import COMPONENT_COLUMNS, append_columns
 
 __all__ = [
     "BAR_SPLITS",
@@ -22,11 +23,19 @@ __all__ = [
 
 
 def tables(results: dict[str, Any]) -> str:
-    """One Markdown table per split."""
+    """One Markdown table per split; with the OOD component columns (sIoU, PPV, mean F1)
+    where the rows have them."""
     extras = ("miou", "open_miou", "open_miou_oracle")
     parts = []
     for split, rows in results["splits"].items():
-        parts.append(f"### {split}\n\n{format_table(rows, extras=extras)}\n")
+        table = format_table(rows, extras=extras)
+        if any("components" in row for row in rows.values()):
+            titles = [f"OOD {title}" for title, _ in COMPONENT_COLUMNS]
+            keys = [key for _, key in COMPONENT_COLUMNS]
+            table = append_columns(
+                table, titles, [r.get("components") for r in rows.values()], keys
+            )
+        parts.append(f"### {split}\n\n{table}\n")
     return "\n".join(parts)
 
 
