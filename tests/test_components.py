@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from flowenedet.evaluation import components
 from flowenedet.evaluation.components import (
     ANOMALY_TRACK,
     OBSTACLE_TRACK,
@@ -171,6 +172,19 @@ def test_frames_are_counted_separately_and_batches_equal_single_frames():
     track = ComponentEvaluator(0.5)  # the anomaly track: 3 px is under 100, void
     track.update(scores, labels)
     assert track.compute()["components"] == 0
+
+
+def test_a_large_batch_is_taken_in_chunks_with_the_same_result(monkeypatch):
+    rng = np.random.default_rng(1)
+    labels = np.where(rng.random((7, 12, 15)) < 0.3, A, 0)
+    scores = rng.random((7, 12, 15)) + 0.3 * (labels == A)
+    whole = ComponentEvaluator(0.6, NO_FILTER)
+    whole.update(scores, labels)
+    monkeypatch.setattr(components, "_CHUNK_PIXELS", 400)  # two frames per chunk
+    chunked = ComponentEvaluator(0.6, NO_FILTER)
+    chunked.update(scores, labels)
+    assert chunked.counts() == whole.counts()
+    assert chunked.compute() == pytest.approx(whole.compute())
 
 
 def test_nothing_to_count_gives_none_not_a_division_error():

@@ -79,6 +79,7 @@ OBSTACLE_TRACK = SizeFilter(min_prediction=50, min_ground_truth=10)
 TRACKS: dict[str, SizeFilter] = {"anomaly": ANOMALY_TRACK, "obstacle": OBSTACLE_TRACK}
 """The tracks' filters by name."""
 
+_CHUNK_PIXELS = 1 << 22  # frames labelled together: about 4 M pixels (a 2 MP frame alone)
 # 8-connectivity within each frame of a (B, H, W) stack, none across frames
 _EIGHT_NEIGHBOURS = np.zeros((3, 3, 3), dtype=bool)
 _EIGHT_NEIGHBOURS[1] = True
@@ -218,15 +219,19 @@ class ComponentEvaluator:
 
     def update(self, scores: Any, labels: Any) -> None:
         """Add frames: ``scores`` float and ``labels`` int, both ``(H, W)`` or ``(B, H, W)``
-        (tensors or arrays); each frame's components are its own. Memory: a few copies of
-        the batch, so give large frames a few at a time."""
+        (tensors or arrays); each frame's components are its own. Frames are taken a few
+        million pixels at a time, so a large batch costs no more than a few frames."""
         s, y = as_numpy(scores, "scores"), as_numpy(labels, "labels")
         if s.shape != y.shape or s.ndim not in (2, 3):
             raise ValueError(
                 f"scores has shape {s.shape} and labels {y.shape}; both must be (H, W) or (B, H, W)"
             )
+        s, y = s.reshape(-1, *s.shape[-2:]), y.reshape(-1, *y.shape[-2:])
         kw = {"ood_index": self.ood_index, "ignore_index": self.ignore_index}
-        self.add_frame(frame_components(s > self.threshold, y, self.sizes, **kw))
+        step = max(1, _CHUNK_PIXELS // max(1, s[0].size))
+        for start in range(0, len(s), step):
+            chunk = slice(start, start + step)
+            self.add_frame(frame_components(s[chunk] > self.threshold, y[chunk], self.sizes, **kw))
 
     def add_frame(self, frame: FrameComponents) -> None:
         """Add the :class:`FrameComponents` of a frame or batch (:func:`frame_components`)."""
