@@ -171,12 +171,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # as the embedded benchmark, at the stride the detector measured at fit
         stride = detector.config.stride or 1.0
         baselines |= sml_pair(segmenter, detector.stats.mean, detector.stats.var, stride)
+    scales = detector.resolve_scales(args.scales)  # the detector's own unless given
     if args.protocol:
         batches = functools.partial(_batches, args, dataset, detector, baselines, device)
-        return run_protocol(args, batches, dataset, k, detector.resolve_scales(args.scales))
+        head, fields, rows = run_protocol(args, batches, k)
+        _write_json(args, dataset, k, scales, rows, head, fields)
+        return 0
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
-    scales = detector.resolve_scales(args.scales)
     for scores, labels, pred in _batches(args, dataset, detector, baselines, device):
         for name, ev in evaluators.items():
             ev.update(scores[name].float().cpu(), labels, pred)
@@ -195,18 +197,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, row in rows.items():
         print(f"  {name}: {'-' if row['threshold'] is None else format(row['threshold'], '.6g')}")
         row["threshold"] = _finite(row["threshold"])  # strict JSON: -inf (reject all) -> null
-    if args.json:
-        report = {
-            "dataset": args.dataset or "folder",
-            "split": _split_used(dataset),
-            "images": len(dataset),
-            "num_classes": k,
-            "miou": miou,
-            "scales": list(scales),
-            "histogram_bins": args.histogram_bins,
-            "methods": rows,
-        }
-        text = json.dumps(report, indent=2)
-        io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
-        print(f"wrote {args.json}")
+    _write_json(args, dataset, k, scales, rows, {}, {"miou": miou})
     return 0
+
+
+def _write_json(
+    args: argparse.Namespace,
+    dataset: Any,
+    k: int,
+    scales: tuple[float, ...],
+    rows: dict[str, Any],
+    head: dict[str, Any],
+    fields: dict[str, Any],
+) -> None:
+    """Write ``--json`` (if given): ``head``, the data read, ``fields``, the scales and the
+    rows."""
+    if not args.json:
+        return
+    report = {
+        **head,
+        "dataset": args.dataset or "folder",
+        "split": _split_used(dataset),
+        "images": len(dataset),
+        "num_classes": k,
+        **fields,
+        "scales": list(scales),
+        "histogram_bins": args.histogram_bins,
+        "methods": rows,
+    }
+    text = json.dumps(report, indent=2)
+    io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
+    print(f"wrote {args.json}")

@@ -4,14 +4,12 @@ every baseline (:mod:`flowenedet.evaluation.protocols`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from .. import io
 from ..evaluation.protocols import PROTOCOLS, ProtocolEvaluator, protocol_table
 from .errors import CLIError
 
@@ -56,11 +54,11 @@ def _evaluators(args: argparse.Namespace, names: list[str], k: int) -> dict[str,
 
 
 def run_protocol(
-    args: argparse.Namespace, batches: Batches, dataset: Any, k: int, scales: tuple[float, ...]
-) -> int:
+    args: argparse.Namespace, batches: Batches, k: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Evaluate the rows of ``--protocol`` (the FED map made for its task and every
-    baseline) over ``batches()``; a second pass for component metrics. Prints the table and
-    writes ``--json``."""
+    baseline) over ``batches()``, a second pass for component metrics, and print the table.
+    Returns the JSON report's head, its extra fields and the rows."""
     protocol = PROTOCOLS[args.protocol]
     evaluators: dict[str, ProtocolEvaluator] | None = None
     torch.manual_seed(args.seed)  # MC dropout: the same masks in both passes
@@ -85,32 +83,16 @@ def run_protocol(
     rows = {name: ev.compute() for name, ev in evaluators.items()}
     print(f"protocol {protocol.name}: {protocol.reproduces}\n")
     print(protocol_table(rows, protocol))
-    report: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
     if protocol.task == "idm":
         try:
             miou = next(iter(evaluators.values())).pixels.miou()
         except ValueError:  # no class-labelled pixel
             miou = None
         print(f"\nsegmenter mIoU: {'-' if miou is None else f'{100 * miou:.2f}'} ({k} classes)")
-        report["miou"] = miou
+        fields["miou"] = miou
     if protocol.components is not None:
         print("\nF1-optimal pixel threshold (score > t makes the predicted components):")
         for name, row in rows.items():
             print(f"  {name}: {format(row['threshold'], '.6g')}")
-    if args.json:
-        report = {
-            "protocol": protocol.name,
-            "reproduces": protocol.reproduces,
-            "dataset": args.dataset or "folder",
-            "split": getattr(dataset, "split", None) or "all",
-            "images": len(dataset),
-            "num_classes": k,
-            **report,
-            "scales": list(scales),
-            "histogram_bins": args.histogram_bins,
-            "methods": rows,
-        }
-        text = json.dumps(report, indent=2)
-        io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
-        print(f"wrote {args.json}")
-    return 0
+    return {"protocol": protocol.name, "reproduces": protocol.reproduces}, fields, rows
