@@ -53,9 +53,19 @@ def toy(tmp_path_factory, segmenter, fitted):
         Image.fromarray(mask, mode="L").save(
             tree / "labels_masks" / f"frame{i}_labels_semantic.png"
         )
+    folder = root / "folder"  # class labels and OOD: a plain folder
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    images, labels = make_scenes(4, seed=32, ood=True)
+    for i in range(4):
+        rgb = (images[i].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(rgb).save(folder / "images" / f"f{i}.png")
+        Image.fromarray(labels[i].numpy().astype(np.uint8), mode="L").save(
+            folder / "labels" / f"f{i}.png"
+        )
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(root))
-        yield {"root": root, "tree": tree, "det": detector}
+        yield {"root": root, "tree": tree, "det": detector, "folder": folder}
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, str]:
@@ -105,6 +115,29 @@ def test_smiyc_anomaly_on_a_segmentmeifyoucan_tree_gives_the_library_s_numbers(
         line = next(ln for ln in stdout.splitlines() if ln.startswith(f"| {name} |"))
         siou = row["components"]["siou"]
         assert line.split(" | ")[4] == f"{100 * siou:.2f}"
+
+
+def test_fishyscapes_and_cityscapes_idm_rows_are_the_default_table_s_pooled_numbers(toy, capsys):
+    argv = ["evaluate", "--detector", str(toy["det"]), "--model", "cli_protocol_models:build"]
+    argv += ["--weights", str(toy["root"] / "toy.safetensors"), "--device", "cpu"]
+    argv += ["--folder", str(toy["folder"] / "images"), "--labels", str(toy["folder"] / "labels")]
+    default = toy["root"] / "default.json"
+    _run(capsys, [*argv, "--json", str(default)])
+    default_report = json.loads(default.read_text())
+    default = default_report["methods"]
+    reports = {}
+    for protocol in ("fishyscapes", "cityscapes-idm"):
+        path = toy["root"] / f"{protocol}.json"
+        _, stdout = _run(capsys, [*argv, "--protocol", protocol, "--json", str(path)])
+        reports[protocol] = json.loads(path.read_text())
+        assert f"protocol {protocol}:" in stdout
+    fishy, idm = reports["fishyscapes"]["methods"], reports["cityscapes-idm"]["methods"]
+    assert set(fishy) == ROWS and set(idm) == ROWS - {"FED ood"} | {"FED idm"}
+    assert fishy["FED ood"] == {"ood": default["FED ood"]["ood"]}
+    assert fishy["MSP"]["ood"] == default["MSP"]["ood"]
+    assert idm["FED idm"]["idm"] == default["FED idm"]["idm"]
+    assert idm["FED idm"]["idm_per_image"]["images"] == 4
+    assert reports["cityscapes-idm"]["miou"] == default_report["miou"]
 
 
 REFERENCE = importlib.resources.files("flowenedet.zoo") / "digits.safetensors"
