@@ -403,7 +403,8 @@ def test_every_loader_returns_the_padding_index_a_fit_augmentation_adds(
 def test_embedded_scenes_apply_a_transform_to_indexed_items() -> None:
     pytest.importorskip("mlxtend")
     pytest.importorskip("skimage")
-    from flowenedet.data import FitAugment, make_scenes
+    from flowenedet.data import FitAugment
+    from flowenedet.evaluation.worlds.digits import make_scenes
     from flowenedet.labels import PADDING_INDEX
 
     scenes = make_scenes("train", 2, size=32)
