@@ -431,6 +431,17 @@ def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
             2,
             "nope",
         ),
+        "protocol with histogram bins": (
+            [*evaluate, "--protocol", "smiyc-obstacle", "--histogram-bins", "100"],
+            2,
+            "--histogram-bins does not apply to --protocol smiyc-obstacle",
+        ),
+        "protocol with thresholds from": (
+            [*evaluate, "--protocol", "fishyscapes", "--thresholds-from", str(root / "t.json")],
+            2,
+            "--protocol fishyscapes has no open-mIoU column",
+        ),
+        "unknown protocol": ([*evaluate, "--protocol", "smiyc"], 2, "invalid choice: 'smiyc'"),
     }
 
 
@@ -462,6 +473,9 @@ def _error_cases(ws) -> dict[str, tuple[list[str], int, str]]:
         "resume without checkpoint",
         "missing required option",
         "unknown dataset",
+        "protocol with histogram bins",
+        "protocol with thresholds from",
+        "unknown protocol",
     ],
 )
 def test_expected_errors_give_a_message_and_exit_status_not_a_traceback(ws, capsys, case):
@@ -806,6 +820,11 @@ def test_a_tiny_demo_runs_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["train_scenes"] == 32 and results["config"]["steps"] == 3
     assert set(results["splits"]) == {"val", "val/shifted", "test", "test/shifted"}
+    assert "| OOD sIoU | OOD PPV | OOD mean F1 |" in stdout
+    test = results["splits"]["test"]
+    assert "components" in test["FED-C ood"] and "components" in test["MSP"]
+    assert "components" not in test["FED-C idm"]
+    assert test["MSP"]["components"]["components"] > 0  # OOD objects of 10 px and more
     # The detector written is usable with the shipped segmenter.
     det = FlowEneDet.load(out / "fed-c.safetensors", load_reference_segmenter())
     assert det.config.flow.variant == "C" and det.config.fitted.num_classes == 11

@@ -8,6 +8,7 @@ from flowenedet.evaluation.report import (
     quality_bar,
     report,
     seed_summary,
+    tables,
     variant_gap,
 )
 
@@ -132,3 +133,19 @@ def test_variant_gap_and_corruption_wins_over_seeds():
     wins = corruption_wins(runs).splitlines()
     assert wins[0].startswith("- seed 0: all four columns on 1 of 1")
     assert wins[1].startswith("- seed 1: all four columns on 0 of 1") and "OOD AP 0" in wins[1]
+
+
+def test_tables_show_the_ood_component_columns_where_rows_have_them():
+    components = {"siou": 0.4, "ppv": 0.25, "f1_mean": 0.123456}
+    rows = {
+        "FED-C idm": {**_row(0.1, 0.9, 0.5, 0.2), "miou": 0.7},
+        "FED-C ood": {**_row(0.3, 0.5, 0.1, 0.2), "miou": 0.7, "components": components},
+        "MSP": {**_row(0.2, 0.6, 0.3, 0.2), "miou": 0.7, "components": None},
+    }
+    lines = tables({"splits": {"test": rows}}).splitlines()
+    assert lines[2].endswith("| OOD sIoU | OOD PPV | OOD mean F1 |")
+    assert lines[4].startswith("| FED-C idm |") and lines[4].endswith("| - | - | - |")
+    assert lines[5].endswith("| 40.00 | 25.00 | 12.35 |")
+    assert lines[6].endswith("| - | - | - |")  # no OOD pixels: nothing measured
+    old = tables({"splits": {"test": {"MSP": _row(0.2, 0.6, 0.3, 0.2)}}})
+    assert "sIoU" not in old  # results written before the columns existed

@@ -90,17 +90,25 @@ def fit_augment(args: argparse.Namespace) -> Any:
 
 
 def _embedded(args: argparse.Namespace, split: str | None, size: Any, transform: Any) -> Dataset:
-    if isinstance(size, tuple) and size[0] != size[1]:
+    world = getattr(args, "world", "digits")
+    if world == "digits" and isinstance(size, tuple) and size[0] != size[1]:
         raise CLIError(f"--dataset embedded makes square scenes; got --size {size}")
-    side = size if isinstance(size, int) or size is None else size[0]
     require_bench_extra("--dataset embedded")
-    from ..evaluation.worlds.digits import make_scenes
-
     kw = {"corruption": getattr(args, "corruption", None)}
     kw["severity"] = getattr(args, "severity", 0) or 0
-    kw["transform"] = transform
     try:
-        return make_scenes(split, args.scenes, seed=args.seed, size=side or 96, **kw)
+        if world == "street":  # (H, W), or one side S for S x 2S
+            from ..evaluation.worlds.street import make_scenes as make_street
+
+            scenes = make_street(split, args.scenes, seed=args.seed, size=size or 256, **kw)
+            scenes.transform = transform
+            return scenes
+        from ..evaluation.worlds.digits import make_scenes
+
+        side = size if isinstance(size, int) or size is None else size[0]
+        return make_scenes(
+            split, args.scenes, seed=args.seed, size=side or 96, **kw, transform=transform
+        )
     except ImportError as error:  # as the demo does: the extra named, a real bug not hidden
         module = (error.name or "").partition(".")[0]
         if module not in BENCH_MODULES:

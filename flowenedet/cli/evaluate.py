@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from ..progress import progress_bar
 from ..scoring import test_time_scales
 from .dataset import build_dataset, make_loader
 from .errors import CLIError, require_file, require_output_file
+from .protocol import check_protocol_args, run_protocol
 from .segmenter import load_detector, load_segmenter, select_device
 
 __all__ = ["BASELINE_ROWS", "DEFAULT_BASELINES", "cmd_evaluate"]
@@ -113,10 +115,41 @@ def _split_used(dataset: Any) -> str:
     return getattr(dataset, "split", None) or "all"
 
 
+def _batches(
+    args: argparse.Namespace,
+    dataset: Any,
+    detector: Any,
+    baselines: dict[str, Any],
+    device: Any,
+    desc: str = "evaluating",
+) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """``(scores by row name, labels, pred)`` per batch: the FED maps (``FED idm`` ...) and
+    every baseline on the same images, at the detector's scales unless ``--scales``."""
+    scales = test_time_scales(detector.config.scoring, args.scales)  # the detector's own
+    for images, labels in progress_bar(
+        make_loader(dataset, args), desc=desc, unit="batches", progress=args.progress
+    ):
+        images = images.to(device)
+        logits, features = detector.segment(images)
+        size = tuple(images.shape[-2:])
+        if scales == (1.0,):
+            maps = detector.score_logits(logits, features, size=size)
+        else:
+            maps = detector.score(images, scales=scales)
+        scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
+        for name, baseline in baselines.items():
+            if baseline.needs_images:
+                scores[name] = baseline.score(images).ood
+            else:
+                scores[name] = baseline.score_logits(logits, features, size).ood
+        yield scores, labels, maps.pred.cpu()
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Print the metric table (FlowEneDet and baselines) for a labelled dataset."""
     require_file(args.detector, "--detector")
     require_output_file(args.json, "--json")
+    check_protocol_args(args)
     calibrated = _calibrated_thresholds(args.thresholds_from)
     device = select_device(args.device)
     split = args.split or ("test" if args.dataset == "embedded" else None)
@@ -134,27 +167,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # as the embedded benchmark, at the stride the detector measured at fit
         stride = detector.config.fitted.stride or 1.0
         baselines |= sml_pair(segmenter, detector.stats.mean, detector.stats.var, stride)
+    scales = test_time_scales(detector.config.scoring, args.scales)  # the detector's own
+    if args.protocol:
+        batches = functools.partial(_batches, args, dataset, detector, baselines, device)
+        head, fields, rows = run_protocol(args, batches, k)
+        _write_json(args, dataset, k, scales, rows, head, fields)
+        return 0
     names = [*(f"FED {kind}" for kind in MAPS), *baselines]
     evaluators = {name: _evaluator(name, k, args.histogram_bins) for name in names}
-    scales = test_time_scales(detector.config.scoring, args.scales)  # the detector's own
-    for images, labels in progress_bar(
-        make_loader(dataset, args), desc="evaluating", unit="batches", progress=args.progress
-    ):
-        images = images.to(device)
-        logits, features = detector.segment(images)
-        size = tuple(images.shape[-2:])
-        if scales == (1.0,):
-            maps = detector.score_logits(logits, features, size=size)
-        else:
-            maps = detector.score(images, scales=scales)
-        scores = {f"FED {kind}": getattr(maps, kind) for kind in MAPS}
-        for name, baseline in baselines.items():
-            if baseline.needs_images:
-                scores[name] = baseline.score(images).ood
-            else:
-                scores[name] = baseline.score_logits(logits, features, size).ood
+    for scores, labels, pred in _batches(args, dataset, detector, baselines, device):
         for name, ev in evaluators.items():
-            ev.update(scores[name].float().cpu(), labels, maps.pred.cpu())
+            ev.update(scores[name].float().cpu(), labels, pred)
     try:
         miou = evaluators["FED idm"].miou()
     except ValueError:  # anomaly-only labels: no class pixels
@@ -170,18 +193,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, row in rows.items():
         print(f"  {name}: {'-' if row['threshold'] is None else format(row['threshold'], '.6g')}")
         row["threshold"] = _finite(row["threshold"])  # strict JSON: -inf (reject all) -> null
-    if args.json:
-        report = {
-            "dataset": args.dataset or "folder",
-            "split": _split_used(dataset),
-            "images": len(dataset),
-            "num_classes": k,
-            "miou": miou,
-            "scales": list(scales),
-            "histogram_bins": args.histogram_bins,
-            "methods": rows,
-        }
-        text = json.dumps(report, indent=2)
-        io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
-        print(f"wrote {args.json}")
+    _write_json(args, dataset, k, scales, rows, {}, {"miou": miou})
     return 0
+
+
+def _write_json(
+    args: argparse.Namespace,
+    dataset: Any,
+    k: int,
+    scales: tuple[float, ...],
+    rows: dict[str, Any],
+    head: dict[str, Any],
+    fields: dict[str, Any],
+) -> None:
+    """Write ``--json`` (if given): ``head``, the data read, ``fields``, the scales and the
+    rows."""
+    if not args.json:
+        return
+    report = {
+        **head,
+        "dataset": args.dataset or "folder",
+        "split": _split_used(dataset),
+        "images": len(dataset),
+        "num_classes": k,
+        **fields,
+        "scales": list(scales),
+        "histogram_bins": args.histogram_bins,
+        "methods": rows,
+    }
+    text = json.dumps(report, indent=2)
+    io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
+    print(f"wrote {args.json}")

@@ -12,6 +12,7 @@ from ..config import PRESETS
 from ..evaluation.baselines import BASELINES
 from ..evaluation.config import BenchConfig
 from ..evaluation.metrics import check_target
+from ..evaluation.protocols import PROTOCOLS
 from ..scores import MAPS
 from .bench import (
     BENCH,
@@ -120,6 +121,14 @@ DATA_OPTIONS: list[Option] = [
     ("--folder", {"metavar": "DIR", "help": "a folder of images instead of --dataset"}),
     ("--labels", {"metavar": "DIR", "help": "label maps <image stem><suffix> for --folder"}),
     ("--label-suffix", {"default": ".png", "metavar": "SUFFIX", "help": "default: .png"}),
+    (
+        "--world",
+        {
+            "choices": ("digits", "street"),
+            "default": "digits",
+            "help": "embedded: the world (default digits); --model zoo is its reference segmenter",
+        },
+    ),
     (
         "--scenes",
         {
@@ -298,6 +307,13 @@ CALIBRATE_OPTIONS: list[Option] = [
     ),
 ]
 EVALUATE_OPTIONS: list[Option] = [
+    (
+        "--protocol",
+        {
+            "choices": tuple(PROTOCOLS),
+            "help": "a leaderboard's columns instead of the default table (see below)",
+        },
+    ),
     ("--corruption", {"metavar": "NAME", "help": "embedded: an imagecorruptions name"}),
     ("--severity", {"type": int, "default": 0, "metavar": "K", "help": "embedded: 1..4"}),
     (
@@ -404,7 +420,13 @@ flowenedet score --masks writes reject masks.""",
       --root /data/fs_lostandfound --image-root /data/lost_and_found --json fs_laf.json
 Pooled curves are exact unless --histogram-bins N is given: then the bounded scores
 (FED idm / ood, MSP, Entropy) use N-bin histograms (constant memory) and the unbounded
-baselines (MaxLogit, Energy, SML, MC dropout) stay exact.""",
+baselines (MaxLogit, Energy, SML, MC dropout) stay exact.
+  flowenedet evaluate ... --dataset road_anomaly21 --root /data/dataset_AnomalyTrack \\
+      --protocol smiyc-anomaly --json ra21.json
+--protocol prints one leaderboard's columns for the FED map of its task and every
+baseline: fishyscapes (OOD AUROC, AP, FPR95), smiyc-anomaly / smiyc-obstacle (the
+SegmentMeIfYouCan pixel curve and its component metrics sIoU, PPV, mean F1; the data are
+read twice), cityscapes-idm (IDM pooled and per image). Definitions: docs/metrics.md.""",
     "demo": f"""Example:
   flowenedet demo
   flowenedet demo --world digits --out tour --steps 800 --train-scenes 1000

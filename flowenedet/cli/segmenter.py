@@ -102,7 +102,10 @@ def _build(args: argparse.Namespace) -> nn.Module:
     if args.model == "zoo":
         from .. import zoo
 
-        return zoo.build_reference_segmenter() if args.weights else zoo.load_reference_segmenter()
+        world = getattr(args, "world", "digits")  # --dataset embedded --world (fit, evaluate)
+        if args.weights:
+            return zoo.build_reference_segmenter(world)
+        return zoo.load_reference_segmenter(world=world)
     if not args.model:
         raise CLIError(
             "give the segmenter with --model package.module:factory, --model zoo or --timm"

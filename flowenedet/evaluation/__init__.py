@@ -6,6 +6,10 @@ Modules, in the order data flows through them:
   (``flowenedet.metrics`` is its deprecated spelling);
 - :mod:`~flowenedet.evaluation.baselines`: MSP, MaxLogit, Energy, Entropy, SML, MC
   dropout (``flowenedet.baselines`` is its deprecated spelling);
+- :mod:`~flowenedet.evaluation.components`, :mod:`~flowenedet.evaluation.smiyc`:
+  SegmentMeIfYouCan's component metrics and binned pixel curve;
+- :mod:`~flowenedet.evaluation.protocols`: the leaderboards' protocols
+  (``flowenedet evaluate --protocol``);
 - :mod:`~flowenedet.evaluation.config`: :class:`BenchConfig` and its presets;
 - :mod:`~flowenedet.evaluation.splits`: generated scenes with the segmenter's outputs;
 - :mod:`~flowenedet.evaluation.runner`: ``run_demo`` / ``run_bench`` (``flowenedet demo`` /

@@ -10,7 +10,9 @@ from ..thresholds import TASKS
 
 __all__ = [
     "BAR_SPLITS",
+    "COMPONENT_COLUMNS",
     "QUALITY_BAR",
+    "append_columns",
     "bar_cells",
     "best_baseline",
     "corruption_wins",
@@ -24,11 +26,19 @@ __all__ = [
 
 
 def tables(results: dict[str, Any]) -> str:
-    """One Markdown table per split."""
+    """One Markdown table per split; with the OOD component columns (sIoU, PPV, mean F1)
+    where the rows have them."""
     extras = ("miou", "open_miou", "open_miou_oracle")
     parts = []
     for split, rows in results["splits"].items():
-        parts.append(f"### {split}\n\n{format_table(rows, extras=extras)}\n")
+        table = format_table(rows, extras=extras)
+        if any("components" in row for row in rows.values()):
+            titles = [f"OOD {title}" for title, _ in COMPONENT_COLUMNS]
+            keys = [key for _, key in COMPONENT_COLUMNS]
+            table = append_columns(
+                table, titles, [r.get("components") for r in rows.values()], keys
+            )
+        parts.append(f"### {split}\n\n{table}\n")
     return "\n".join(parts)
 
 
@@ -246,3 +256,24 @@ def format_table(
             cells += [_percent(res.get(m), decimals) for m in metrics]
         table.append(cells + [_percent(row.get(e), decimals) for e in extras])
     return "\n".join("| " + " | ".join(cells) + " |" for cells in table)
+
+
+def append_columns(
+    table: str, titles: Sequence[str], rows: Sequence[Mapping[str, Any] | None], keys: Sequence[str]
+) -> str:
+    """``table`` (Markdown from :func:`format_table`, one line
+    per row) with columns ``titles`` appended: ``rows[i][keys[j]]`` as a percentage, ``-``
+    where a row or value is missing."""
+    lines = table.split("\n")
+    if len(lines) != len(rows) + 2:
+        raise ValueError(f"the table has {len(lines) - 2} row(s) but {len(rows)} were given")
+    out = [lines[0][:-1] + "".join(f"| {t} " for t in titles) + "|"]
+    out.append(lines[1][:-1] + "| --: " * len(titles) + "|")
+    for line, row in zip(lines[2:], rows, strict=True):
+        cells = [_percent(None if row is None else row.get(key), 2) for key in keys]
+        out.append(line[:-1] + "".join(f"| {c} " for c in cells) + "|")
+    return "\n".join(out)
+
+
+COMPONENT_COLUMNS = (("sIoU", "siou"), ("PPV", "ppv"), ("mean F1", "f1_mean"))
+"""The SegmentMeIfYouCan leaderboard's component columns: ``(title, key)``."""
