@@ -129,7 +129,8 @@ def check_resumable(
         found.append("the segmenter (its weights differ)")
     found += differences(stored["settings"], dataclasses.asdict(settings), "setting")
     fit = dataclasses.asdict(options)
-    fit.pop("checkpoint_every")  # does not change the result
+    for name in ("checkpoint_every", "cache_bytes"):  # they do not change the result
+        fit.pop(name)
     found += differences(stored["fit"], fit, "fit option")
     if found:
         raise ValueError(

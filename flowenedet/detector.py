@@ -32,7 +32,7 @@ from .fit_data import LoaderSource, Shapes, TensorSource
 from .fitting import build_flow, fit_detector
 from .hooks import SegmenterTap, segmenter_device
 from .inference import ScoringCache, check_autocast
-from .progress import progress_bar
+from .progress import StageTimer, progress_bar
 from .scores import MAPS, Scores
 from .scoring import Scorer, align_to_fit, test_time_scales
 from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
@@ -110,6 +110,7 @@ class FlowEneDet:
         checkpoint: str | Path | None = None,
         resume: bool = False,
         batch_keys: tuple[str, str] | None = None,
+        timer: StageTimer | None = None,
         **options: Any,
     ) -> FlowEneDet:
         """Estimate class statistics, then train the flow; returns ``self``.
@@ -128,14 +129,15 @@ class FlowEneDet:
         fewer steps than the default budget). With ``checkpoint`` the training state is
         saved every ``checkpoint_every`` steps; ``resume=True`` continues from it (same
         loader order and seed give the same result as an uninterrupted fit).
-        ``progress``: bars (``None``: when stderr is a terminal). Under torch.distributed
-        (torchrun) each process passes its shard of the data: statistics are summed and
-        gradients averaged.
+        ``progress``: bars (``None``: when stderr is a terminal). ``timer`` receives the
+        time of each stage (:class:`~flowenedet.progress.StageTimer`). Under
+        torch.distributed (torchrun) each process passes its shard of the data:
+        statistics are summed and gradients averaged.
         """
         device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
         tap = self._new_tap(self.config.flow.feature_layer)
         source = LoaderSource(loader, tap, device, self._shapes(), batch_keys)
-        self._fit(source, device, options, progress, checkpoint, resume)
+        self._fit(source, device, options, progress, checkpoint, resume, timer)
         self._tap = source.tap  # with the feature layer the fit found
         return self
 
@@ -150,6 +152,7 @@ class FlowEneDet:
         progress: bool | None = None,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        timer: StageTimer | None = None,
         **options: Any,
     ) -> FlowEneDet:
         """Fit from logits computed elsewhere: ``logits`` ``(N, K, h, w)``, ``labels``
@@ -161,16 +164,16 @@ class FlowEneDet:
         ``stats_items=n`` takes the class statistics (and the hit / miss prior) from the
         first ``n`` items only, while the flow trains on all: for clean data followed by
         augmented copies, so the statistics describe the segmenter's own training
-        distribution. ``progress``, ``checkpoint``, ``resume`` and ``options`` as for
-        :meth:`fit`.
+        distribution. ``progress``, ``checkpoint``, ``resume``, ``timer`` and ``options``
+        as for :meth:`fit`.
         """
         source = TensorSource(logits, labels, features, self._shapes(), batch_size, stats_items)
-        return self._fit(source, logits.device, options, progress, checkpoint, resume)
+        return self._fit(source, logits.device, options, progress, checkpoint, resume, timer)
 
     def _shapes(self) -> Shapes:
         return Shapes(self.config.flow, self.num_classes)
 
-    def _fit(self, source, device, options, progress, checkpoint, resume) -> FlowEneDet:
+    def _fit(self, source, device, options, progress, checkpoint, resume, timer) -> FlowEneDet:
         """Run :func:`~flowenedet.fitting.fit_detector` and keep what it gives: the
         detector stays unfitted if the fit fails."""
         options = merge_fit_options(self.fit_options, options)
@@ -183,6 +186,7 @@ class FlowEneDet:
             progress=progress,
             checkpoint=checkpoint,
             resume=resume,
+            timer=timer,
         )
         self.flow, self.stats = result.flow, result.stats
         self.config = dataclasses.replace(self.config, fitted=result.record)

@@ -1,13 +1,26 @@
-"""Where a fit's batches come from: a loader of images run through the frozen segmenter
-(:class:`LoaderSource`) or logits computed elsewhere (:class:`TensorSource`), each batch
-checked against the shapes measured on the first one (:class:`Shapes`) and aligned for
-the flow: ``(logits (B, K, h, w), labels (B, H, W), pooled features (B, P, h, w) | None)``.
+"""Where a fit's batches come from, and what training keeps of them.
+
+A :class:`FitSource` gives aligned batches ``(logits (B, K, h, w), labels (B, H, W),
+pooled features (B, P, h, w) | None)``: a loader of images run through the frozen
+segmenter (:class:`LoaderSource`) or logits computed elsewhere (:class:`TensorSource`),
+each batch checked against the shapes measured on the first one (:class:`Shapes`).
+
+:class:`FitBatches` runs the passes over a source and keeps, up to a memory budget, what
+training reads of each batch (:class:`TrainBatch`: flow inputs, features and hit / miss
+targets at logit resolution), so that the segmenter and the upsampled argmax run once per
+batch rather than once per step. A loader is trusted to repeat itself only after a pass
+that gave every batch again unchanged (compared by a hash of its images and labels); one
+that augments or shuffles is read afresh on every pass, as without the cache. Kept or
+not, a batch gives training the same tensors, so the fit's result does not depend on the
+budget.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -15,10 +28,22 @@ from torch import Tensor
 
 from .checks import check_images, check_labels, check_logits, unpack_batch
 from .config import FlowSettings, Spec, check_field
+from .energy import flow_inputs
 from .flow import align_features
 from .hooks import SegmenterTap
+from .progress import StageTimer, stage
+from .training import miss_targets
 
-__all__ = ["BATCH", "FitSource", "LoaderSource", "LogitBatch", "Shapes", "TensorSource"]
+__all__ = [
+    "BATCH",
+    "FitBatches",
+    "FitSource",
+    "LoaderSource",
+    "LogitBatch",
+    "Shapes",
+    "TensorSource",
+    "TrainBatch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +102,10 @@ class FitSource(Protocol):
     def prepare_stats(self, raw: Any) -> LogitBatch:
         """The part of ``raw``'s batch the class statistics are taken from."""
 
+    def fingerprint(self, raw: Any) -> str | None:
+        """A hash of ``raw``'s data, to tell whether a pass gave the same batch again;
+        None for a source that always does."""
+
     @property
     def feature_layer(self) -> str | None:
         """The FED-C layer the features come from, if known."""
@@ -102,6 +131,7 @@ class LoaderSource:
             )
         self.loader, self.tap, self.device = loader, tap, device
         self.shapes, self.batch_keys = shapes, batch_keys
+        self.timer: StageTimer | None = None
 
     @property
     def feature_layer(self) -> str | None:
@@ -123,10 +153,19 @@ class LoaderSource:
         images = images.to(self.device)
         if self.shapes.settings.variant == "C" and self.tap.feature_layer is None:
             self.tap = SegmenterTap.finding_features(self.tap.segmenter, images[:1])
-        logits, features = self.tap(images)
+        with stage(self.timer, "segmenter"):
+            logits, features = self.tap(images)
         return self.shapes.align(logits, labels.to(self.device), features)
 
     prepare_stats = prepare
+
+    def fingerprint(self, raw: Any) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for tensor in unpack_batch(raw, self.batch_keys):
+            if isinstance(tensor, Tensor):
+                digest.update(str((tensor.dtype, tuple(tensor.shape))).encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
 
 class TensorSource:
@@ -176,3 +215,167 @@ class TensorSource:
 
     def prepare_stats(self, raw: int) -> LogitBatch:
         return self.prepare(raw, self.stats_items)
+
+    def fingerprint(self, raw: int) -> None:
+        return None  # the same tensors on every pass
+
+
+# ------------------------------------------------------------------ what training keeps
+@dataclass
+class TrainBatch:
+    """What training reads of one batch, at logit resolution: the flow's ``inputs``
+    ``(B, D, h, w)``, pooled ``features`` ``(B, P, h, w)`` (FED-C) or None, ``valid``
+    ``(B, h, w)`` bool and ``miss`` ``(B, h, w)``, the share of wrong label pixels."""
+
+    inputs: Tensor
+    features: Tensor | None
+    valid: Tensor
+    miss: Tensor
+
+    def nbytes(self) -> int:
+        """Bytes its tensors hold."""
+        tensors = [self.inputs, self.features, self.valid, self.miss]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+StatsBatch = tuple[Tensor, Tensor, Tensor, Tensor]
+"""logits ``(B, K, h, w)``, labels ``(B, H, W)``, valid and miss ``(B, h, w)``: what the
+statistics pass reads of a batch."""
+Key = tuple[int, Any]
+"""A batch's position in its pass and the source's raw batch (None: read from memory)."""
+
+
+class FitBatches:
+    """The passes over ``source``, keeping each batch's :class:`TrainBatch` while
+    ``budget`` bytes allow (0: none); see the module docstring.
+
+    Use: iterate :meth:`statistics` once (unless resuming), :meth:`use_statistics`, then
+    :meth:`passes` gives keys without end and :meth:`batch` turns a key into its
+    :class:`TrainBatch`.
+    """
+
+    def __init__(
+        self,
+        source: FitSource,
+        settings: FlowSettings,
+        budget: int,
+        timer: StageTimer | None = None,
+    ) -> None:
+        self.source, self.settings, self.budget, self.timer = source, settings, budget, timer
+        self.kept: dict[int, TrainBatch] = {}
+        self.fingerprints: dict[int, str | None] = {}
+        self.repeated: set[int] = set()  # batches a later pass gave unchanged
+        self.count: int | None = None  # batches per pass
+        self.changing = False  # the source gives other data on another pass
+        self.mean: Tensor | None = None
+        self.var: Tensor | None = None
+        self._pending: dict[int, tuple[Tensor, Tensor | None, Tensor, Tensor]] = {}
+        self._used = 0
+
+    def statistics(self) -> Iterator[StatsBatch]:
+        """The first pass, for the class statistics; keeps the full batches it can."""
+        count = 0
+        for index, raw in enumerate(self.source.raw_batches()):
+            count += 1
+            self.fingerprints[index] = fingerprint = self.source.fingerprint(raw)
+            logits, labels, features = self.source.prepare_stats(raw)
+            valid, miss = self._targets(logits, labels)
+            if fingerprint is not None:  # a loader's whole batch (not fit_logits' part)
+                self._keep_pending(index, logits, features, valid, miss)
+            yield logits, labels, valid, miss
+        self.count = count
+
+    def use_statistics(self, mean: Tensor, var: Tensor) -> None:
+        """The class statistics: the batches kept so far become flow inputs."""
+        self.mean, self.var = mean, var
+        pending, self._pending, self._used = self._pending, {}, 0
+        for index, (logits, features, valid, miss) in pending.items():
+            self._keep(index, TrainBatch(self._inputs(logits), features, valid, miss))
+
+    def passes(self) -> Iterator[Key]:
+        """The batches' keys, pass after pass, endlessly; a pass that yields nothing (a
+        loader that can be read only once) is an error, never an endless loop."""
+        passes = 1  # the statistics pass
+        while True:
+            passes += 1
+            if self._all_kept():
+                yield from ((index, None) for index in range(self.count))
+                continue
+            count = 0
+            for index, raw in enumerate(self.source.raw_batches()):
+                count += 1
+                yield index, raw
+            if count == 0:
+                raise ValueError(
+                    f"the loader yielded no batches on pass {passes}: fit reads it several "
+                    "times (statistics, then training); pass a list or a DataLoader, not a "
+                    "generator"
+                )
+            if self.count is not None and count != self.count:
+                self._forget(f"{self.count} batches on one pass and {count} on another")
+            self.count = count
+
+    def batch(self, key: Key) -> TrainBatch:
+        """The :class:`TrainBatch` of ``key``, from memory when it is kept."""
+        index, raw = key
+        if raw is not None:
+            self._check_repeat(index, self.source.fingerprint(raw))
+        kept = self.kept.get(index)
+        if kept is not None:
+            return kept
+        logits, labels, features = self.source.prepare(raw)
+        valid, miss = self._targets(logits, labels)
+        batch = TrainBatch(self._inputs(logits), features, valid, miss)
+        if not self.changing:
+            self._keep(index, batch)
+        return batch
+
+    def _targets(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        with stage(self.timer, "targets"):
+            s = self.settings
+            return miss_targets(logits, labels, s.ignore_index, s.void_as_miss)
+
+    def _inputs(self, logits: Tensor) -> Tensor:
+        with stage(self.timer, "targets"):
+            return flow_inputs(logits, self.mean, self.var, self.settings.inputs)
+
+    def _check_repeat(self, index: int, fingerprint: str | None) -> None:
+        if fingerprint is None or self.changing:
+            return
+        known = self.fingerprints.setdefault(index, fingerprint)
+        if known != fingerprint:
+            self._forget(f"batch {index} differs from an earlier pass's")
+        elif index in self.kept:
+            self.repeated.add(index)
+
+    def _all_kept(self) -> bool:
+        """Whether a pass can come from memory alone."""
+        if self.changing or self.count is None or len(self.kept) < self.count:
+            return False
+        trusted = all(f is None for f in self.fingerprints.values())
+        return trusted or len(self.repeated) == self.count
+
+    def _forget(self, why: str) -> None:
+        if not self.changing:
+            logger.info(
+                "the loader gives other data on another pass (%s: augmentation or "
+                "shuffling); the segmenter runs on every batch of every pass",
+                why,
+            )
+        self.changing = True
+        self.kept.clear()
+        self._pending.clear()
+
+    def _keep_pending(self, index: int, *tensors: Tensor | None) -> None:
+        if self._fits(sum(t.numel() * t.element_size() for t in tensors if t is not None)):
+            self._pending[index] = tensors
+
+    def _keep(self, index: int, batch: TrainBatch) -> None:
+        if self._fits(batch.nbytes()):
+            self.kept[index] = batch
+
+    def _fits(self, size: int) -> bool:
+        if self._used + size > self.budget:
+            return False
+        self._used += size
+        return True

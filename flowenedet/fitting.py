@@ -32,17 +32,16 @@ from .checkpoint import check_resumable, load_checkpoint
 from .config import DEFAULT_STEPS, FitOptions, FitRecord, FlowSettings
 from .conv_flow import ConvEnergyFlow
 from .energy import INPUT_SETS, ClassStats, energy_of_inputs, flow_inputs
-from .fit_data import FitSource, LogitBatch
+from .fit_data import FitBatches, FitSource, Key, LoaderSource, LogitBatch, StatsBatch
 from .flow import EnergyFlow
-from .inference import log_odds
+from .inference import log_odds, sampled_log_odds
 from .postprocess import resize_labels
-from .progress import progress_bar
+from .progress import StageTimer, progress_bar, stage
 from .storage import Stats
 from .training import (
     balanced_pixel_sample,
     divergence_hint,
     miss_targets,
-    passes,
     train_flow,
     uniform_pixel_sample,
 )
@@ -96,20 +95,18 @@ class FitStatistics:
 
 
 def fit_statistics(
-    batches: Iterable[tuple[Tensor, Tensor, Any]],
-    ignore_index: int,
-    progress: bool | None = None,
-    void_as_miss: bool = False,
+    batches: Iterable[StatsBatch], ignore_index: int, progress: bool | None = None
 ) -> FitStatistics:
-    """One pass over ``(logits (B, K, h, w), labels (B, H, W), _)`` batches; empty
-    batches (``B = 0``) count towards ``num_batches`` only.
+    """One pass over ``(logits (B, K, h, w), labels (B, H, W), valid, miss (B, h, w))``
+    batches (:func:`~flowenedet.training.miss_targets`' targets); empty batches
+    (``B = 0``) count towards ``num_batches`` only.
 
     Raises ``ValueError`` for no batches, or for data without correct or without wrong
     pixels: the flow learns from both.
     """
     stats, counts = None, torch.zeros(3, dtype=torch.float64)  # hits, misses, batches
     show = progress if distributed.rank() == 0 else False
-    for logits, labels, _ in progress_bar(
+    for logits, labels, valid, miss in progress_bar(
         batches, desc="class statistics", unit="batches", progress=show
     ):
         counts[2] += 1
@@ -118,7 +115,6 @@ def fit_statistics(
         if stats is None:
             stats = ClassStats(logits.shape[1])
         stats.update(logits, resize_labels(labels, logits.shape[-2:]), ignore_index)
-        valid, miss = miss_targets(logits, labels, ignore_index, void_as_miss)
         wrong = float(miss[valid].sum())
         counts[:2] += torch.tensor([float(valid.sum()) - wrong, wrong], dtype=torch.float64)
     if stats is None:
@@ -172,15 +168,20 @@ def fit_detector(
     progress: bool | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    timer: StageTimer | None = None,
 ) -> FitResult:
     """Fit a detector's flow and statistics on ``source`` (see the module docstring).
 
     ``fingerprint`` is the segmenter's (:func:`flowenedet.storage.segmenter_fingerprint`).
     With ``checkpoint`` the training state is saved every ``options.checkpoint_every``
     steps; ``resume=True`` continues from it when it exists (refusing a checkpoint of
-    other settings, options or segmenter), skipping the statistics pass.
+    other settings, options or segmenter), skipping the statistics pass. ``timer``
+    receives the time of each stage (:class:`~flowenedet.progress.StageTimer`).
     """
     shapes = source.shapes
+    batches = FitBatches(source, settings, options.cache_bytes, timer)
+    if isinstance(source, LoaderSource):
+        source.timer = timer
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
         record = check_resumable(state, checkpoint, settings, options, fingerprint)
@@ -190,14 +191,12 @@ def fit_detector(
         flow = build_flow(settings, record.feature_channels, device)
         total = state.total_steps
     else:
-        batches = map(source.prepare_stats, source.raw_batches())
-        first = next(batches, None)  # the shapes: what the flow is built for
+        stats_pass = batches.statistics()
+        first = next(stats_pass, None)  # the shapes: what the flow is built for
         if first is None:
             raise ValueError("loader is empty: fit needs at least one batch")
         flow = build_flow(settings, shapes.feature_channels, first[0].device)
-        measured = fit_statistics(
-            _chain(first, batches), settings.ignore_index, progress, settings.void_as_miss
-        )
+        measured = fit_statistics(_chain(first, stats_pass), settings.ignore_index, progress)
         rates = torch.tensor([measured.hits, measured.misses], dtype=torch.float32)
         with torch.no_grad():
             flow.base.log_weights.copy_((rates / rates.sum()).log())
@@ -219,25 +218,31 @@ def fit_detector(
             feature_channels=shapes.feature_channels,
             stride=shapes.stride,
         )
+    batches.use_statistics(mean, var)
     flow.to(device)
     balanced = settings.loss_weighting == "balanced"
 
-    def pixels(raw: Any, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        logits, labels, features = source.prepare(raw)
-        inputs = flow_inputs(logits, mean, var, settings.inputs)
-        valid, miss = miss_targets(logits, labels, settings.ignore_index, settings.void_as_miss)
-        if balanced:
-            picked = balanced_pixel_sample(valid, miss > 0, options.pixels_per_image, generator)
-        else:
-            picked = uniform_pixel_sample(valid, options.pixels_per_image, generator)
-        picked = picked.to(device)
-        log_probs = flow.sampled_component_log_prob(inputs, features, picked)
-        return log_probs + flow.base.log_prior(), miss.flatten()[picked]
+    def pixels(key: Key, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        batch = batches.batch(key)
+        with stage(timer, "sampling"):
+            if balanced:
+                picked = balanced_pixel_sample(
+                    batch.valid, batch.miss > 0, options.pixels_per_image, generator
+                )
+            else:
+                picked = uniform_pixel_sample(batch.valid, options.pixels_per_image, generator)
+            picked = picked.to(device)
+        if timer is not None:
+            timer.items["pixels"] += picked.numel()
+        with stage(timer, "flow"):  # the class scores up to a shared per-pixel constant
+            odds = sampled_log_odds(flow, batch.inputs, batch.features, picked)
+            scores = torch.stack([torch.zeros_like(odds), odds], 1) + flow.base.log_prior()
+            return scores, batch.miss.flatten()[picked]
 
     try:
         train_flow(
             flow,
-            passes(source.raw_batches),
+            batches.passes(),
             pixels,
             total_steps=total,
             lr=options.lr,
@@ -256,6 +261,7 @@ def fit_detector(
                 "record": dataclasses.asdict(record),
                 "fit": dataclasses.asdict(options),
             },
+            timer=timer,
         )
     except FloatingPointError as error:
         raise FloatingPointError(f"{error}{divergence_hint(var, options.lr)}") from None

@@ -179,6 +179,39 @@ class ContextEncoder(nn.Module):
         """Context ``(B, C, h, w)`` from ``inputs`` ``(B, D, h, w)`` and ``features``."""
         return self.from_padded(self.pad(inputs), features)
 
+    def hidden_at(self, inputs: Tensor, features: Tensor | None, picked: Tensor) -> Tensor:
+        """The hidden layer ``(N, C)`` (before its activation) of the pixels ``picked``
+        ``(N,)`` only (flat indices into ``(B, h, w)``): each one's masked neighbourhood
+        gathered from the padded inputs ``(B, D, h, w)``, or the whole map's convolution
+        when most pixels are picked (the cheaper of the two)."""
+        batch, _, h, w = inputs.shape
+        image, rest = picked // (h * w), picked % (h * w)
+        weight = self.spatial.weight * self.centre_mask
+        if 2 * picked.numel() >= batch * h * w:
+            hidden = pixels(F.conv2d(self.pad(inputs), weight, self.spatial.bias))[picked]
+        else:
+            offsets = torch.arange(self.spatial.kernel_size[0], device=picked.device)
+            rows = (rest // w)[:, None] + offsets  # (N, k) rows of the padded map
+            cols = (rest % w)[:, None] + offsets
+            # (N, k, k, D): the advanced indices' dims come first, then the channel slice
+            patches = self.pad(inputs)[image[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+            hidden = F.linear(patches.flatten(1), weight.permute(0, 2, 3, 1).flatten(1))
+            hidden = hidden + self.spatial.bias
+        if self.features is not None:
+            if features is None:
+                raise ValueError("this context encoder (FED-C) needs decoder features")
+            picked_features = features[image, :, rest // w, rest % w]  # (N, P)
+            hidden = hidden + F.linear(
+                picked_features, self.features.weight.flatten(1), self.features.bias
+            )
+        return hidden
+
+    def at(self, inputs: Tensor, features: Tensor | None, picked: Tensor) -> Tensor:
+        """The context ``(N, C)`` of the pixels ``picked`` only (see :meth:`hidden_at`):
+        what :meth:`forward` gives at those pixels."""
+        hidden = self.hidden_at(inputs, features, picked)
+        return F.linear(F.gelu(hidden), self.mix.weight.flatten(1), self.mix.bias)
+
     def from_padded(self, padded: Tensor, features: Tensor | None = None) -> Tensor:
         """Like :meth:`forward` on inputs already padded by :meth:`pad`, so a band of rows
         (with its halo) can be processed on its own and give the same context."""
@@ -309,9 +342,9 @@ class EnergyFlow(Flow):
         self, inputs: Tensor, features: Tensor | None, picked: Tensor
     ) -> Tensor:
         """``(N, 2)`` for the pixels ``picked`` ``(N,)`` (flat indices into ``(B, h, w)``):
-        the context map is computed in full, the flow runs on the picked pixels only."""
-        context = self.context_encoder(inputs, features)
-        return self.component_log_prob(pixels(inputs)[picked], pixels(context)[picked])
+        the context and the flow are computed at the picked pixels only."""
+        context = self.context_encoder.at(inputs, features, picked)
+        return self.component_log_prob(pixels(inputs)[picked], context)
 
     @torch.no_grad()
     def log_odds_map(

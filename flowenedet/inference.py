@@ -29,6 +29,7 @@ convolutions and keeps its own path (see :func:`scoring_flow`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +44,108 @@ __all__ = [
     "FusedEnergyFlow",
     "ScoringCache",
     "check_autocast",
+    "fold",
     "log_odds",
+    "sampled_log_odds",
     "scoring_flow",
 ]
 
 SCALE_OFFSET = 2.0  # nflows' affine coupling: scale = sigmoid(raw + 2) + 1e-3
 SCALE_FLOOR = 1e-3
 BAND_PIXELS = 1 << 14  # CPU: pixels per band, so a block's activations stay in cache
+
+
+@dataclass
+class Folded:
+    """A fitted :class:`EnergyFlow`'s log-odds as matrices (:func:`fold`): the context
+    encoder's ``halo``, the coupling networks' width ``hidden``, each block's
+    ``(identity, transformed)`` split and the named ``tensors`` (see
+    :class:`FusedEnergyFlow`)."""
+
+    halo: int
+    hidden: int
+    splits: list[tuple[int, int]]
+    tensors: dict[str, Tensor]
+
+
+def fold(flow: EnergyFlow, precision: torch.dtype = torch.float64) -> Folded:
+    """The log-odds of ``flow`` as a few matrices (see :class:`FusedEnergyFlow`), folded
+    in ``precision`` and returned in float32: differentiable in the flow's parameters, so
+    training and scoring compute the same function."""
+    if not isinstance(flow, EnergyFlow):
+        raise TypeError(f"FusedEnergyFlow needs an EnergyFlow; got {type(flow).__name__}")
+    tensors: dict[str, Tensor] = {}
+
+    def keep(name: str, value: Tensor) -> None:
+        tensors[name] = value.float()
+
+    encoder = flow.context_encoder
+    device = encoder.spatial.weight.device
+    f64 = {"dtype": precision, "device": device}
+    keep("spatial_weight", encoder.spatial.weight * encoder.centre_mask)
+    spatial_bias = encoder.spatial.bias.to(precision)
+    if encoder.features is not None:
+        keep("feature_weight", encoder.features.weight[:, :, 0, 0])
+        spatial_bias = spatial_bias + encoder.features.bias.to(precision)
+    keep("spatial_bias", spatial_bias)
+    mix_weight = encoder.mix.weight[:, :, 0, 0].to(precision)  # (C, C)
+    mix_bias = encoder.mix.bias.to(precision)
+
+    transforms = list(flow._transform._transforms)
+    if len(transforms) % 3:
+        raise ValueError("EnergyFlow blocks must be (ActNorm, LULinear, coupling) triples")
+    features = flow.base.features
+    order = torch.arange(features, device=device)  # state row j holds feature order[j]
+    missing = torch.zeros(features, **f64)  # output biases not yet added to the state
+    context_weights, splits = [], []
+    for k in range(len(transforms) // 3):
+        norm, linear, coupling = transforms[3 * k : 3 * k + 3]
+        if not (
+            isinstance(norm, FlooredActNorm)
+            and isinstance(linear, LULinear)
+            and isinstance(coupling, AffineCouplingTransform)
+        ):
+            raise TypeError(f"block {k} is not (ActNorm, LULinear, AffineCoupling)")
+        # y = W (x * e^s + t) + b = A x + c, rows in this block's (identity, transformed)
+        # order, columns in the previous state's order, which lacks `missing`
+        mixing = linear.weight().to(precision)
+        rows = torch.cat([coupling.identity_features, coupling.transform_features])
+        affine = (mixing * norm.log_scale.to(precision).exp()[None])[rows][:, order]
+        bias = (mixing @ norm.shift.to(precision) + linear.bias.to(precision))[
+            rows
+        ] + affine @ missing
+        identity = coupling.num_identity_features
+        net = coupling.transform_net
+        # hidden layer W_x y_id + W_c mix(g) + b_c = W_x' [s; 1] + (W_c W_mix) g
+        input_weight = net.inputs.weight.to(precision)
+        context = net.context.weight.to(precision)
+        hidden_bias = input_weight @ bias[:identity] + context @ mix_bias + net.context.bias
+        keep(f"affine_{k}", torch.cat([affine, bias[:, None]], 1))
+        keep(
+            f"input_{k}",
+            torch.cat([input_weight @ affine[:identity], hidden_bias[:, None]], 1),
+        )
+        context_weights.append(context @ mix_weight)
+        transformed = coupling.num_transform_features
+        keep(f"out_{k}", net.out.weight)
+        keep(f"scale_bias_{k}", net.out.bias.to(precision)[transformed:, None] + SCALE_OFFSET)
+        missing = torch.cat([missing.new_zeros(identity), net.out.bias.to(precision)[:transformed]])
+        splits.append((identity, transformed))
+        order = rows
+    keep("context_weight", torch.cat(context_weights))
+    # L_m^T (u - mu_m), u = the state (plus `missing`) in feature order
+    base = flow.base
+    chol_t = base.precision_cholesky().to(precision).transpose(1, 2)[:, :, order]  # (2, D, D)
+    means = base.means.to(precision)[:, order]
+    centred = missing[None] - means  # (2, D)
+    base_weight = torch.cat([chol_t[HIT], chol_t[MISS]])
+    base_bias = torch.cat([chol_t[HIT] @ centred[HIT], chol_t[MISS] @ centred[MISS]])
+    keep("base", torch.cat([base_weight, base_bias[:, None]], 1))
+    half = torch.full((features,), 0.5, **f64)
+    keep("base_sign", torch.cat([half, -half])[None])
+    constant = base.log_diag.to(precision).sum(-1)
+    keep("base_constant", (constant[MISS] - constant[HIT]).reshape(1, 1))
+    return Folded(encoder.halo, context_weights[0].shape[0], splits, tensors)
 
 
 class FusedEnergyFlow(nn.Module):
@@ -66,84 +162,12 @@ class FusedEnergyFlow(nn.Module):
 
     def __init__(self, flow: EnergyFlow) -> None:
         super().__init__()
-        if not isinstance(flow, EnergyFlow):
-            raise TypeError(f"FusedEnergyFlow needs an EnergyFlow; got {type(flow).__name__}")
         with torch.no_grad():
-            self._fold(flow)
-
-    def _fold(self, flow: EnergyFlow) -> None:
-        encoder = flow.context_encoder
-        device = encoder.spatial.weight.device
-        f64 = {"dtype": torch.float64, "device": device}
-        self.halo = encoder.halo
-        self._buffer("spatial_weight", encoder.spatial.weight * encoder.centre_mask)
-        spatial_bias = encoder.spatial.bias.double()
+            folded = fold(flow)
+        self.halo, self.hidden, self.splits = folded.halo, folded.hidden, folded.splits
         self.register_buffer("feature_weight", None, persistent=False)  # FED-U: none
-        if encoder.features is not None:
-            self._buffer("feature_weight", encoder.features.weight[:, :, 0, 0])
-            spatial_bias = spatial_bias + encoder.features.bias.double()
-        self._buffer("spatial_bias", spatial_bias)
-        mix_weight = encoder.mix.weight[:, :, 0, 0].double()  # (C, C)
-        mix_bias = encoder.mix.bias.double()
-
-        transforms = list(flow._transform._transforms)
-        if len(transforms) % 3:
-            raise ValueError("EnergyFlow blocks must be (ActNorm, LULinear, coupling) triples")
-        features = flow.base.features
-        order = torch.arange(features, device=device)  # state row j holds feature order[j]
-        missing = torch.zeros(features, **f64)  # output biases not yet added to the state
-        context_weights, self.splits = [], []
-        for k in range(len(transforms) // 3):
-            norm, linear, coupling = transforms[3 * k : 3 * k + 3]
-            if not (
-                isinstance(norm, FlooredActNorm)
-                and isinstance(linear, LULinear)
-                and isinstance(coupling, AffineCouplingTransform)
-            ):
-                raise TypeError(f"block {k} is not (ActNorm, LULinear, AffineCoupling)")
-            # y = W (x * e^s + t) + b = A x + c, rows in this block's (identity, transformed)
-            # order, columns in the previous state's order, which lacks `missing`
-            mixing = linear.weight().double()
-            rows = torch.cat([coupling.identity_features, coupling.transform_features])
-            affine = (mixing * norm.log_scale.double().exp()[None])[rows][:, order]
-            bias = (mixing @ norm.shift.double() + linear.bias.double())[rows] + affine @ missing
-            identity = coupling.num_identity_features
-            net = coupling.transform_net
-            # hidden layer W_x y_id + W_c mix(g) + b_c = W_x' [s; 1] + (W_c W_mix) g
-            input_weight = net.inputs.weight.double()
-            context = net.context.weight.double()
-            hidden_bias = input_weight @ bias[:identity] + context @ mix_bias + net.context.bias
-            self._buffer(f"affine_{k}", torch.cat([affine, bias[:, None]], 1))
-            self._buffer(
-                f"input_{k}",
-                torch.cat([input_weight @ affine[:identity], hidden_bias[:, None]], 1),
-            )
-            context_weights.append(context @ mix_weight)
-            transformed = coupling.num_transform_features
-            self._buffer(f"out_{k}", net.out.weight)
-            self._buffer(
-                f"scale_bias_{k}", net.out.bias.double()[transformed:, None] + SCALE_OFFSET
-            )
-            missing = torch.cat([missing.new_zeros(identity), net.out.bias.double()[:transformed]])
-            self.splits.append((identity, transformed))
-            order = rows
-        self.hidden = context_weights[0].shape[0]
-        self._buffer("context_weight", torch.cat(context_weights))
-        # L_m^T (u - mu_m), u = the state (plus `missing`) in feature order
-        base = flow.base
-        chol_t = base.precision_cholesky().double().transpose(1, 2)[:, :, order]  # (2, D, D)
-        means = base.means.double()[:, order]
-        centred = missing[None] - means  # (2, D)
-        base_weight = torch.cat([chol_t[HIT], chol_t[MISS]])
-        base_bias = torch.cat([chol_t[HIT] @ centred[HIT], chol_t[MISS] @ centred[MISS]])
-        self._buffer("base", torch.cat([base_weight, base_bias[:, None]], 1))
-        half = torch.full((features,), 0.5, **f64)
-        self._buffer("base_sign", torch.cat([half, -half])[None])
-        constant = base.log_diag.double().sum(-1)
-        self._buffer("base_constant", (constant[MISS] - constant[HIT]).reshape(1, 1))
-
-    def _buffer(self, name: str, value: Tensor) -> None:
-        self.register_buffer(name, value.detach().float().clone(), persistent=False)
+        for name, value in folded.tensors.items():
+            self.register_buffer(name, value.detach().clone(), persistent=False)
 
     def forward(
         self,
@@ -305,3 +329,38 @@ def log_odds(
     scoring = cache.get(flow) if cache is not None else scoring_flow(flow)
     ratio = scoring(inputs, features, chunk_pixels, autocast)
     return ratio + (prior[MISS] - prior[HIT])
+
+
+def sampled_log_odds(
+    flow: EnergyFlow | ConvEnergyFlow, inputs: Tensor, features: Tensor | None, picked: Tensor
+) -> Tensor:
+    """``log p(z | miss) - log p(z | hit)`` ``(N,)`` at the pixels ``picked`` ``(N,)`` (flat
+    indices into the input maps ``(B, D, h, w)``), differentiable in the flow's
+    parameters: all the training loss reads of the flow, since a pixel's ``log|det|`` is
+    the same for both components and cancels in the posterior.
+
+    An :class:`EnergyFlow` whose ActNorms are initialised is folded as for scoring and
+    evaluated at the picked pixels alone; before that (the fit's first batch) nflows' own
+    forward runs, which initialises them; a :class:`ConvEnergyFlow` uses its map path.
+    """
+    if isinstance(flow, ConvEnergyFlow) or not all(
+        norm.initialized for norm in flow.modules() if isinstance(norm, FlooredActNorm)
+    ):
+        log_probs = flow.sampled_component_log_prob(inputs, features, picked)
+        return log_probs[:, MISS] - log_probs[:, HIT]
+    folded = fold(flow, torch.float32)  # the gradient's rounding, not the scores'
+    w = folded.tensors
+    context = F.gelu(flow.context_encoder.hidden_at(inputs, features, picked)).T  # (C, N)
+    # every block's context term in one product; split (not sliced) for a cheap backward
+    context_terms = torch.mm(w["context_weight"], context).split(folded.hidden)
+    z = inputs.permute(1, 0, 2, 3).flatten(1)[:, picked]  # (D, N)
+    ones = z.new_ones(1, z.shape[1])
+    state = torch.cat([z, ones])
+    for k, (identity, transformed) in enumerate(folded.splits):
+        pre = context_terms[k] + torch.mm(w[f"input_{k}"], state)
+        shift, raw_scale = torch.mm(w[f"out_{k}"], F.gelu(pre)).split(transformed)
+        scale = torch.sigmoid(raw_scale + w[f"scale_bias_{k}"]) + SCALE_FLOOR
+        kept, changed = torch.mm(w[f"affine_{k}"], state).split((identity, transformed))
+        state = torch.cat([kept, changed * scale + shift, ones])
+    projected = torch.mm(w["base"], state)  # (2 D, N)
+    return torch.addmm(w["base_constant"], w["base_sign"], projected.square())[0]

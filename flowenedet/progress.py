@@ -9,14 +9,16 @@ library stays quiet in other programs.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "show_bars", "summaries"]
+__all__ = ["StageTimer", "progress_bar", "show_bars", "stage", "summaries"]
 
 _SUMMARIES = {"on": False}
 
@@ -91,3 +93,36 @@ class _Summary(tqdm):
 
     def __del__(self) -> None:  # a stage left early reports nothing
         self._reported = True
+
+
+class StageTimer:
+    """Wall-clock and process CPU seconds spent in named stages of long work, summed over
+    every time a stage runs (``with timer("flow"): ...``). ``synchronize`` (e.g.
+    ``torch.cuda.synchronize``) runs before each reading, so queued GPU work is counted
+    in the stage that queued it."""
+
+    def __init__(self, synchronize: Callable[[], None] | None = None) -> None:
+        self.synchronize = synchronize
+        self.wall: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.items: dict[str, int] = defaultdict(int)  # things counted, e.g. trained pixels
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.synchronize is not None:
+            self.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            if self.synchronize is not None:
+                self.synchronize()
+            self.wall[name] += time.perf_counter() - wall
+            self.cpu[name] += time.process_time() - cpu
+            self.calls[name] += 1
+
+
+def stage(timer: StageTimer | None, name: str) -> contextlib.AbstractContextManager[None]:
+    """``timer(name)``, or nothing to time when ``timer`` is None."""
+    return contextlib.nullcontext() if timer is None else timer(name)

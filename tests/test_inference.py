@@ -7,9 +7,10 @@ from flowenedet.config import ScoringOptions
 from flowenedet.conv_flow import ConvEnergyFlow
 from flowenedet.energy import flow_inputs
 from flowenedet.flow import EnergyFlow, align_features
-from flowenedet.inference import FusedEnergyFlow, ScoringCache, check_autocast
+from flowenedet.inference import FusedEnergyFlow, ScoringCache, check_autocast, sampled_log_odds
 from flowenedet.postprocess import postprocess_maps, upsampled_argmax
 from flowenedet.scoring import Scorer
+from flowenedet.training import hit_miss_loss
 
 from .toy import make_scenes
 
@@ -83,6 +84,35 @@ def test_conv_couplings_keep_their_own_path():
     flow = ConvEnergyFlow(2, 3, num_blocks=2, kernel_size=3).eval()
     z, feats = torch.randn(1, 2, 10, 12), torch.randn(1, 3, 10, 12)
     assert torch.equal(ScoringCache().get(flow)(z, feats, 1 << 16), flow.log_odds_map(z, feats))
+
+
+@pytest.mark.parametrize("features,feature_channels", [(2, 0), (6, 4)])
+@pytest.mark.parametrize("picked_share", [0.2, 0.9])  # gathered neighbourhoods / whole map
+def test_the_training_log_odds_and_their_gradients_are_the_flows(
+    features, feature_channels, picked_share
+):
+    """The fit trains through the folded log-odds at the sampled pixels: the same values
+    and the same gradients as nflows' class log-likelihoods (whose shared log-det cancels
+    in the posterior)."""
+    flow = trained_looking_flow(features, feature_channels).train()
+    torch.manual_seed(2)
+    z = torch.randn(3, features, 10, 12)
+    feats = torch.randn(3, feature_channels, 10, 12) if feature_channels else None
+    picked = torch.randperm(3 * 10 * 12)[: int(picked_share * 360)]
+    miss = (torch.rand(len(picked)) < 0.3).float()
+
+    def loss_and_odds(odds):
+        scores = torch.stack([torch.zeros_like(odds), odds], 1)
+        return hit_miss_loss(scores, miss), odds
+
+    log_probs = flow.sampled_component_log_prob(z, feats, picked)
+    reference, expected = loss_and_odds(log_probs[:, 1] - log_probs[:, 0])
+    fused, odds = loss_and_odds(sampled_log_odds(flow, z, feats, picked))
+    assert close(odds, expected, 1e-4)
+    params = [p for p in flow.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(fused, params), torch.autograd.grad(reference, params)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant", "UC")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -11,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from flowenedet import FlowEneDet
 from flowenedet import io as fio
 from flowenedet.checkpoint import load_checkpoint
+from flowenedet.fit_data import FitBatches, Shapes, TensorSource
 from flowenedet.labels import PADDING_INDEX
 from flowenedet.training import (
     balanced_pixel_sample,
@@ -40,12 +44,13 @@ class CrashingLoader:
 def test_resumed_fit_ends_with_the_same_weights(segmenter, train_loader, tmp_path):
     checkpoint = tmp_path / "fit.ckpt.safetensors"
     uninterrupted = FlowEneDet(segmenter).fit(train_loader, steps=10, progress=False)
-    crashing = CrashingLoader(train_loader, crash_after=len(train_loader) + 8)
+    # statistics, then a crash at the sixth batch of the first training pass
+    crashing = CrashingLoader(train_loader, crash_after=len(train_loader) + 5)
     with pytest.raises(KeyboardInterrupt):
         FlowEneDet(segmenter).fit(
             crashing, steps=10, checkpoint=checkpoint, checkpoint_every=3, progress=False
         )
-    assert load_checkpoint(checkpoint).step == 6
+    assert load_checkpoint(checkpoint).step == 3
     resumed = FlowEneDet(segmenter).fit(
         train_loader, steps=10, checkpoint=checkpoint, resume=True, progress=False
     )
@@ -293,3 +298,94 @@ def test_weight_decay_reaches_the_optimizer(segmenter, train_loader, tmp_path):
         progress=False,
     )
     assert load_checkpoint(checkpoint).optimizer["param_groups"][0]["weight_decay"] == 0.01
+
+
+# ------------------------------------------------------------------ the batch cache
+class CountingSegmenter(torch.nn.Module):
+    """Wraps a segmenter and counts its forward passes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, images):
+        self.calls += 1
+        return self.inner(images)
+
+
+class FlippingLoader:
+    """``loader``'s batches, each image mirrored on every other pass: an augmenting loader."""
+
+    def __init__(self, loader):
+        self.loader, self.passes = loader, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for images, labels in self.loader:
+            if self.passes % 2 == 0:
+                images, labels = images.flip(-1), labels.flip(-1)
+            yield images, labels
+
+
+def _weights(det):
+    return det.flow.state_dict()
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_repeating_loader_runs_the_segmenter_once_per_batch_and_fits_the_same(
+    segmenter, train_loader
+):
+    counted = CountingSegmenter(segmenter)
+    cached = FlowEneDet(counted, variant="U").fit(train_loader[:3], steps=12, progress=False)
+    # the statistics pass, and the first batch again for the OOD scale: 4 passes of
+    # training over 3 batches cost no forward
+    assert counted.calls == 3 + 1
+    plain = FlowEneDet(segmenter, variant="U")
+    plain.fit(train_loader[:3], steps=12, cache_bytes=0, progress=False)
+    assert _same(_weights(cached), _weights(plain))
+    assert torch.equal(cached.stats.ood_scale, plain.stats.ood_scale)
+
+
+def test_an_augmenting_loader_is_read_afresh_every_pass(segmenter, train_loader, caplog):
+    counted = CountingSegmenter(segmenter)
+    with caplog.at_level(logging.INFO, logger="flowenedet"):
+        flipped = FlowEneDet(counted, variant="U").fit(
+            FlippingLoader(train_loader[:2]), steps=6, progress=False
+        )
+    assert "gives other data on another pass" in caplog.text
+    # statistics, every step (the first twice: it initialises ActNorm), the OOD scale
+    assert counted.calls == 2 + 6 + 1 + 1
+    plain = FlowEneDet(segmenter, variant="U").fit(
+        FlippingLoader(train_loader[:2]), steps=6, cache_bytes=0, progress=False
+    )
+    assert _same(_weights(flipped), _weights(plain))
+
+
+def test_the_cache_stays_within_its_budget_and_the_rest_is_recomputed(segmenter, train_loader):
+    counted = CountingSegmenter(segmenter)
+    budget = 150_000  # one of the toy's batches (16 x 16 x 16 logit pixels) but not two
+    det = FlowEneDet(counted, variant="U")
+    det.fit(train_loader[:3], steps=9, cache_bytes=budget, progress=False)
+    assert 3 + 1 < counted.calls < 3 + 9 + 1  # some batches kept, the others recomputed
+    plain = FlowEneDet(segmenter, variant="U").fit(
+        train_loader[:3], steps=9, cache_bytes=0, progress=False
+    )
+    assert _same(_weights(det), _weights(plain))
+    shapes = Shapes(det.config.flow)
+    source = TensorSource(*_toy_logits(segmenter, train_loader[:3]), None, shapes, 16)
+    batches = FitBatches(source, det.config.flow, budget)
+    list(batches.statistics())
+    batches.use_statistics(det.stats.mean, det.stats.var)
+    for key in itertools.islice(batches.passes(), 6):
+        batches.batch(key)
+    kept = sum(batch.nbytes() for batch in batches.kept.values())
+    assert 0 < kept <= budget and len(batches.kept) < 3
+
+
+def _toy_logits(segmenter, loader):
+    images = torch.cat([images for images, _ in loader])
+    with torch.no_grad():
+        return segmenter(images), torch.cat([labels for _, labels in loader])

@@ -22,7 +22,7 @@ from ..config import sml_postprocess
 from .base import Baseline
 from .logit_scores import MSP, Energy, Entropy, MaxLogit, energy, entropy, max_logit, msp, sml
 from .mc_dropout import MCDropout
-from .sml import SML
+from .standardized_max_logit import SML
 
 __all__ = [
     "BASELINES",

@@ -1,7 +1,7 @@
 """Baselines read off one pass's logits: maximum softmax probability, maximum logit,
 free energy, softmax entropy and the standardized max logit, as pure functions of logits
 ``(B, K, h, w)`` from any framework (scores ``(B, h, w)``, higher = more suspicious) and
-as detectors (all but SML's, which needs class statistics: :mod:`.sml`)."""
+as detectors (all but SML's, which needs class statistics: :mod:`.standardized_max_logit`)."""
 
 from __future__ import annotations
 
