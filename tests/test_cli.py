@@ -190,7 +190,7 @@ def test_evaluate_prints_the_table_and_writes_json(ws, segmenter, test_data, cap
     det, baseline = FlowEneDet.load(ws["det"], segmenter), MSP(segmenter)
     per_image = [det.score(image[None]) for image in images]
     ood_map, pred = (torch.cat([getattr(m, k) for m in per_image]) for k in ("ood", "pred"))
-    msp = torch.cat([baseline.score(image[None]) for image in images])
+    msp = torch.cat([baseline.predict(image[None]) for image in images])
     for name, scores in (("FED ood", ood_map), ("MSP", msp)):
         flat = scores.flatten()[valid].numpy()
         result = report["methods"][name]["ood"]

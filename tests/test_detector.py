@@ -34,7 +34,7 @@ def test_detector_ranks_errors_and_ood_above_correct_pixels(
     """
     images, labels = test_scenes
     scores = fitted[variant].score(images)
-    msp = MSP(segmenter).score(images)
+    msp = MSP(segmenter).predict(images)
     known = labels < NUM_CLASSES
     wrong = (scores.pred != labels)[known]
     assert auroc(scores.idm[known], wrong) > auroc(msp[known], wrong) + 0.02
@@ -74,7 +74,7 @@ def test_idm_ranks_errors_at_least_as_well_as_each_confidence_measure_it_reads(
         wrong = (scores.pred != labels)[known]
         ours = scores.idm[known]
         for baseline in (MSP, MaxLogit, Entropy):
-            theirs = baseline(segmenter).score(images)[known]
+            theirs = baseline(segmenter).predict(images)[known]
             for metric in (auroc, average_precision):
                 assert metric(ours, wrong) >= metric(theirs, wrong), (
                     f"FED-{variant} {metric.__name__} below {baseline.__name__}'s"
@@ -627,10 +627,13 @@ def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loa
             return super().__iter__()
 
     loader = Counting(train_loader[:2])
-    FlowEneDet(segmenter, variant="U").fit(loader, steps=5, progress=False)
+    FlowEneDet(segmenter, variant="U").fit(loader, steps=5, cache_bytes=0, progress=False)
     # one statistics pass, then 5 steps over passes of 2 batches (the 3rd pass is cut
     # short), then the batch that measures the score scales
     assert len(seen) == 1 + 3 + 1
+    seen.clear()
+    FlowEneDet(segmenter, variant="U").fit(loader, steps=5, progress=False)
+    assert len(seen) == 1 + 1 + 1  # once the second pass repeated the first, from memory
     caplog.clear()
     with caplog.at_level("WARNING", logger="flowenedet"):
         FlowEneDet(segmenter, variant="U").fit(loader, epochs=1, progress=False)

@@ -20,6 +20,7 @@ from .errors import (
     require_bench_extra,
     require_output_dir,
 )
+from .options import SEED, Command, Option, positive_int
 
 __all__ = [
     "BENCH",
@@ -185,3 +186,82 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """The full embedded benchmark: every corruption at severities 1-4, tables as Markdown."""
     presets = PRESETS["quick"] if args.quick else PRESETS["bench"]
     return _run(args, "the benchmark", runner.run_bench, presets)
+
+
+def run_options(
+    out: str,
+    preset: BenchConfig,
+    street: BenchConfig,
+    quick: BenchConfig | None = None,
+    street_quick: BenchConfig | None = None,
+) -> list[Option]:
+    """``demo`` / ``bench``: world, output folder and sizes, whose defaults come from the
+    digits ``preset`` and the ``street`` one."""
+
+    def sized(flag: str, what: str) -> Option:
+        field = flag[2:].replace("-", "_")
+
+        def shown(cfg: BenchConfig) -> str:
+            value = getattr(cfg, field)
+            return "the detector's" if value is None else str(value)
+
+        default = f"default {shown(preset)}, street {shown(street)}"
+        if quick is not None and street_quick is not None:
+            default += f"; {shown(quick)} / {shown(street_quick)} with --quick"
+        return flag, {"type": positive_int, "metavar": "N", "help": f"{what} ({default})"}
+
+    world_help = (
+        "the embedded world: digits (96 x 96, logits at stride 4), street (256 x 512, stride "
+        "8) or all (default: both, each in DIR/<world>/)"
+    )
+    options = [
+        ("--world", {"choices": ("digits", "street", "all"), "default": "all", "help": world_help}),
+        ("--out", {"default": out, "metavar": "DIR", "help": f"output folder (default {out})"}),
+        sized("--steps", "optimizer steps of each detector"),
+        sized("--train-scenes", "scenes the detectors are fitted on"),
+        sized("--val-scenes", "scenes the thresholds are calibrated on"),
+        sized("--test-scenes", "scenes per test split"),
+        SEED,
+        (
+            "--seeds",
+            {
+                "type": positive_int,
+                "default": 1,
+                "metavar": "N",
+                "help": "run each world N times, seeds --seed .. --seed+N-1 (scenes and fit; "
+                "the same segmenter), each in DIR/<world>/seed-K/, with the quality bar's "
+                "mean and spread in DIR/<world>/seeds.md (default 1)",
+            },
+        ),
+    ]
+    if quick is not None:
+        help_ = "fewer scenes, steps and corruptions: a smoke test, not a measurement"
+        options.append(("--quick", {"action": "store_true", "help": help_}))
+    return options
+
+
+DEMO_COMMAND = Command(
+    cmd_demo,
+    [("run", run_options(DEMO_OUT, DEMO, STREET_DEMO))],
+    f"""Example:
+  flowenedet demo
+  flowenedet demo --world digits --out tour --steps 800 --train-scenes 1000
+fits FED-U and FED-C (the detector's default settings) to the shipped reference
+segmenter of each world, scores clean and shifted (8 corruptions, severities 1-4)
+validation and test scenes with them and every baseline, prints the tables and the
+quality bar and writes {DEMO_OUT}/<world>/ scenes.png, curves.png, curves-idm.png,
+results.json, fed-u.safetensors and fed-c.safetensors. The street part is reduced to
+fit the demo's time (16 training, 4 validation, 8 test scenes, 100 steps).
+Needs the bench extra: pip install "flowenedet[bench]".""",
+)
+BENCH_COMMAND = Command(
+    cmd_bench,
+    [("run", run_options(BENCH_OUT, BENCH, STREET_BENCH, QUICK, STREET_QUICK))],
+    f"""Example:
+  flowenedet bench --out results/
+  flowenedet bench --world street --out results/
+  flowenedet bench --quick --no-progress   # a smoke test of the pipeline
+writes what demo writes plus results.md (the tables) to {BENCH_OUT}/<world>/; the test
+scenes are scored clean, shifted, and under each corruption at each severity 1-4.
+Needs the bench extra: pip install "flowenedet[bench]".""",
+)

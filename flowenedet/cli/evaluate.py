@@ -15,12 +15,14 @@ from typing import Any
 from .. import io
 from ..detector import MAPS
 from ..evaluation import metrics
-from ..evaluation.baselines import make_baseline, sml_pair
+from ..evaluation.baselines import BASELINES, make_baseline, sml_pair
 from ..evaluation.metrics import PixelEvaluator, format_table
+from ..evaluation.protocols import PROTOCOLS
 from ..progress import progress_bar
 from ..scoring import test_time_scales
 from .dataset import build_dataset, make_loader
 from .errors import CLIError, require_file, require_output_file
+from .options import DATA_OPTIONS, DETECTOR_OPTIONS, MODEL_OPTIONS, Command, Option, positive_int
 from .protocol import check_protocol_args, run_protocol
 from .segmenter import load_detector, load_segmenter, select_device
 
@@ -224,3 +226,55 @@ def _write_json(
     text = json.dumps(report, indent=2)
     io.atomic_write(args.json, lambda tmp: tmp.write_text(text))
     print(f"wrote {args.json}")
+
+
+EVALUATE_OPTIONS: list[Option] = [
+    (
+        "--protocol",
+        {
+            "choices": tuple(PROTOCOLS),
+            "help": "a leaderboard's columns instead of the default table (see below)",
+        },
+    ),
+    ("--corruption", {"metavar": "NAME", "help": "embedded: an imagecorruptions name"}),
+    ("--severity", {"type": int, "default": 0, "metavar": "K", "help": "embedded: 1..4"}),
+    (
+        "--baselines",
+        {
+            "nargs": "*",
+            "choices": list(BASELINES),
+            "default": list(DEFAULT_BASELINES),
+            "metavar": "NAME",
+            "help": f"of {', '.join(BASELINES)}",
+        },
+    ),
+    (
+        "--histogram-bins",
+        {"type": positive_int, "metavar": "N", "help": "histogram metrics (see below)"},
+    ),
+    ("--thresholds-from", {"metavar": "JSON", "help": "evaluate JSON of a validation split"}),
+    ("--json", {"metavar": "FILE", "help": "also write the results as JSON"}),
+]
+COMMAND = Command(
+    cmd_evaluate,
+    [
+        ("segmenter", MODEL_OPTIONS),
+        ("data", DATA_OPTIONS),
+        ("scoring", DETECTOR_OPTIONS),
+        ("evaluation", EVALUATE_OPTIONS),
+    ],
+    """Example:
+  flowenedet evaluate --model mypkg.models:deeplab --weights deeplab.pth \\
+      --detector deeplab_fed.safetensors --dataset fishyscapes_laf \\
+      --root /data/fs_lostandfound --image-root /data/lost_and_found --json fs_laf.json
+Pooled curves are exact unless --histogram-bins N is given: then the bounded scores
+(FED idm / ood, MSP, Entropy) use N-bin histograms (constant memory) and the unbounded
+baselines (MaxLogit, Energy, SML, MC dropout) stay exact.
+  flowenedet evaluate ... --dataset road_anomaly21 --root /data/dataset_AnomalyTrack \\
+      --protocol smiyc-anomaly --json ra21.json
+--protocol prints one leaderboard's columns for the FED map of its task and every
+baseline: fishyscapes (OOD AUROC, AP, FPR95), smiyc-anomaly / smiyc-obstacle (the
+SegmentMeIfYouCan pixel curve and its component metrics sIoU, PPV, mean F1; the data are
+read twice), cityscapes-idm (IDM pooled and per image). Definitions: docs/metrics.md.""",
+    {"batch_size": 1},
+)

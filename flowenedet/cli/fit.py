@@ -10,9 +10,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DistributedSampler
 
+from ..config import PRESETS
 from ..detector import FlowEneDet
 from .dataset import build_dataset, fit_augment, make_loader
 from .errors import CLIError, json_object, require_output_file
+from .options import (
+    DATA_OPTIONS,
+    MODEL_OPTIONS,
+    Command,
+    Option,
+    non_negative_int,
+    number_in,
+    positive_int,
+    side_or_none,
+)
 from .segmenter import load_segmenter, select_device
 
 __all__ = ["FIT_FLAGS", "cmd_fit"]
@@ -93,3 +104,82 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if world > 1:
             torch.distributed.destroy_process_group()
     return 0
+
+
+FIT_OPTIONS: list[Option] = [
+    ("--out", {"required": True, "metavar": "FILE", "help": "the detector .safetensors"}),
+    (
+        "--preset",
+        {
+            "choices": tuple(PRESETS),
+            "default": "default",
+            "help": "named settings and fit options (default: default); options given win",
+        },
+    ),
+    ("--variant", {"choices": ("C", "U"), "help": "default: C"}),
+    (
+        "--feature-layer",
+        {"metavar": "NAME", "help": "FED-C features (default: the classifier's input)"},
+    ),
+    ("--detector-kwargs", {"metavar": "JSON", "help": "more DetectorConfig fields"}),
+    (
+        "--steps",
+        {
+            "type": positive_int,
+            "metavar": "N",
+            "help": "optimizer steps, cycling through the data (default: 1000)",
+        },
+    ),
+    ("--epochs", {"type": positive_int, "metavar": "N", "help": "passes instead of --steps"}),
+    ("--lr", {"type": number_in(1e-8, 1.0), "help": "default: 1e-3"}),
+    ("--pixels-per-image", {"type": positive_int, "metavar": "N", "help": "default: 1024"}),
+    (
+        "--warmup-steps",
+        {"type": non_negative_int, "metavar": "N", "help": "default: 5 %% of steps"},
+    ),
+    ("--decay-every", {"type": positive_int, "metavar": "N", "help": "default: once, at 80 %%"}),
+    ("--weight-decay", {"type": number_in(0.0, 1.0), "help": "default: 1e-4"}),
+    ("--checkpoint", {"metavar": "FILE", "help": "write training checkpoints here"}),
+    ("--checkpoint-every", {"type": positive_int, "metavar": "N", "help": "default: 500"}),
+    ("--resume", {"action": "store_true", "help": "continue from --checkpoint if it exists"}),
+    (
+        "--augment",
+        {
+            "action": "store_true",
+            "help": "random resize, crop and flip (see --crop, --scale-range)",
+        },
+    ),
+    (
+        "--crop",
+        {
+            "type": side_or_none,
+            "nargs": "+",
+            "metavar": ("H", "W"),
+            "help": "--augment crop (default 512 1024; 'none': no crop, needs --batch-size 1)",
+        },
+    ),
+    (
+        "--scale-range",
+        {
+            "type": number_in(1e-3, 1e3),
+            "nargs": 2,
+            "metavar": ("LOW", "HIGH"),
+            "help": "--augment resize factors (default 0.5 2.0)",
+        },
+    ),
+]
+COMMAND = Command(
+    cmd_fit,
+    [
+        ("segmenter", MODEL_OPTIONS),
+        ("data", DATA_OPTIONS),
+        ("detector and training", FIT_OPTIONS),
+    ],
+    """Example:
+  flowenedet fit --model mypkg.models:deeplab --weights deeplab.pth \\
+      --dataset cityscapes --root /data/cityscapes --size 512 1024 --steps 20000 \\
+      --out deeplab_fed.safetensors --checkpoint fit.ckpt --resume
+  torchrun --nproc_per_node=4 -m flowenedet fit ...   # the same on 4 GPUs (DDP)
+  flowenedet fit --model zoo --dataset embedded --scenes 2000 --out digits_fed.safetensors""",
+    {"batch_size": 8},
+)

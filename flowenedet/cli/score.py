@@ -26,6 +26,16 @@ from ..detector import MAPS
 from ..progress import progress_bar
 from .dataset import normalise
 from .errors import CLIError, require_file, require_output_dir
+from .options import (
+    DETECTOR_OPTIONS,
+    MODEL_OPTIONS,
+    SEED,
+    Command,
+    Option,
+    non_negative_int,
+    number_in,
+    positive_int,
+)
 from .segmenter import load_detector, load_segmenter, select_device
 
 __all__ = ["IMAGE_EXTENSIONS", "cmd_score", "output_files", "overlay_opacity"]
@@ -227,3 +237,78 @@ def _write_outputs(
         pictures["overlay"] = blend.round().astype(np.uint8)
         for kind, picture in pictures.items():
             _write_png(out / f"{name}_{kind}.png", picture)
+
+
+SCORE_OPTIONS: list[Option] = [
+    ("inputs", {"nargs": "+", "metavar": "IMAGE_OR_FOLDER"}),
+    ("--out", {"required": True, "metavar": "DIR", "help": "output folder"}),
+    ("--format", {"nargs": "+", "choices": ("png", "npy"), "default": ["png", "npy"]}),
+    (
+        "--colormap",
+        {"default": "inferno", "metavar": "NAME", "help": "matplotlib colormap (default inferno)"},
+    ),
+    (
+        "--alpha",
+        {
+            "type": number_in(0.0, 1.0),
+            "default": 0.6,
+            "help": "the overlay's highest opacity (default 0.6)",
+        },
+    ),
+    (
+        "--overlay-percentile",
+        {
+            "type": number_in(0.0, 100.0),
+            "default": 95.0,
+            "metavar": "P",
+            "help": "uncalibrated detectors: the overlay is clear below the image's P-th "
+            "percentile of the ood map (default 95); calibrated: below the ood threshold",
+        },
+    ),
+    (
+        "--masks",
+        {"action": "store_true", "help": "also write reject masks at the calibrated thresholds"},
+    ),
+    ("--recursive", {"action": "store_true", "help": "look for images in subfolders too"}),
+    ("--overwrite", {"action": "store_true", "help": "rescore images whose outputs all exist"}),
+    (
+        "--batch-size",
+        {
+            "type": positive_int,
+            "default": 1,
+            "metavar": "N",
+            "help": "images per batch, grouped by size (default 1)",
+        },
+    ),
+    (
+        "--workers",
+        {
+            "type": non_negative_int,
+            "default": 0,
+            "metavar": "N",
+            "help": "image loading processes (default 0)",
+        },
+    ),
+    SEED,
+]
+COMMAND = Command(
+    cmd_score,
+    [
+        ("segmenter", MODEL_OPTIONS),
+        ("scoring", DETECTOR_OPTIONS),
+        ("output", SCORE_OPTIONS),
+    ],
+    """Example:
+  flowenedet score --model mypkg.models:deeplab --weights deeplab.pth \\
+      --detector deeplab_fed.safetensors --out maps/ street.png more_images/ \\
+      --batch-size 8 --workers 4 --masks
+writes, for every image NAME (street, and each image of more_images/ by its stem):
+  --format png: NAME_idm.png, NAME_ood.png, NAME_concurrent.png (heat maps) and
+                NAME_overlay.png (the image tinted where the ood map is high)
+  --format npy: NAME_idm.npy, NAME_ood.npy, NAME_concurrent.npy (float16 (H, W) in [0, 1])
+  --masks:      NAME_idm_mask.png, NAME_ood_mask.png, NAME_concurrent_mask.png (8-bit,
+                255 = rejected) for each map the detector is calibrated for
+(default --format png npy). Batches hold images of one size; images whose outputs all
+exist are skipped, so a rerun continues an interrupted one (--overwrite rescores).""",
+    {},
+)
