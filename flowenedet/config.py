@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .energy import INPUT_SETS
+from .rules import AUTO, check_rule, parse_rule, terms_of
 
 __all__ = [
     "DEFAULT_CACHE_BYTES",
@@ -60,6 +61,7 @@ class Spec:
     odd: bool = False
     optional: bool = False
     pattern: re.Pattern[str] | None = None
+    check: Callable[[Any], Any] | None = None  # a further check, raising ValueError
 
 
 def setting(default: Any, spec: Spec) -> Any:
@@ -100,6 +102,11 @@ def check_field(owner: str, name: str, value: Any, spec: Spec) -> Any:
             raise ValueError(f"{where} is {len(value)} characters long; at most {spec.high}")
         if spec.pattern is not None and not spec.pattern.fullmatch(value):
             raise ValueError(f"{where} must match {spec.pattern.pattern}; got {value!r}")
+        if spec.check is not None:
+            try:
+                spec.check(value)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
         return value
     if spec.kind in (int, float):
         if (spec.low is not None and value < spec.low) or (
@@ -131,6 +138,7 @@ def _specs(cls: type) -> dict[str, Spec]:
 
 
 _SIZE = Spec(int, 0, 64)  # a post-processing size in pixels
+_RULE = Spec(str, high=200, check=check_rule)
 POSTPROCESS_MODES = ("logit-pixels", "image-pixels", "image-pixels-at-logits")
 """Where post-processing runs and in which unit its sizes are: at logit resolution with
 sizes in logit pixels (flowenedet 0.1); at image resolution with sizes in image pixels
@@ -141,10 +149,15 @@ TTA_MAPS = ("all", "ood")
 """Which maps test-time scales average: every map and the prediction (the reference
 release), or the ``ood`` map alone, with ``idm``, ``concurrent`` and the prediction from
 the first scale."""
-FILE_DEFAULTS = {"postprocess": "logit-pixels"}
-"""Settings a detector file of the flat format may lack because it predates them, with the
-value that reproduces how it scored: files of flowenedet before the ``postprocess`` setting
-ran it in logit pixels (today's default is another)."""
+FILE_DEFAULTS = {
+    "postprocess": "logit-pixels",
+    "ood_energy_weight": 1.5,
+    "concurrent_energy_weight": 0.5,
+}
+"""Settings a detector file of the flat format (before format 5) may lack because it
+predates them, with the value that reproduces how it scored: files of flowenedet before
+the ``postprocess`` setting ran it in logit pixels (today's default is another); the
+energy weights that every file of that format used became rules (:func:`from_flat`)."""
 
 
 @dataclass
@@ -194,8 +207,10 @@ class ScoringOptions(_Checked):
     ood_smooth_kernel: int | None = setting(None, Spec(int, 1, 63, odd=True, optional=True))
     ood_smooth_sigma: float = setting(1.0, Spec(float, 0.05, 64.0))
     ood_keep_peaks: bool = setting(False, Spec(bool))
-    ood_energy_weight: float = setting(1.5, Spec(float, -100.0, 100.0))
-    concurrent_energy_weight: float = setting(0.5, Spec(float, -100.0, 100.0))
+    # each map's rule (flowenedet.rules): "auto" is chosen by the fit on held-out images
+    idm_rule: str = setting(AUTO, _RULE)
+    ood_rule: str = setting(AUTO, _RULE)
+    concurrent_rule: str = setting(AUTO, _RULE)
     chunk_pixels: int = setting(1 << 16, Spec(int, 1, 1 << 26))
     postprocess: str = setting("image-pixels-at-logits", Spec(str, choices=POSTPROCESS_MODES))
     tta: bool = setting(False, Spec(bool))
@@ -239,6 +254,15 @@ class DetectorConfig:
             value = getattr(self, name)
             if not (isinstance(value, cls) or (name == "fitted" and value is None)):
                 raise TypeError(f"DetectorConfig.{name} must be a {cls.__name__}; got {value!r}")
+        available = {"posterior", *terms_of(self.flow.inputs)}
+        for name in ("idm_rule", "ood_rule", "concurrent_rule"):
+            rule = getattr(self.scoring, name)
+            missing = set() if rule == AUTO else set(parse_rule(rule)) - available
+            if missing:
+                raise ValueError(
+                    f"ScoringOptions.{name} {rule!r} uses {sorted(missing)}, which the "
+                    f"{self.flow.inputs!r} input set does not give"
+                )
 
     @classmethod
     def from_settings(cls, values: Mapping[str, Any], fitted: FitRecord | None = None):
@@ -280,6 +304,7 @@ class DetectorConfig:
             raise ValueError(
                 f"{source}: settings must be a JSON object; got {type(values).__name__}"
             )
+        values = _rules_of_weights(values, source)
         parts: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
         for key, value in values.items():  # feature_layer: as asked and as fitted
             groups = [g for g, kind in GROUPS.items() if key in _specs(kind)]
@@ -297,6 +322,24 @@ class DetectorConfig:
             config_from_dict(ScoringOptions, parts["scoring"], source),
             config_from_dict(FitRecord, fitted, source),
         )
+
+
+def _rules_of_weights(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A flat file's energy weights as the rules they were: ``idm`` the posterior, ``ood``
+    and ``concurrent`` the log-odds plus their weight times the energy."""
+    values = dict(values)
+    weights = ("ood_energy_weight", "ood_rule"), ("concurrent_energy_weight", "concurrent_rule")
+    if not any(name in values for name, _ in weights):
+        return values  # a flat object of today's settings
+    rules = {"idm_rule": "posterior"}
+    for name, rule in weights:
+        weight = values.pop(name, None)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"{source}: {name} must be a number; got {weight!r}")
+        if not (math.isfinite(weight) and abs(weight) <= 100):
+            raise ValueError(f"{source}: {name} must be finite, at most 100; got {weight!r}")
+        rules[rule] = "flow" if weight == 0 else f"flow + {float(weight):g} energy"
+    return values | rules
 
 
 def split_settings(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -349,6 +392,8 @@ class FitOptions(_Checked):
     weight_decay: float = setting(1e-4, Spec(float, 0.0, 1.0))
     # bytes of memory for what training reads of each batch (0: recompute it every pass)
     cache_bytes: int = setting(DEFAULT_CACHE_BYTES, Spec(int, 0, 1 << 50))
+    # corrupted copies of each batch the flow also trains on (flowenedet.shifts; fit only)
+    shifted_copies: int = setting(1, Spec(int, 0, 4))
 
     def __post_init__(self) -> None:
         if self.steps is None and self.epochs is None:
@@ -383,8 +428,9 @@ _PAPER = {
     "ood_smooth_sigma": 1.0,
     "ood_dilation": 6,
     "ood_keep_peaks": False,
-    "ood_energy_weight": 0.0,
-    "concurrent_energy_weight": 0.0,
+    "idm_rule": "posterior",  # one score, p(miss | z), for every map
+    "ood_rule": "posterior",
+    "concurrent_rule": "posterior",
     "tta": True,
 }
 _PAPER_FIT = {

@@ -35,9 +35,12 @@ from .inference import ScoringCache, check_autocast
 from .progress import StageTimer, progress_bar
 from .scores import MAPS, Scores
 from .scoring import Scorer, align_to_fit, test_time_scales
+from .selection import Choice
 from .storage import Stats, check_tensors, read_detector, segmenter_fingerprint, write_detector
 
 __all__ = ["MAPS", "Calibration", "DetectorConfig", "FitOptions", "FlowEneDet", "Scores", "Stats"]
+
+RULE_FIELDS = ("idm_rule", "ood_rule", "concurrent_rule")
 
 
 class FlowEneDet:
@@ -94,6 +97,7 @@ class FlowEneDet:
         self.flow: nn.Module | None = None
         self.stats: Stats | None = None
         self.calibration: Calibration | None = None  # reject thresholds, see calibrate()
+        self.selection: Choice | None = None  # how the last fit chose the maps' rules
         self._tap = self._new_tap(self.config.flow.feature_layer)
         self._cache = ScoringCache()  # the fused log-odds of the current flow weights
 
@@ -187,9 +191,11 @@ class FlowEneDet:
             checkpoint=checkpoint,
             resume=resume,
             timer=timer,
+            rules={name: getattr(self.config.scoring, name) for name in RULE_FIELDS},
         )
-        self.flow, self.stats = result.flow, result.stats
-        self.config = dataclasses.replace(self.config, fitted=result.record)
+        self.flow, self.stats, self.selection = result.flow, result.stats, result.choice
+        scoring = dataclasses.replace(self.config.scoring, **result.choice.rules)
+        self.config = dataclasses.replace(self.config, scoring=scoring, fitted=result.record)
         self.calibration = None  # thresholds of an earlier fit do not apply
         return self
 

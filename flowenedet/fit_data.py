@@ -32,6 +32,8 @@ from .energy import flow_inputs
 from .flow import align_features
 from .hooks import SegmenterTap
 from .progress import StageTimer, stage
+from .selection import held_out_mask
+from .shifts import shifted_copy
 from .training import miss_targets
 
 __all__ = [
@@ -96,8 +98,9 @@ class FitSource(Protocol):
     def raw_batches(self) -> Iterator[Any]:
         """One pass over the data: keys that :meth:`prepare` turns into batches."""
 
-    def prepare(self, raw: Any) -> LogitBatch:
-        """The aligned batch of ``raw``."""
+    def prepare(self, raw: Any, shift: tuple[int, int] | None = None) -> LogitBatch:
+        """The aligned batch of ``raw``; with ``shift=(seed, batch)`` its images'
+        shifted copy (:func:`flowenedet.shifts.shifted_copy`)."""
 
     def prepare_stats(self, raw: Any) -> LogitBatch:
         """The part of ``raw``'s batch the class statistics are taken from."""
@@ -105,6 +108,10 @@ class FitSource(Protocol):
     def fingerprint(self, raw: Any) -> str | None:
         """A hash of ``raw``'s data, to tell whether a pass gave the same batch again;
         None for a source that always does."""
+
+    @property
+    def has_images(self) -> bool:
+        """Whether the batches hold images (which shifted copies need)."""
 
     @property
     def feature_layer(self) -> str | None:
@@ -140,7 +147,9 @@ class LoaderSource:
     def raw_batches(self) -> Iterator[Any]:
         return iter(self.loader)
 
-    def prepare(self, raw: Any) -> LogitBatch:
+    has_images = True
+
+    def prepare(self, raw: Any, shift: tuple[int, int] | None = None) -> LogitBatch:
         images, labels = unpack_batch(raw, self.batch_keys)
         images = check_images(images)
         labels = check_labels(
@@ -151,6 +160,9 @@ class LoaderSource:
             self.shapes.settings.ignore_index,
         )
         images = images.to(self.device)
+        if shift is not None:
+            with stage(self.timer, "shift"):
+                images = shifted_copy(images, *shift)
         if self.shapes.settings.variant == "C" and self.tap.feature_layer is None:
             self.tap = SegmenterTap.finding_features(self.tap.segmenter, images[:1])
         with stage(self.timer, "segmenter"):
@@ -208,13 +220,15 @@ class TensorSource:
     def raw_batches(self) -> Iterator[int]:
         return iter(range(0, self.logits.shape[0], self.batch_size))
 
-    def prepare(self, raw: int, stop: int | None = None) -> LogitBatch:
+    has_images = False
+
+    def prepare(self, raw: int, shift: None = None, stop: int | None = None) -> LogitBatch:
         chunk = slice(raw, min(raw + self.batch_size, stop or self.logits.shape[0]))
         feats = None if self.features is None else self.features[chunk]
         return self.shapes.align(self.logits[chunk], self.labels[chunk], feats)
 
     def prepare_stats(self, raw: int) -> LogitBatch:
-        return self.prepare(raw, self.stats_items)
+        return self.prepare(raw, stop=self.stats_items)
 
     def fingerprint(self, raw: int) -> None:
         return None  # the same tensors on every pass
@@ -225,24 +239,27 @@ class TensorSource:
 class TrainBatch:
     """What training reads of one batch, at logit resolution: the flow's ``inputs``
     ``(B, D, h, w)``, pooled ``features`` ``(B, P, h, w)`` (FED-C) or None, ``valid``
-    ``(B, h, w)`` bool and ``miss`` ``(B, h, w)``, the share of wrong label pixels."""
+    ``(B, h, w)`` bool, ``miss`` ``(B, h, w)``, the share of wrong label pixels, and
+    ``held_out`` ``(B,)`` bool, the images that choose the rules instead of training."""
 
     inputs: Tensor
     features: Tensor | None
     valid: Tensor
     miss: Tensor
+    held_out: Tensor
 
     def nbytes(self) -> int:
         """Bytes its tensors hold."""
-        tensors = [self.inputs, self.features, self.valid, self.miss]
+        tensors = [self.inputs, self.features, self.valid, self.miss, self.held_out]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 StatsBatch = tuple[Tensor, Tensor, Tensor, Tensor]
 """logits ``(B, K, h, w)``, labels ``(B, H, W)``, valid and miss ``(B, h, w)``: what the
 statistics pass reads of a batch."""
-Key = tuple[int, Any]
-"""A batch's position in its pass and the source's raw batch (None: read from memory)."""
+Key = tuple[int, int, Any]
+"""A batch's position in its pass, its copy (0: as given, ``n``: the ``n``-th shifted copy)
+and the source's raw batch (None: read from memory)."""
 
 
 class FitBatches:
@@ -259,17 +276,19 @@ class FitBatches:
         source: FitSource,
         settings: FlowSettings,
         budget: int,
+        copies: int = 0,
         timer: StageTimer | None = None,
     ) -> None:
         self.source, self.settings, self.budget, self.timer = source, settings, budget, timer
-        self.kept: dict[int, TrainBatch] = {}
+        self.copies = copies if source.has_images else 0  # logits cannot be shifted
+        self.kept: dict[tuple[int, int], TrainBatch] = {}
         self.fingerprints: dict[int, str | None] = {}
         self.repeated: set[int] = set()  # batches a later pass gave unchanged
         self.count: int | None = None  # batches per pass
         self.changing = False  # the source gives other data on another pass
         self.mean: Tensor | None = None
         self.var: Tensor | None = None
-        self._pending: dict[int, tuple[Tensor, Tensor | None, Tensor, Tensor]] = {}
+        self._pending: dict[tuple[int, int], tuple[Tensor | None, ...]] = {}
         self._used = 0
 
     def statistics(self) -> Iterator[StatsBatch]:
@@ -281,7 +300,7 @@ class FitBatches:
             logits, labels, features = self.source.prepare_stats(raw)
             valid, miss = self._targets(logits, labels)
             if fingerprint is not None:  # a loader's whole batch (not fit_logits' part)
-                self._keep_pending(index, logits, features, valid, miss)
+                self._keep_pending((index, 0), logits, features, valid, miss)
             yield logits, labels, valid, miss
         self.count = count
 
@@ -289,45 +308,54 @@ class FitBatches:
         """The class statistics: the batches kept so far become flow inputs."""
         self.mean, self.var = mean, var
         pending, self._pending, self._used = self._pending, {}, 0
-        for index, (logits, features, valid, miss) in pending.items():
-            self._keep(index, TrainBatch(self._inputs(logits), features, valid, miss))
+        for key, (logits, features, valid, miss) in pending.items():
+            held = held_out_mask(self.settings.seed, key[0], len(logits)).to(valid.device)
+            self._keep(key, TrainBatch(self._inputs(logits), features, valid, miss, held))
 
     def passes(self) -> Iterator[Key]:
-        """The batches' keys, pass after pass, endlessly; a pass that yields nothing (a
-        loader that can be read only once) is an error, never an endless loop."""
+        """The batches' keys, pass after pass, endlessly (see :meth:`one_pass`)."""
         passes = 1  # the statistics pass
         while True:
             passes += 1
-            if self._all_kept():
-                yield from ((index, None) for index in range(self.count))
-                continue
-            count = 0
-            for index, raw in enumerate(self.source.raw_batches()):
-                count += 1
-                yield index, raw
-            if count == 0:
-                raise ValueError(
-                    f"the loader yielded no batches on pass {passes}: fit reads it several "
-                    "times (statistics, then training); pass a list or a DataLoader, not a "
-                    "generator"
-                )
-            if self.count is not None and count != self.count:
-                self._forget(f"{self.count} batches on one pass and {count} on another")
-            self.count = count
+            yield from self.one_pass(passes)
+
+    def one_pass(self, number: int = 2) -> Iterator[Key]:
+        """The keys of one pass, each batch followed by its shifted copies: from memory
+        once every batch is kept, else from the source; a pass that yields nothing (a
+        loader that can be read only once) is an error, never an endless loop."""
+        copies = range(1 + self.copies)
+        if self._all_kept():
+            yield from ((index, c, None) for index in range(self.count) for c in copies)
+            return
+        count = 0
+        for index, raw in enumerate(self.source.raw_batches()):
+            count += 1
+            yield from ((index, c, raw) for c in copies)
+        if count == 0:
+            raise ValueError(
+                f"the loader yielded no batches on pass {number}: fit reads it several "
+                "times (statistics, then training); pass a list or a DataLoader, not a "
+                "generator"
+            )
+        if self.count is not None and count != self.count:
+            self._forget(f"{self.count} batches on one pass and {count} on another")
+        self.count = count
 
     def batch(self, key: Key) -> TrainBatch:
         """The :class:`TrainBatch` of ``key``, from memory when it is kept."""
-        index, raw = key
-        if raw is not None:
+        index, copy, raw = key
+        if raw is not None and copy == 0:
             self._check_repeat(index, self.source.fingerprint(raw))
-        kept = self.kept.get(index)
+        kept = self.kept.get((index, copy))
         if kept is not None:
             return kept
-        logits, labels, features = self.source.prepare(raw)
+        shift = (self.settings.seed + copy, index) if copy else None
+        logits, labels, features = self.source.prepare(raw, shift)
         valid, miss = self._targets(logits, labels)
-        batch = TrainBatch(self._inputs(logits), features, valid, miss)
+        held = held_out_mask(self.settings.seed, index, len(logits)).to(valid.device)
+        batch = TrainBatch(self._inputs(logits), features, valid, miss, held)
         if not self.changing:
-            self._keep(index, batch)
+            self._keep((index, copy), batch)
         return batch
 
     def _targets(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -345,12 +373,12 @@ class FitBatches:
         known = self.fingerprints.setdefault(index, fingerprint)
         if known != fingerprint:
             self._forget(f"batch {index} differs from an earlier pass's")
-        elif index in self.kept:
+        elif (index, 0) in self.kept:
             self.repeated.add(index)
 
     def _all_kept(self) -> bool:
         """Whether a pass can come from memory alone."""
-        if self.changing or self.count is None or len(self.kept) < self.count:
+        if self.changing or self.count is None or len(self.kept) < self.count * (1 + self.copies):
             return False
         trusted = all(f is None for f in self.fingerprints.values())
         return trusted or len(self.repeated) == self.count
@@ -366,11 +394,11 @@ class FitBatches:
         self.kept.clear()
         self._pending.clear()
 
-    def _keep_pending(self, index: int, *tensors: Tensor | None) -> None:
+    def _keep_pending(self, index: tuple[int, int], *tensors: Tensor | None) -> None:
         if self._fits(sum(t.numel() * t.element_size() for t in tensors if t is not None)):
             self._pending[index] = tensors
 
-    def _keep(self, index: int, batch: TrainBatch) -> None:
+    def _keep(self, index: tuple[int, int], batch: TrainBatch) -> None:
         if self._fits(batch.nbytes()):
             self.kept[index] = batch
 

@@ -31,17 +31,18 @@ from . import distributed
 from .checkpoint import check_resumable, load_checkpoint
 from .config import DEFAULT_STEPS, FitOptions, FitRecord, FlowSettings
 from .conv_flow import ConvEnergyFlow
-from .energy import INPUT_SETS, ClassStats, energy_of_inputs, flow_inputs
+from .energy import INPUT_SETS, ClassStats
 from .fit_data import FitBatches, FitSource, Key, LoaderSource, LogitBatch, StatsBatch
 from .flow import EnergyFlow
 from .inference import log_odds, sampled_log_odds
 from .postprocess import resize_labels
 from .progress import StageTimer, progress_bar, stage
+from .rules import AUTO, term_maps
+from .selection import Choice, HeldOut, choose_rules
 from .storage import Stats
 from .training import (
     balanced_pixel_sample,
     divergence_hint,
-    miss_targets,
     train_flow,
     uniform_pixel_sample,
 )
@@ -150,12 +151,13 @@ def pooled_mean_std(values: list[Tensor]) -> Tensor:
 # ------------------------------------------------------------------ the recipe
 @dataclass
 class FitResult:
-    """What a fit gives the detector: the trained ``flow`` (eval mode), its ``stats`` and
-    the ``record`` of what it measured."""
+    """What a fit gives the detector: the trained ``flow`` (eval mode), its ``stats``, the
+    ``record`` of what it measured and the ``choice`` of its maps' rules."""
 
     flow: Flow
     stats: Stats
     record: FitRecord
+    choice: Choice
 
 
 def fit_detector(
@@ -169,6 +171,7 @@ def fit_detector(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     timer: StageTimer | None = None,
+    rules: dict[str, str] | None = None,
 ) -> FitResult:
     """Fit a detector's flow and statistics on ``source`` (see the module docstring).
 
@@ -177,9 +180,12 @@ def fit_detector(
     steps; ``resume=True`` continues from it when it exists (refusing a checkpoint of
     other settings, options or segmenter), skipping the statistics pass. ``timer``
     receives the time of each stage (:class:`~flowenedet.progress.StageTimer`).
+    ``rules``: the maps' rules asked for (``{"idm_rule": "auto", ...}``, the default);
+    the ``"auto"`` ones are chosen on the held-out images (:mod:`flowenedet.selection`).
     """
+    rules = rules or {name: AUTO for name in ("idm_rule", "ood_rule", "concurrent_rule")}
     shapes = source.shapes
-    batches = FitBatches(source, settings, options.cache_bytes, timer)
+    batches = FitBatches(source, settings, options.cache_bytes, options.shifted_copies, timer)
     if isinstance(source, LoaderSource):
         source.timer = timer
     if resume and checkpoint is not None and Path(checkpoint).exists():
@@ -201,7 +207,7 @@ def fit_detector(
         with torch.no_grad():
             flow.base.log_weights.copy_((rates / rates.sum()).log())
         mean, var = measured.stats.finalize()
-        total = options.steps or options.epochs * measured.num_batches
+        total = options.steps or options.epochs * measured.num_batches * (1 + batches.copies)
         if total < DEFAULT_STEPS:
             logger.warning(
                 "the flow trains for %d optimizer steps only; on both embedded worlds "
@@ -225,12 +231,13 @@ def fit_detector(
     def pixels(key: Key, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         batch = batches.batch(key)
         with stage(timer, "sampling"):
+            valid = batch.valid & ~batch.held_out[:, None, None]  # never trained on
             if balanced:
                 picked = balanced_pixel_sample(
-                    batch.valid, batch.miss > 0, options.pixels_per_image, generator
+                    valid, batch.miss > 0, options.pixels_per_image, generator
                 )
             else:
-                picked = uniform_pixel_sample(batch.valid, options.pixels_per_image, generator)
+                picked = uniform_pixel_sample(valid, options.pixels_per_image, generator)
             picked = picked.to(device)
         if timer is not None:
             timer.items["pixels"] += picked.numel()
@@ -265,14 +272,15 @@ def fit_detector(
         )
     except FloatingPointError as error:
         raise FloatingPointError(f"{error}{divergence_hint(var, options.lr)}") from None
-    first = source.prepare(next(source.raw_batches()))
-    ood_scale = _measure_ood_scale(flow, first, mean, var, settings)
-    if not torch.isfinite(ood_scale).all():
-        raise FloatingPointError(
-            "the fitted flow gives non-finite scores on the fit data: training diverged"
-            + divergence_hint(var, options.lr)
-        )
-    return FitResult(flow, Stats(mean, var, ood_scale), record)
+    with stage(timer, "selection"):
+        scale, held_out = _scale_and_held_out(flow, batches, settings)
+        if not torch.isfinite(scale).all():
+            raise FloatingPointError(
+                "the fitted flow gives non-finite scores on the fit data: training diverged"
+                + divergence_hint(var, options.lr)
+            )
+        choice = choose_rules(held_out, scale, settings.inputs, rules)
+    return FitResult(flow, Stats(mean, var, scale), record, choice)
 
 
 def _chain(first: LogitBatch, rest: Iterator[LogitBatch]) -> Iterator[LogitBatch]:
@@ -281,14 +289,21 @@ def _chain(first: LogitBatch, rest: Iterator[LogitBatch]) -> Iterator[LogitBatch
 
 
 @torch.no_grad()
-def _measure_ood_scale(
-    flow: Flow, batch: LogitBatch, mean: Tensor, var: Tensor, settings: FlowSettings
-) -> Tensor:
-    """:attr:`Stats.ood_scale` from the valid pixels of one fit batch (of every process's
-    first batch under torch.distributed): the log-odds' and the standardised free
-    energy's mean and standard deviation."""
-    logits, labels, features = batch
-    valid, _ = miss_targets(logits, labels, settings.ignore_index)
-    inputs = flow_inputs(logits, mean, var, settings.inputs)
-    terms = [log_odds(flow, inputs, features), energy_of_inputs(inputs)]
-    return pooled_mean_std([term[valid] for term in terms]).flatten()
+def _scale_and_held_out(
+    flow: Flow, batches: FitBatches, settings: FlowSettings
+) -> tuple[Tensor, HeldOut]:
+    """:attr:`Stats.scale` from the valid pixels of the first fit batch (of every
+    process's under torch.distributed), and the held-out images' pixels of one pass."""
+    held_out, scale = HeldOut(settings.seed), None
+    for key in batches.one_pass():
+        batch = batches.batch(key)
+        if scale is None:
+            terms = term_maps(batch.inputs, log_odds(flow, batch.inputs, batch.features))
+            valid = batch.valid
+            scale = pooled_mean_std([terms[:, k][valid] for k in range(terms.shape[1])])
+        held = batch.held_out
+        if held.any():
+            features = None if batch.features is None else batch.features[held]
+            odds = log_odds(flow, batch.inputs[held], features)
+            held_out.add(odds, batch.inputs[held], batch.valid[held], batch.miss[held])
+    return scale, held_out

@@ -1,11 +1,11 @@
 """From a fitted flow to the maps: the scoring path of :meth:`FlowEneDet.score_logits` and,
 over test-time scales, of :meth:`FlowEneDet.score`.
 
-Per logit pixel: the flow's log-odds of "miss" (:func:`flowenedet.inference.log_odds`), and
-the standardised free energy of the same inputs, each put on the fit data's scale
-(:attr:`~flowenedet.storage.Stats.ood_scale`); the ``idm`` map is the posterior, the
-``ood`` and ``concurrent`` maps blend the two terms with their energy weights. Then the
-post-processing of :mod:`flowenedet.postprocess` and bilinear resizing to the image.
+Per logit pixel: the flow's log-odds of "miss" (:func:`flowenedet.inference.log_odds`)
+and the confidence measures of its inputs, the terms of each map's rule
+(:mod:`flowenedet.rules`: the posterior, or a weighted sum of terms standardised on the
+fit data), through a sigmoid. Then the post-processing of :mod:`flowenedet.postprocess`
+and bilinear resizing to the image.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from torch import Tensor
 from .checks import check_logits, check_scales
 from .config import TTA_SCALES, DetectorConfig, FitRecord, FlowSettings, ScoringOptions
 from .conv_flow import ConvEnergyFlow
-from .energy import energy_of_inputs, flow_inputs
+from .energy import flow_inputs
 from .flow import EnergyFlow, align_features
 from .inference import ScoringCache, log_odds
 from .postprocess import postprocess_maps, resize, upsampled_argmax
+from .rules import AUTO, Rule, apply_rule, parse_rule, term_maps
 from .scores import MAPS, Scores
 from .storage import Stats
 
-__all__ = ["Scorer", "align_to_fit", "rescale", "test_time_scales"]
+__all__ = ["Scorer", "align_to_fit", "map_rules", "rescale", "test_time_scales"]
 
 
 @dataclass
@@ -41,6 +42,10 @@ class Scorer:
     record: FitRecord
     options: ScoringOptions
     cache: ScoringCache
+
+    def rules(self) -> list[Rule]:
+        """The three maps' rules (:func:`map_rules`)."""
+        return map_rules(self.options)
 
     @torch.no_grad()
     def logits(
@@ -56,14 +61,8 @@ class Scorer:
         opts, stats = self.options, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, self.settings.inputs)
         odds = log_odds(self.flow, inputs, features, opts.chunk_pixels, autocast, self.cache)
-        scale = stats.ood_scale
-        standardized = (odds - scale[0]) / scale[1]
-        energy = (energy_of_inputs(inputs) - scale[2]) / scale[3]
-        raw = [
-            torch.sigmoid(odds),
-            torch.sigmoid(standardized + opts.ood_energy_weight * energy),
-            torch.sigmoid(standardized + opts.concurrent_energy_weight * energy),
-        ]
+        terms = term_maps(inputs, odds)
+        raw = [torch.sigmoid(apply_rule(rule, odds, terms, stats.scale)) for rule in self.rules()]
         pred = upsampled_argmax(logits, size)
         if opts.postprocess == "image-pixels":  # the reference: upsample first
             raw = [resize(m, size) for m in raw]
@@ -124,6 +123,21 @@ class Scorer:
         if softmax is not None:
             result.pred = softmax.argmax(1)
         return result
+
+
+def map_rules(options: ScoringOptions) -> list[Rule]:
+    """The rules of the ``idm``, ``ood`` and ``concurrent`` maps; ``ValueError`` for one
+    still ``"auto"`` (the fit chooses it)."""
+    rules = []
+    for kind in MAPS:
+        text = getattr(options, f"{kind}_rule")
+        if text == AUTO:
+            raise ValueError(
+                f"the {kind} map's rule is 'auto': a fit chooses it; give a rule such as "
+                "'flow + 1.5 energy' (flowenedet.rules)"
+            )
+        rules.append(parse_rule(text))
+    return rules
 
 
 def align_to_fit(

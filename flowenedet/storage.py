@@ -24,6 +24,7 @@ from . import io
 from .calibration import Calibration
 from .config import FILE_DEFAULTS, DetectorConfig
 from .hooks import unwrap
+from .rules import terms_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,14 @@ class Stats:
     Attributes:
         mean, var: ``(K,)``, per-class mean and variance of the max logit over correctly
             classified training pixels (SML statistics).
-        ood_scale: ``(4,)``, mean and standard deviation of the flow's log-odds, then of the
-            standardised free energy, over the fit data's valid pixels; they put the two
-            terms of the ``ood`` and ``concurrent`` maps on one scale.
+        scale: ``(T, 2)``, mean and standard deviation of each standardised term of the
+            scoring rules (:data:`flowenedet.rules.STANDARDISED`, as many as the input set
+            gives) over the fit data's valid pixels, so that the rules' weights compare.
     """
 
     mean: Tensor
     var: Tensor
-    ood_scale: Tensor
+    scale: Tensor
 
 
 def segmenter_fingerprint(segmenter: nn.Module) -> str:
@@ -160,14 +161,18 @@ def read_detector(
         if prefix not in part:
             raise io.FormatError(f"{path} holds an unexpected tensor {name!r}")
         part[prefix][key] = value
-    k = config.fitted.num_classes
-    expected = {
-        "mean": torch.empty(k),
-        "var": torch.empty(k),
-        "ood_scale": torch.empty(4),
-    }
+    k, terms = config.fitted.num_classes, len(terms_of(config.flow.inputs))
+    expected = {"mean": torch.empty(k), "var": torch.empty(k)}
+    if version == FORMAT_VERSION:
+        expected["scale"] = torch.empty(terms, 2)
+    else:  # the log-odds' and the energy's scale: the terms of that format's rules
+        expected["ood_scale"] = torch.empty(4)
     stats = check_tensors(expected, part["stats"], f"{path}: statistics")
-    spreads = torch.cat([stats["var"], stats["ood_scale"][1::2]])
+    if version != FORMAT_VERSION:
+        scale = torch.tensor([[0.0, 1.0]]).repeat(terms, 1)
+        scale[:2] = stats.pop("ood_scale").view(2, 2)
+        stats["scale"] = scale
+    spreads = torch.cat([stats["var"], stats["scale"][:, 1]])
     if not (spreads > 0).all():
         raise io.FormatError(
             f"{path}: statistics hold a zero or negative variance or spread; the file is "

@@ -29,6 +29,7 @@ __all__ = [
     "Target",
     "TaskHistogram",
     "check_target",
+    "curve_metrics",
     "pixel_codes",
     "threshold_at",
 ]
@@ -213,6 +214,19 @@ def threshold_at(scores: Any, positives: Any, target: Target = "f1") -> float:
     target = check_target(target)
     tps, fps, thr = exact_counts(*binary_inputs(scores, positives))
     return exact_threshold(thr, cut_index(tps, fps, target))
+
+
+def curve_metrics(tps: np.ndarray, fps: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
+    """AUROC, AP and FPR at ``tpr`` from cumulative counts at distinct thresholds."""
+    n_pos, n_neg = float(tps[-1]), float(fps[-1])
+    t = tps.astype(np.float64)
+    f = fps.astype(np.float64)
+    t_prev = np.r_[0.0, t[:-1]]
+    f_prev = np.r_[0.0, f[:-1]]
+    area = float(np.sum((f - f_prev) * (t + t_prev))) / (2.0 * n_pos * n_neg)
+    ap = float(np.sum((t - t_prev) / n_pos * (t / (t + f))))
+    hit = int(np.argmax(t / n_pos >= tpr))
+    return {"auroc": area, "ap": ap, "fpr95": float(f[hit] / n_neg)}
 
 
 # ------------------------------------------------------------------ histograms

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,6 @@ from flowenedet.evaluation.metrics import (
 )
 from flowenedet.storage import FORMAT, FORMAT_VERSION
 
-from .headers import flat
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
 # ------------------------------------------------------------------ threshold searches
@@ -180,15 +180,13 @@ def test_thresholds_survive_save_and_load(calibrated, segmenter, held_out, tmp_p
         assert torch.equal(mask, calibrated.score(images).masks()[kind])
 
 
-def test_a_format_3_file_loads_uncalibrated(fitted, segmenter, tmp_path):
-    path = fitted["U"].save(tmp_path / "det.safetensors")
-    tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
-    config = flat(config)  # format 3: flat settings, no thresholds
-    del config["calibration"]
-    fio.save_file_atomic(path, tensors, kind=FORMAT, version=3, config=config)
-    loaded = FlowEneDet.load(path, segmenter)
+def test_a_format_3_file_loads_uncalibrated():
+    from flowenedet.zoo import load_reference_segmenter
+
+    fixture = Path(__file__).parent / "fixtures" / "detector-v3.safetensors"
+    loaded = FlowEneDet.load(fixture, load_reference_segmenter())
     assert loaded.calibration is None and "uncalibrated" in repr(loaded)
-    images, _ = make_scenes(2, seed=3)
+    images = torch.rand(2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"no calibrated threshold.*format 3 or older"):
         loaded.score(images).masks()
 

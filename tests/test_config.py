@@ -26,8 +26,10 @@ from flowenedet.energy import INPUT_SETS
         ("ood_dilation", 10**4, ValueError, "ood_dilation"),
         ("boundary_iterations", 10**9, ValueError, "boundary_iterations"),
         ("ood_smooth_sigma", 0, ValueError, "ood_smooth_sigma"),
-        ("ood_energy_weight", math.nan, ValueError, "finite"),
-        ("concurrent_energy_weight", math.inf, ValueError, "finite"),
+        ("ood_rule", "flow + nan energy", ValueError, "weight"),
+        ("concurrent_rule", "flow + 500 energy", ValueError, "at most"),
+        ("idm_rule", "confidence", ValueError, "unknown term"),
+        ("idm_rule", "posterior + msp", ValueError, "stands alone"),
         ("ood_keep_peaks", "false", TypeError, "true or false"),
         ("num_blocks", "x", TypeError, "integer"),
         ("num_blocks", 2.0, TypeError, "integer"),
@@ -52,8 +54,8 @@ def _names(group: type) -> set[str]:
 
 
 def test_settings_are_grouped_by_what_they_are(segmenter):
-    config = DetectorConfig.from_settings({"num_blocks": 3, "ood_energy_weight": 1.0})
-    assert config.flow.num_blocks == 3 and config.scoring.ood_energy_weight == 1.0
+    config = DetectorConfig.from_settings({"num_blocks": 3, "ood_rule": "flow + energy"})
+    assert config.flow.num_blocks == 3 and config.scoring.ood_rule == "flow + energy"
     assert config.fitted is None  # nothing measured before a fit
     with pytest.raises(TypeError, match=r"\['stride'\] are measured by the fit"):
         FlowEneDet(segmenter, stride=4.0)
@@ -84,8 +86,8 @@ def test_the_constructor_uses_the_schema(segmenter):
 
 
 def test_defaults_and_integer_floats_are_accepted():
-    config = ScoringOptions(ood_energy_weight=2, ood_smooth_sigma=1)
-    assert config.ood_energy_weight == 2.0 and isinstance(config.ood_energy_weight, float)
+    config = ScoringOptions(ood_smooth_sigma=1)
+    assert config.ood_smooth_sigma == 1.0 and isinstance(config.ood_smooth_sigma, float)
     assert DetectorConfig().to_json() == DetectorConfig().to_json()
 
 

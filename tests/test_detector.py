@@ -195,33 +195,50 @@ def test_papers_energy_pair_is_available_as_input_set(segmenter, train_loader):
     assert det.score(train_loader[0][0]).idm.shape == (16, 32, 32)
 
 
-def test_ood_map_without_energy_term_ranks_pixels_as_the_posterior(fitted, segmenter):
-    # no post-processing: the two maps differ only in the energy term and a monotone
-    # rescaling of the log-odds
-    det = fitted["C"].with_options(ood_energy_weight=0.0, boundary_width=0, smooth_kernel=1)
+def test_each_map_follows_its_rule(fitted):
+    """No post-processing: a map of rule ``flow`` ranks pixels as the posterior; an energy
+    term changes the order; ``msp`` alone ranks them as minus the log max softmax; two
+    maps of one rule are equal."""
+    det = fitted["C"].with_options(
+        idm_rule="posterior", ood_rule="flow", boundary_width=0, smooth_kernel=1
+    )
     images, _ = make_scenes(2, seed=8)
     logits, features = det.segment(images)
     scores = det.score_logits(logits, features)
     order = scores.idm.flatten().argsort()
     assert (scores.ood.flatten()[order].diff() >= -1e-6).all()
-    det = det.with_options(ood_energy_weight=1.0)
-    with_energy = det.score_logits(logits, features).ood.flatten()[order]
-    assert not (with_energy.diff() >= -1e-6).all()
-
-
-def test_concurrent_map_is_the_ood_score_with_its_own_energy_weight(fitted):
-    # no post-processing: only the energy weights differ
-    det = fitted["C"].with_options(boundary_width=0, smooth_kernel=1)
-    images, _ = make_scenes(2, seed=8)
-    logits, features = det.segment(images)
-    weight = det.config.scoring.ood_energy_weight
-    same = det.with_options(concurrent_energy_weight=weight).score_logits(logits, features)
+    with_energy = det.with_options(ood_rule="flow + energy").score_logits(logits, features)
+    assert not (with_energy.ood.flatten()[order].diff() >= -1e-6).all()
+    same = det.with_options(concurrent_rule="flow").score_logits(logits, features)
     assert torch.allclose(same.concurrent, same.ood, atol=1e-6)
-    # ranks pixels as the posterior, like idm
-    scores = det.with_options(concurrent_energy_weight=0.0).score_logits(logits, features)
-    order = scores.idm.flatten().argsort()
-    assert (scores.concurrent.flatten()[order].diff() >= -1e-6).all()
-    assert not torch.allclose(scores.concurrent, same.concurrent)
+    msp = det.with_options(idm_rule="msp").score_logits(logits, features).idm.flatten()
+    log_max_p = logits.log_softmax(1).amax(1).flatten()
+    assert (msp[log_max_p.argsort(descending=True)].diff() >= -1e-6).all()
+    with pytest.raises(ValueError, match="a fit chooses it"):
+        det.with_options(idm_rule="auto").score_logits(logits, features)
+    with pytest.raises(ValueError, match="does not give"):
+        FlowEneDet(det.segmenter, inputs="energy", idm_rule="msp")
+
+
+def test_the_fit_chooses_the_rules_on_held_out_images_and_falls_back_to_an_input(
+    segmenter, train_loader
+):
+    """Two optimizer steps leave the flow near its start, knowing nothing: on the
+    held-out images the posterior ranks errors worse than the logits' own confidence, so
+    the idm map falls back to an input, and the concurrent map starts from it."""
+    det = FlowEneDet(segmenter, variant="U", seed=3).fit(train_loader, steps=2, progress=False)
+    choice = det.selection
+    assert choice.pixels > 0 and set(choice.scores) >= {"flow", "msp", "entropy", "margin"}
+    best_input = max(choice.scores[t] for t in ("msp", "entropy", "margin", "sml", "energy"))
+    assert choice.scores["flow"] < best_input  # the untrained flow loses ...
+    chosen = det.config.scoring.idm_rule
+    assert choice.scores[chosen] >= best_input  # ... and the rule does not
+    assert det.config.scoring.concurrent_rule.startswith(chosen)
+    assert det.config.scoring.ood_rule == "flow + 1.5 energy"
+    trained = FlowEneDet(segmenter, variant="U", idm_rule="flow").fit(
+        train_loader, steps=2, progress=False
+    )
+    assert trained.config.scoring.idm_rule == "flow"  # a rule given is kept
 
 
 def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):
@@ -241,8 +258,9 @@ def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):
 
 def test_scores_follow_flow_weights_loaded_in_eval_mode(segmenter, train_loader):
     # the LU layers cache their matrix in eval mode; scoring must never use a stale one
-    a = FlowEneDet(segmenter, variant="U", seed=1).fit(train_loader[:2], steps=3, progress=False)
-    b = FlowEneDet(segmenter, variant="U", seed=2).fit(train_loader[:2], steps=3, progress=False)
+    posterior = {"variant": "U", "idm_rule": "posterior"}  # the map the flow makes
+    a = FlowEneDet(segmenter, seed=1, **posterior).fit(train_loader[:2], steps=3, progress=False)
+    b = FlowEneDet(segmenter, seed=2, **posterior).fit(train_loader[:2], steps=3, progress=False)
     images = train_loader[2][0]
     before = a.score(images).idm
     a.flow.load_state_dict(b.flow.state_dict())  # a.flow stays in eval mode
@@ -617,7 +635,7 @@ def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted)
 
 def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loader, caplog):
     """Two batches and steps=5: five optimizer steps, cycling through the loader; epochs=1
-    alone makes one pass (two steps) and warns that it is far below the default budget;
+    alone makes one pass (four steps: each batch and its shifted copy) and warns that it is far below the default budget;
     neither steps nor epochs is refused."""
     seen = []
 
@@ -627,17 +645,19 @@ def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loa
             return super().__iter__()
 
     loader = Counting(train_loader[:2])
-    FlowEneDet(segmenter, variant="U").fit(loader, steps=5, cache_bytes=0, progress=False)
+    once = {"steps": 5, "shifted_copies": 0, "progress": False}  # each batch as given
+    FlowEneDet(segmenter, variant="U").fit(loader, cache_bytes=0, **once)
     # one statistics pass, then 5 steps over passes of 2 batches (the 3rd pass is cut
     # short), then the batch that measures the score scales
-    assert len(seen) == 1 + 3 + 1
+    assert len(seen) == 1 + 3 + 1  # and one more for the held-out images' rules
     seen.clear()
-    FlowEneDet(segmenter, variant="U").fit(loader, steps=5, progress=False)
-    assert len(seen) == 1 + 1 + 1  # once the second pass repeated the first, from memory
+    FlowEneDet(segmenter, variant="U").fit(loader, **once)
+    assert len(seen) == 1 + 1  # once the second pass repeated the first, from memory
     caplog.clear()
     with caplog.at_level("WARNING", logger="flowenedet"):
         FlowEneDet(segmenter, variant="U").fit(loader, epochs=1, progress=False)
-    assert any("trains for 2 optimizer steps" in r.getMessage() for r in caplog.records)
+    # one pass: each of the 2 batches as given and shifted
+    assert any("trains for 4 optimizer steps" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match=r"steps= .* or epochs="):
         FlowEneDet(segmenter, variant="U").fit(loader, steps=None, progress=False)
 

@@ -44,10 +44,12 @@ from typing import Any
 import pytest
 import torch
 
+from . import api_signatures
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
-MARK = re.compile(r"<!--\s*(skip|xfail):\s*(.*?)\s*-->\s*\Z", re.S)
+MARK = re.compile(r"<!--\s*(skip|xfail|signature):\s*(.*?)\s*-->\s*\Z", re.S)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ def _params() -> list[Any]:
     params = []
     for block in BLOCKS:
         marks: list[Any] = []
+        if block.mark and block.mark[0] == "signature":
+            continue  # checked against the code by test_api_signature_matches_the_code
         if block.mark and block.mark[0] == "skip":
             marks.append(pytest.mark.skip(reason=block.mark[1]))
         elif block.mark:
@@ -185,3 +189,22 @@ def test_the_convention_finds_runnable_and_marked_blocks():
     marked = [b for b in BLOCKS if b.mark]
     assert marked and all(b.mark[1] for b in marked)  # every mark gives its reason
     assert len([b for b in BLOCKS if not b.mark]) >= 10
+
+
+@pytest.mark.parametrize(
+    ("path", "text"), api_signatures.blocks(api_signatures.API.read_text(encoding="utf-8"))
+)
+def test_api_signature_matches_the_code(path, text):
+    """``docs/api.md``'s signatures are the code's (``python -m tests.api_signatures
+    --write`` rewrites them)."""
+    expected = api_signatures.render(path)
+    assert api_signatures.normalised(text) == api_signatures.normalised(expected), (
+        f"docs/api.md's signature of {path} differs from the code's:\n{expected}"
+    )
+
+
+def test_a_drifted_signature_is_caught():
+    block = "fit(loader: Iterable[Any], *, device: str | None = None) -> FlowEneDet"
+    rendered = api_signatures.render("flowenedet.detector.FlowEneDet.fit")
+    assert api_signatures.normalised(block) != api_signatures.normalised(rendered)
+    assert "timer: StageTimer | None = None" in rendered

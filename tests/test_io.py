@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,6 @@ from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
 from flowenedet.storage import FORMAT, FORMAT_VERSION
 
-from .headers import flat
 from .toy import NUM_CLASSES, ToySegmenter, make_scenes
 
 
@@ -38,7 +38,10 @@ def test_file_is_plain_safetensors_with_a_header(fitted, tmp_path):
         assert meta["format"] == FORMAT and meta["format_version"] == str(FORMAT_VERSION)
         assert '"variant": "C"' in meta["config"]
         assert f.get_tensor("stats.mean").shape == (NUM_CLASSES,)
-        assert f.get_tensor("stats.ood_scale").shape == (4,)
+        assert f.get_tensor("stats.scale").shape == (6, 2)  # six terms' mean and spread
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _write_legacy(path, tensors, config, version):
@@ -52,17 +55,14 @@ def _write_legacy(path, tensors, config, version):
     save_file(tensors, str(path), metadata=metadata)
 
 
-def test_detector_of_the_previous_format_loads_and_says_so(fitted, segmenter, tmp_path, caplog):
-    path = fitted["U"].save(tmp_path / "det.safetensors")
-    tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
-    config = flat(config)
-    del config["calibration"]  # format 2 stored no thresholds
-    _write_legacy(path, tensors, config, version=2)
-    images, _ = make_scenes(2, seed=3)
+def test_detector_of_the_oldest_format_loads_and_says_so(tmp_path, caplog):
+    """Format 2 (tests/fixtures): its checksum covers the tensors only, so its settings
+    are unprotected; it loads with a warning and saves as today's format."""
+    from flowenedet.zoo import load_reference_segmenter
+
     with caplog.at_level(logging.WARNING, logger="flowenedet"):
-        loaded = FlowEneDet.load(path, segmenter)
+        loaded = FlowEneDet.load(FIXTURES / "detector-v2.safetensors", load_reference_segmenter())
     assert "save the detector again" in caplog.text
-    assert torch.equal(loaded.score(images).ood, fitted["U"].score(images).ood)
     resaved = loaded.save(tmp_path / "resaved.safetensors")
     assert fio.load_file(resaved, kind=FORMAT, version=FORMAT_VERSION)[2] == FORMAT_VERSION
 
@@ -75,17 +75,25 @@ def test_detector_of_an_older_format_is_refused(fitted, segmenter, tmp_path):
         FlowEneDet.load(path, segmenter)
 
 
-def test_file_from_before_the_ood_smoothing_options_scores_as_it_did(fitted, segmenter, tmp_path):
-    det = fitted["U"].with_options(smooth_kernel=3, ood_smooth_kernel=None)
-    path = det.save(tmp_path / "det.safetensors")
-    tensors, config, _ = fio.load_file(path, kind=FORMAT, version=FORMAT_VERSION)
-    config = flat(config)  # format 4: one flat object
+def test_file_from_before_the_ood_smoothing_options_scores_as_it_did(tmp_path):
+    """A format-4 file without the ``ood`` map's own smoothing options smooths it with
+    ``smooth_kernel``, as flowenedet did before they existed."""
+    from flowenedet.zoo import load_reference_segmenter
+
+    segmenter = load_reference_segmenter()
+    tensors, config, _ = fio.load_file(FIXTURES / "detector-v4.safetensors", kind=FORMAT, version=4)
+    config["smooth_kernel"] = 3
     for name in ("ood_smooth_kernel", "ood_smooth_sigma", "ood_keep_peaks"):
         del config[name]
-    fio.save_file_atomic(path, tensors, kind=FORMAT, version=4, config=config)
-    images, _ = make_scenes(2, seed=3)
+    path = fio.save_file_atomic(
+        tmp_path / "old.safetensors", tensors, kind=FORMAT, version=4, config=config
+    )
     loaded = FlowEneDet.load(path, segmenter)
-    assert torch.equal(loaded.score(images).ood, det.score(images).ood)  # ood kernel 3 too
+    expected = FlowEneDet.load(FIXTURES / "detector-v4.safetensors", segmenter).with_options(
+        smooth_kernel=3, ood_smooth_kernel=3, ood_smooth_sigma=1.0, ood_keep_peaks=False
+    )
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loaded.score(images).ood, expected.score(images).ood)
 
 
 def test_segmenter_with_other_classes_is_refused(fitted, tmp_path):

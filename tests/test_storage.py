@@ -18,7 +18,7 @@ from flowenedet import FlowEneDet, FormatError
 from flowenedet import io as fio
 from flowenedet.storage import FORMAT, FORMAT_VERSION
 
-from .headers import edited, flat, group_of
+from .headers import edited, group_of
 from .toy import make_scenes
 
 
@@ -88,7 +88,7 @@ def test_crafted_header_values_are_refused_before_anything_is_built(
 
 def test_non_finite_header_numbers_are_refused(saved, segmenter, tmp_path):
     tensors = read(saved)[0]
-    for field in ("ood_energy_weight", "concurrent_energy_weight"):
+    for field in ("ood_smooth_sigma", "chunk_pixels"):
         for text in ("NaN", "Infinity"):
 
             def edit(meta, field=field, text=text):
@@ -116,7 +116,7 @@ def test_a_header_config_that_is_not_an_object_is_refused(saved, segmenter, tmp_
 
 def test_any_edit_of_the_settings_is_a_damaged_file(saved, segmenter, tmp_path):
     original = read(saved)[1]
-    for field in ("ood_energy_weight", "smooth_kernel", "boundary_width", "ood_dilation"):
+    for field in ("ood_smooth_sigma", "smooth_kernel", "boundary_width", "ood_dilation"):
 
         def edit(meta, field=field):
             config = json.loads(meta["config"])
@@ -181,8 +181,8 @@ def _stats(saved, name):
         ("stats.mean", lambda s: s["stats.mean"][:-1], "expected"),
         ("stats.mean", lambda s: s["stats.mean"].int(), "int32"),
         ("stats.mean", lambda s: s["stats.mean"] * torch.nan, "NaN"),
-        ("stats.ood_scale", lambda s: s["stats.ood_scale"][:3], "expected"),
-        ("stats.ood_scale", lambda s: s["stats.ood_scale"] * torch.tensor([1, 0, 1, 1]), "spread"),
+        ("stats.scale", lambda s: s["stats.scale"][:3], "expected"),
+        ("stats.scale", lambda s: s["stats.scale"] * torch.tensor([1.0, 0.0]), "spread"),
         ("stats.var", lambda s: None, "missing"),
         (
             "flow.context_encoder.mix.weight",
@@ -297,19 +297,27 @@ def test_fuzzed_files_are_refused_or_give_finite_maps(saved, segmenter, tmp_path
     assert outcomes["refused"] > 30  # the mutations are mostly harmful, and caught
 
 
-def test_a_file_older_than_the_postprocess_setting_scores_as_it_did(saved, tmp_path, segmenter):
+def test_a_file_older_than_the_postprocess_setting_scores_as_it_did(tmp_path):
     """A file without ``postprocess`` predates it and ran post-processing in logit pixels:
     it must load with that, not with today's default, and score as such a detector did."""
-    tensors, header = read(saved)
-    old = tmp_path / "old.safetensors"
-    before = flat(edited(header, {"postprocess": ...}))  # format 4: flat, no postprocess
-    fio.save_file_atomic(old, tensors, kind=FORMAT, version=4, config=before)
+    from flowenedet.zoo import load_reference_segmenter
+
+    segmenter = load_reference_segmenter()
+    genuine = FIXTURES / "detector-v4.safetensors"
+    tensors, header, _ = fio.load_file(genuine, kind=FORMAT, version=4)
+    assert header.pop("postprocess") == "image-pixels-at-logits"
+    old = fio.save_file_atomic(
+        tmp_path / "old.safetensors", tensors, kind=FORMAT, version=4, config=header
+    )
     loaded = FlowEneDet.load(old, segmenter)
     assert loaded.config.scoring.postprocess == "logit-pixels"
-    images, _ = make_scenes(2, seed=1)
-    current = FlowEneDet.load(saved, segmenter)
+    images = load_file(FIXTURES / "detector-v4-maps.safetensors")["image"].float() / 255
+    current = FlowEneDet.load(genuine, segmenter).with_options(
+        boundary_width=4, boundary_iterations=1
+    )
+    loaded = loaded.with_options(boundary_width=4, boundary_iterations=1)  # a size to convert
     assert not torch.equal(loaded.score(images).ood, current.score(images).ood)
-    current.config.scoring.postprocess = "logit-pixels"
+    current = current.with_options(postprocess="logit-pixels")
     assert torch.equal(loaded.score(images).ood, current.score(images).ood)
 
 

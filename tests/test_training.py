@@ -44,13 +44,14 @@ class CrashingLoader:
 def test_resumed_fit_ends_with_the_same_weights(segmenter, train_loader, tmp_path):
     checkpoint = tmp_path / "fit.ckpt.safetensors"
     uninterrupted = FlowEneDet(segmenter).fit(train_loader, steps=10, progress=False)
-    # statistics, then a crash at the sixth batch of the first training pass
-    crashing = CrashingLoader(train_loader, crash_after=len(train_loader) + 5)
+    # statistics, then a crash at the fourth batch of the first training pass: step 6,
+    # each batch training two steps (as given and its shifted copy)
+    crashing = CrashingLoader(train_loader, crash_after=len(train_loader) + 3)
     with pytest.raises(KeyboardInterrupt):
         FlowEneDet(segmenter).fit(
             crashing, steps=10, checkpoint=checkpoint, checkpoint_every=3, progress=False
         )
-    assert load_checkpoint(checkpoint).step == 3
+    assert load_checkpoint(checkpoint).step == 6
     resumed = FlowEneDet(segmenter).fit(
         train_loader, steps=10, checkpoint=checkpoint, resume=True, progress=False
     )
@@ -339,27 +340,30 @@ def test_a_repeating_loader_runs_the_segmenter_once_per_batch_and_fits_the_same(
     segmenter, train_loader
 ):
     counted = CountingSegmenter(segmenter)
-    cached = FlowEneDet(counted, variant="U").fit(train_loader[:3], steps=12, progress=False)
+    plain_fit = {"steps": 12, "shifted_copies": 0, "progress": False}
+    cached = FlowEneDet(counted, variant="U").fit(train_loader[:3], **plain_fit)
     # the statistics pass, and the first batch again for the OOD scale: 4 passes of
     # training over 3 batches cost no forward
-    assert counted.calls == 3 + 1
+    assert counted.calls == 3  # the statistics pass: training and the rules from memory
     plain = FlowEneDet(segmenter, variant="U")
-    plain.fit(train_loader[:3], steps=12, cache_bytes=0, progress=False)
+    plain.fit(train_loader[:3], cache_bytes=0, **plain_fit)
     assert _same(_weights(cached), _weights(plain))
-    assert torch.equal(cached.stats.ood_scale, plain.stats.ood_scale)
+    assert torch.equal(cached.stats.scale, plain.stats.scale)
 
 
 def test_an_augmenting_loader_is_read_afresh_every_pass(segmenter, train_loader, caplog):
     counted = CountingSegmenter(segmenter)
     with caplog.at_level(logging.INFO, logger="flowenedet"):
         flipped = FlowEneDet(counted, variant="U").fit(
-            FlippingLoader(train_loader[:2]), steps=6, progress=False
+            FlippingLoader(train_loader[:2]), steps=6, shifted_copies=0, progress=False
         )
     assert "gives other data on another pass" in caplog.text
     # statistics, every step (the first twice: it initialises ActNorm), the OOD scale
-    assert counted.calls == 2 + 6 + 1 + 1
+    # statistics, every step (the first twice: it initialises ActNorm), the pass that
+    # chooses the rules
+    assert counted.calls == 2 + 6 + 1 + 2
     plain = FlowEneDet(segmenter, variant="U").fit(
-        FlippingLoader(train_loader[:2]), steps=6, cache_bytes=0, progress=False
+        FlippingLoader(train_loader[:2]), steps=6, cache_bytes=0, shifted_copies=0, progress=False
     )
     assert _same(_weights(flipped), _weights(plain))
 
@@ -368,10 +372,10 @@ def test_the_cache_stays_within_its_budget_and_the_rest_is_recomputed(segmenter,
     counted = CountingSegmenter(segmenter)
     budget = 150_000  # one of the toy's batches (16 x 16 x 16 logit pixels) but not two
     det = FlowEneDet(counted, variant="U")
-    det.fit(train_loader[:3], steps=9, cache_bytes=budget, progress=False)
-    assert 3 + 1 < counted.calls < 3 + 9 + 1  # some batches kept, the others recomputed
+    det.fit(train_loader[:3], steps=9, cache_bytes=budget, shifted_copies=0, progress=False)
+    assert 3 < counted.calls < 3 + 9 + 3  # some batches kept, the others recomputed
     plain = FlowEneDet(segmenter, variant="U").fit(
-        train_loader[:3], steps=9, cache_bytes=0, progress=False
+        train_loader[:3], steps=9, cache_bytes=0, shifted_copies=0, progress=False
     )
     assert _same(_weights(det), _weights(plain))
     shapes = Shapes(det.config.flow)

@@ -18,21 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowenedet.labels import PADDING_INDEX
+from ..labels import PADDING_INDEX
+from ..shifts import seed_of
 
 __all__ = ["AugmentDraw", "FitAugment"]
-
-_MASK64 = (1 << 64) - 1
-
-
-def _mix(*words: int) -> int:
-    """A 63-bit seed from integers (splitmix64 finaliser chained over ``words``)."""
-    state = 0x9E3779B97F4A7C15
-    for word in words:
-        state = (state ^ (word & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
-        state ^= state >> 29
-    return state >> 1
 
 
 def _stream() -> tuple[int, int]:
@@ -124,7 +113,7 @@ class FitAugment:
     def draw(self, height: int, width: int) -> AugmentDraw:
         """The next call's random choices for an ``height`` x ``width`` image."""
         rank, worker = _stream()
-        generator = torch.Generator().manual_seed(_mix(self.seed, rank, worker, self.calls))
+        generator = torch.Generator().manual_seed(seed_of(self.seed, rank, worker, self.calls))
         self.calls += 1
         u_scale, u_top, u_left, u_flip = torch.rand(4, generator=generator, dtype=torch.float64)
         low, high = self.scale
