@@ -10,21 +10,11 @@ from typing import Any
 from .. import __version__
 from ..config import PRESETS
 from ..evaluation.baselines import BASELINES
-from ..evaluation.config import BenchConfig
+from ..evaluation.config import WORLDS, BenchConfig
 from ..evaluation.metrics import check_target
 from ..scores import MAPS
-from .bench import (
-    BENCH,
-    BENCH_OUT,
-    DEMO,
-    DEMO_OUT,
-    QUICK,
-    STREET_BENCH,
-    STREET_DEMO,
-    STREET_QUICK,
-    cmd_bench,
-    cmd_demo,
-)
+from .bench import BENCH_OUT, DEMO_OUT, cmd_bench, cmd_demo
+from .bench import PRESETS as BENCH_PRESETS
 from .calibrate import cmd_calibrate
 from .evaluate import DEFAULT_BASELINES, cmd_evaluate
 from .fit import cmd_fit
@@ -320,14 +310,10 @@ EVALUATE_OPTIONS: list[Option] = [
 
 
 def _run_options(
-    out: str,
-    preset: BenchConfig,
-    street: BenchConfig,
-    quick: BenchConfig | None = None,
-    street_quick: BenchConfig | None = None,
+    out: str, presets: dict[str, BenchConfig], quick: dict[str, BenchConfig] | None = None
 ) -> list[Option]:
     """``demo`` / ``bench``: world, output folder and sizes, whose defaults come from the
-    digits ``preset`` and the ``street`` one."""
+    ``presets`` of each world (``{world: preset}``) and, for ``--quick``, ``quick``."""
 
     def sized(flag: str, what: str) -> Option:
         field = flag[2:].replace("-", "_")
@@ -336,17 +322,18 @@ def _run_options(
             value = getattr(cfg, field)
             return "the detector's" if value is None else str(value)
 
-        default = f"default {shown(preset)}, street {shown(street)}"
-        if quick is not None and street_quick is not None:
-            default += f"; {shown(quick)} / {shown(street_quick)} with --quick"
+        default = "default " + ", ".join(f"{w} {shown(cfg)}" for w, cfg in presets.items())
+        if quick is not None:
+            default += "; " + " / ".join(shown(cfg) for cfg in quick.values()) + " with --quick"
         return flag, {"type": positive_int, "metavar": "N", "help": f"{what} ({default})"}
 
     world_help = (
         "the embedded world: digits (96 x 96, logits at stride 4), street (256 x 512, stride "
-        "8) or all (default: both, each in DIR/<world>/)"
+        "4), aerial (256 x 256, stride 4, a SegFormer-style segmenter and shifts of its own) "
+        "or all (default: every world, each in DIR/<world>/)"
     )
     options = [
-        ("--world", {"choices": ("digits", "street", "all"), "default": "all", "help": world_help}),
+        ("--world", {"choices": (*WORLDS, "all"), "default": "all", "help": world_help}),
         ("--out", {"default": out, "metavar": "DIR", "help": f"output folder (default {out})"}),
         sized("--steps", "optimizer steps of each detector"),
         sized("--train-scenes", "scenes the detectors are fitted on"),
@@ -409,15 +396,17 @@ baselines (MaxLogit, Energy, SML, MC dropout) stay exact.""",
   flowenedet demo
   flowenedet demo --world digits --out tour --steps 800 --train-scenes 1000
 fits FED-U and FED-C (the detector's default settings) to the shipped reference
-segmenter of each world, scores clean and shifted (8 corruptions, severities 1-4)
-validation and test scenes with them and every baseline, prints the tables and the
-quality bar and writes {DEMO_OUT}/<world>/ scenes.png, curves.png, curves-idm.png,
-results.json, fed-u.safetensors and fed-c.safetensors. The street part is reduced to
-fit the demo's time (16 training, 4 validation, 8 test scenes, 100 steps).
+segmenter of each world, scores clean and shifted (digits, street: 8 corruptions; aerial:
+its 6 own shifts; severities 1-4) validation and test scenes with them and every
+baseline, prints the tables and the quality bar and writes {DEMO_OUT}/<world>/
+scenes.png, curves.png, curves-idm.png, results.json, fed-u.safetensors and
+fed-c.safetensors. The street and aerial parts are reduced to fit the demo's time
+(street: 16 training, 4 validation, 8 test scenes, 40 steps; aerial: 32, 8, 16, 40).
 Needs the bench extra: pip install "flowenedet[bench]".""",
     "bench": f"""Example:
   flowenedet bench --out results/
   flowenedet bench --world street --out results/
+  flowenedet bench --world aerial --out results/
   flowenedet bench --quick --no-progress   # a smoke test of the pipeline
 writes what demo writes plus results.md (the tables) to {BENCH_OUT}/<world>/; the test
 scenes are scored clean, shifted, and under each corruption at each severity 1-4.
@@ -459,10 +448,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], list[Group], dict
         ],
         {"batch_size": 1},
     ),
-    "demo": (cmd_demo, [("run", _run_options(DEMO_OUT, DEMO, STREET_DEMO))], {}),
+    "demo": (cmd_demo, [("run", _run_options(DEMO_OUT, BENCH_PRESETS["demo"]))], {}),
     "bench": (
         cmd_bench,
-        [("run", _run_options(BENCH_OUT, BENCH, STREET_BENCH, QUICK, STREET_QUICK))],
+        [("run", _run_options(BENCH_OUT, BENCH_PRESETS["bench"], BENCH_PRESETS["quick"]))],
         {},
     ),
 }
