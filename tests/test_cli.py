@@ -683,7 +683,7 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
     assert tuple(street.shift) == tuple(cfg.shift)
     assert aerial_out == Path("flowenedet-demo/aerial") and aerial.world == "aerial"
-    assert _sizes(aerial) == (32, 8, 16, 40)
+    assert _sizes(aerial) == (16, 8, 16, 40)
     assert set(aerial.shift) == set(AERIAL_SHIFTS) and not set(aerial.shift) & set(cfg.shift)
     assert not set(aerial.fit_corruptions) & set(cfg.fit_corruptions)
     assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal

@@ -401,7 +401,7 @@ its 6 own shifts; severities 1-4) validation and test scenes with them and every
 baseline, prints the tables and the quality bar and writes {DEMO_OUT}/<world>/
 scenes.png, curves.png, curves-idm.png, results.json, fed-u.safetensors and
 fed-c.safetensors. The street and aerial parts are reduced to fit the demo's time
-(street: 16 training, 4 validation, 8 test scenes, 40 steps; aerial: 32, 8, 16, 40).
+(street: 16 training, 4 validation, 8 test scenes, 40 steps; aerial: 16, 8, 16, 40).
 Needs the bench extra: pip install "flowenedet[bench]".""",
     "bench": f"""Example:
   flowenedet bench --out results/

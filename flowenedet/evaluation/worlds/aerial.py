@@ -221,8 +221,9 @@ def _parcels(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def _layout(rng: np.random.Generator, height: int, width: int):
-    """Parcel ids, their classes, hedgerow parcels, the river (or None) and the roads
-    ``[(points, width)]`` of one scene; returns ``(label, ids, kinds, hedges, roads)``."""
+    """The label map int64 ``(H, W)`` of parcels and river, the parcel ids ``(H, W)``, each
+    parcel's class and whether it has a hedgerow, and the roads ``[(points, width)]``
+    (drawn later): ``(label, ids, kinds, hedges, roads)``."""
     scale = np.sqrt(height * width) / 256
     ids = _parcels(rng, height, width)
     count = int(ids.max()) + 1
