@@ -87,7 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="random rotations by multiples of 90 degrees, one per batch (top-down views)",
     )
     p.add_argument(
-        "--crop", type=int, default=0, help="random square crops of this side after rescaling"
+        "--crop",
+        type=int,
+        default=0,
+        help="after rescaling, a random window of at most this side (0: none)",
     )
     p.add_argument("--eval-scenes", type=int, default=500, help="scenes per evaluation set")
     p.add_argument("--threads", type=int, default=2)
@@ -141,8 +144,8 @@ def augment(
     images: Tensor, labels: Tensor, gen: torch.Generator, args: argparse.Namespace
 ) -> tuple[Tensor, Tensor]:
     """Random rescale of the batch (aspect kept, sides rounded to 8 px), then optionally a
-    random square crop of ``args.crop`` px, a rotation by a multiple of 90 degrees and
-    horizontal flips.
+    random window of at most ``args.crop`` x ``args.crop`` px, a rotation by a multiple of
+    90 degrees (one per batch) and horizontal flips (per image).
 
     images float ``(B, 3, H, W)``, labels int64 ``(B, H, W)`` -> the same at the new size.
     """
@@ -154,11 +157,13 @@ def augment(
         )
         labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
         labels = labels[:, 0].long()
-    if args.crop and min(images.shape[-2:]) > args.crop:
-        top = int(torch.randint(images.shape[-2] - args.crop + 1, (), generator=gen))
-        left = int(torch.randint(images.shape[-1] - args.crop + 1, (), generator=gen))
-        images = images[..., top : top + args.crop, left : left + args.crop]
-        labels = labels[..., top : top + args.crop, left : left + args.crop]
+    height, width = images.shape[-2:]
+    crop_h, crop_w = min(height, args.crop or height), min(width, args.crop or width)
+    if (crop_h, crop_w) != (height, width):  # a random window of at most crop x crop
+        top = int(torch.randint(height - crop_h + 1, (), generator=gen))
+        left = int(torch.randint(width - crop_w + 1, (), generator=gen))
+        images = images[..., top : top + crop_h, left : left + crop_w]
+        labels = labels[..., top : top + crop_h, left : left + crop_w]
     if args.rot90:
         turns = int(torch.randint(4, (), generator=gen))
         images, labels = images.rot90(turns, (-2, -1)), labels.rot90(turns, (-2, -1))
