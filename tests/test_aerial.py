@@ -211,3 +211,18 @@ def test_bad_arguments_raise_clear_errors():
         make_scenes("val", -1)
     with pytest.raises(ValueError, match=r"severity must be an int in 1\.\.4"):
         make_scenes("val", 1, size=SMALL, corruption="haze", severity=5)
+
+
+def test_bench_config_takes_each_worlds_own_shifts_and_a_segmenter_of_the_world():
+    from flowenedet.evaluation.config import CORRUPTIONS, FIT_CORRUPTIONS, BenchConfig
+
+    aerial = BenchConfig(world="aerial")
+    assert tuple(aerial.shift) == SHIFTS and tuple(aerial.fit_corruptions) == FIT_SHIFTS
+    street = BenchConfig(world="street")
+    assert tuple(street.shift) == CORRUPTIONS and tuple(street.fit_corruptions) == FIT_CORRUPTIONS
+    assert BenchConfig(world="street", shift=()).shift == ()  # no shifted splits, as before
+    assert BenchConfig(world="street", segmenter="street-s8").segmenter == "street-s8"
+    with pytest.raises(ValueError, match=r"segmenter must be one of \('street', 'street-s8'\)"):
+        BenchConfig(world="street", segmenter="aerial")
+    with pytest.raises(ValueError, match="also test corruptions"):
+        BenchConfig(world="aerial", fit_corruptions=("haze",))
