@@ -1,19 +1,22 @@
-"""Train a reference segmenter of the embedded worlds and ship its weights.
+"""Train a segmenter of the zoo (``flowenedet.zoo.SEGMENTERS``) and ship its weights.
 
-Trains ``flowenedet.zoo.build_reference_segmenter(world)`` from scratch on CPU on the
-world's training scenes, evaluates it on the clean test split, on training scenes and on a
-few corrupted test sets, and writes ``flowenedet/zoo/<world>.safetensors`` (plus a
-``<world>.json`` card) atomically, with the architecture, the training command, the seed
-and the metrics in the safetensors header. Run from the repository root::
+Trains ``flowenedet.zoo.build_reference_segmenter(name=segmenter)`` from scratch on CPU on
+its world's training scenes, evaluates it on the clean test split, on training scenes and
+on a few corrupted test sets, and writes its weights file in ``flowenedet/zoo/`` (e.g.
+``street.safetensors``, plus a ``.json`` card) atomically, with the architecture, the
+training command, the seed and the metrics in the safetensors header. Run from the
+repository root::
 
     python -m benchmarks.train_segmenter --steps 3000 --scenes 4000 --seed 0
-    python -m benchmarks.train_segmenter --world street --steps 5000 --scenes 20000 \
+    python -m benchmarks.train_segmenter --segmenter street --steps 5000 --scenes 20000 \
         --batch-size 4 --hflip --threads 1 --log /tmp/street_train.log
 
-The digits world's scenes are generated up front; the street world's (256 x 512) are
-generated batch by batch as training reaches them (scene ``i`` is the same whenever it is
-made), and with ``--checkpoint-every`` the weights so far are written to ``--checkpoint``.
-Deterministic for a given seed and thread count (``--threads``, default 2).
+``--segmenter`` names an entry of the zoo (default ``digits``); ``--world W`` is short for
+the reference segmenter of world ``W``. The digits world's scenes are generated up front;
+the larger worlds' scenes are generated batch by batch as training reaches them (scene
+``i`` is the same whenever it is made), and with ``--checkpoint-every`` the weights so far
+are written to ``--checkpoint``. Deterministic for a given seed and thread count
+(``--threads``, default 2).
 """
 
 from __future__ import annotations
@@ -34,9 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowenedet import io
-from flowenedet.evaluation.worlds import digits as embedded
-from flowenedet.evaluation.worlds import street
-from flowenedet.evaluation.worlds.digits import SceneSet
+from flowenedet.evaluation.worlds import world_module
+from flowenedet.evaluation.worlds.scenes import SceneSet
 from flowenedet.labels import IGNORE_INDEX
 from flowenedet.progress import progress_bar
 from flowenedet.zoo import segmenter as zoo
@@ -45,14 +47,26 @@ logger = logging.getLogger("train_segmenter")
 
 ZOO_DIR = Path(zoo.__file__).resolve().parent
 SHIFTS = (("gaussian_noise", 3), ("motion_blur", 3), ("fog", 3), ("jpeg_compression", 3))
-WORLD_DATA = {"digits": embedded, "street": street}
-"""The scene generator of each world: a module with ``make_scenes``, ``NUM_CLASSES`` and
-``CLASS_NAMES``."""
+WORLD_SHIFTS = {
+    "aerial": (("sensor_noise", 3), ("haze", 3), ("colour_cast", 3), ("resolution_loss", 3))
+}
+"""The corrupted test sets of the evaluation: :data:`SHIFTS` unless the world has its own."""
+UP_FRONT = ("digits", "aerial")
+"""Worlds whose training scenes are generated once, up front (small scenes); the others'
+are made batch by batch."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--world", choices=tuple(zoo.WORLDS), default="digits")
+    p.add_argument(
+        "--segmenter",
+        choices=tuple(zoo.SEGMENTERS),
+        default=None,
+        help="the zoo entry to train (default: --world's reference, digits without --world)",
+    )
+    p.add_argument(
+        "--world", choices=tuple(zoo.REFERENCES), default=None, help="train this world's reference"
+    )
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
     p.add_argument("--scenes", type=int, default=4000, help="training scenes")
     p.add_argument("--seed", type=int, default=0, help="init / batch order / augmentation")
@@ -66,6 +80,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--hflip",
         action="store_true",
         help="random horizontal flips (off by default: a mirrored digit is not a digit)",
+    )
+    p.add_argument(
+        "--rot90",
+        action="store_true",
+        help="random rotations by multiples of 90 degrees, one per batch (top-down views)",
+    )
+    p.add_argument(
+        "--crop",
+        type=int,
+        default=0,
+        help="after rescaling, a random window of at most this side (0: none)",
     )
     p.add_argument("--eval-scenes", type=int, default=500, help="scenes per evaluation set")
     p.add_argument("--threads", type=int, default=2)
@@ -83,8 +108,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    name = zoo.reference_name(args.world or "digits", args.segmenter)
+    if args.world is not None and zoo.SEGMENTERS[name].world != args.world:
+        p.error(f"--segmenter {name} belongs to the {zoo.SEGMENTERS[name].world} world, not to "
+                f"--world {args.world}")  # fmt: skip
+    args.segmenter, args.world = name, zoo.SEGMENTERS[name].world
     if args.out is None:
-        args.out = ZOO_DIR / zoo.WORLDS[args.world][1]
+        args.out = ZOO_DIR / zoo.SEGMENTERS[name].weights_file
     for name in ("steps", "scenes", "batch_size", "eval_scenes", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -96,22 +126,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def command_line(args: argparse.Namespace) -> str:
     """The canonical command reproducing this run (every training option spelled out)."""
     parts = ["python -m benchmarks.train_segmenter"]
-    if args.world != "digits":
-        parts.append(f"--world {args.world}")
+    if args.segmenter != "digits":
+        parts.append(f"--segmenter {args.segmenter}")
     for name in ("steps", "scenes", "seed", "data_seed", "batch_size", "lr", "weight_decay"):
         parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
     parts.append(f"--min-scale {args.min_scale} --max-scale {args.max_scale}")
     parts.append(f"--threads {args.threads}")
-    if args.hflip:
-        parts.append("--hflip")
+    if args.crop:
+        parts.append(f"--crop {args.crop}")
+    for flag in ("hflip", "rot90"):
+        if getattr(args, flag):
+            parts.append(f"--{flag}")
     return " ".join(parts)
 
 
 def augment(
     images: Tensor, labels: Tensor, gen: torch.Generator, args: argparse.Namespace
 ) -> tuple[Tensor, Tensor]:
-    """Random rescale of the batch (aspect kept, sides rounded to 8 px) and optional
-    horizontal flips.
+    """Random rescale of the batch (aspect kept, sides rounded to 8 px), then optionally a
+    random window of at most ``args.crop`` x ``args.crop`` px, a rotation by a multiple of
+    90 degrees (one per batch) and horizontal flips (per image).
 
     images float ``(B, 3, H, W)``, labels int64 ``(B, H, W)`` -> the same at the new size.
     """
@@ -123,6 +157,17 @@ def augment(
         )
         labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
         labels = labels[:, 0].long()
+    height, width = images.shape[-2:]
+    crop_h, crop_w = min(height, args.crop or height), min(width, args.crop or width)
+    if (crop_h, crop_w) != (height, width):  # a random window of at most crop x crop
+        top = int(torch.randint(height - crop_h + 1, (), generator=gen))
+        left = int(torch.randint(width - crop_w + 1, (), generator=gen))
+        images = images[..., top : top + crop_h, left : left + crop_w]
+        labels = labels[..., top : top + crop_h, left : left + crop_w]
+    if args.rot90:
+        turns = int(torch.randint(4, (), generator=gen))
+        images, labels = images.rot90(turns, (-2, -1)), labels.rot90(turns, (-2, -1))
+        images, labels = images.contiguous(), labels.contiguous()
     if args.hflip:
         flip = torch.rand(images.shape[0], generator=gen) < 0.5
         images[flip] = images[flip].flip(-1)
@@ -282,7 +327,7 @@ def summarize(conf: np.ndarray, near_boundary: int, class_names) -> dict[str, An
 
 def evaluate(model: nn.Module, args: argparse.Namespace, seen: SceneSet) -> dict[str, Any]:
     """Metrics on the clean test split, training scenes ``seen`` and corrupted test sets."""
-    data = WORLD_DATA[args.world]
+    data = world_module(args.world)
     names = data.CLASS_NAMES
     progress = not args.no_progress
     n = args.eval_scenes
@@ -292,7 +337,7 @@ def evaluate(model: nn.Module, args: argparse.Namespace, seen: SceneSet) -> dict
     logger.info("clean test: %s", metrics["clean_test"])
     metrics["train"] = {"scenes": len(seen), **summarize(*confusion_matrix(model, seen), names)}
     shifted = {}
-    for name, severity in SHIFTS:
+    for name, severity in WORLD_SHIFTS.get(args.world, SHIFTS):
         data_set = data.make_scenes(
             "test", n, seed=args.data_seed, corruption=name, severity=severity, progress=progress
         )
@@ -316,11 +361,13 @@ def save(model: nn.Module, card: dict[str, Any], out: Path) -> None:
 
 def make_card(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
     """The header of the weights file, without training record and metrics."""
-    data = WORLD_DATA[args.world]
-    architecture = zoo.WORLDS[args.world][0]
+    data = world_module(args.world)
+    entry = zoo.SEGMENTERS[args.segmenter]
+    architecture = entry.architecture
     stride = model.stride
+    title = f"{architecture['backbone']} + {model.decoder_name}, stride {stride}"
     return {
-        "architecture_name": f"DigitSegmenter({architecture['backbone']} + FPN, stride {stride})",
+        "architecture_name": f"{entry.model}({title})",
         "architecture": dict(architecture),
         "parameters": sum(p.numel() for p in model.parameters()),
         "class_names": list(data.CLASS_NAMES),
@@ -334,11 +381,16 @@ def make_card(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
 
 def evaluate_again(args: argparse.Namespace) -> dict[str, Any]:
     """``--evaluate``: fresh metrics for trained weights (e.g. after the world changed)."""
-    tensors, card = io.load_file(args.evaluate, kind=zoo.FORMAT, version=zoo.FORMAT_VERSION)
-    model = zoo.DigitSegmenter(**card["architecture"])
+    tensors, card, _ = io.load_file(
+        args.evaluate,
+        kind=zoo.FORMAT,
+        version=zoo.FORMAT_VERSION,
+        legacy_versions=zoo.LEGACY_VERSIONS,
+    )
+    model = zoo.model_class(zoo.SEGMENTERS[args.segmenter].model)(**card["architecture"])
     model.load_state_dict(tensors, strict=True)
     model.eval()
-    data = WORLD_DATA[args.world]
+    data = world_module(args.world)
     seen = data.make_scenes("train", args.eval_scenes, seed=card["data_seed"])
     args.data_seed = card["data_seed"]
     card["metrics"] = evaluate(model, args, seen)
@@ -361,11 +413,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return evaluate_again(args)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
-    data = WORLD_DATA[args.world]
+    data = world_module(args.world)
     progress = not args.no_progress
-    model = zoo.build_reference_segmenter(args.world)
+    model = zoo.build_reference_segmenter(name=args.segmenter)
     gen = torch.Generator().manual_seed(args.seed)
-    if args.world == "digits":  # small scenes: all of them up front
+    if args.world in UP_FRONT:  # small scenes: all of them up front
         train_set = data.make_scenes("train", args.scenes, seed=args.data_seed, progress=progress)
         batches = Batches(args, gen, scenes=train_set)
         bias_labels = train_set.labels
@@ -374,7 +426,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
 
         def make(index: int) -> tuple[Tensor, Tensor]:
-            image, label, _ = street.render_scene("train", index, args.data_seed)
+            image, label, _ = data.render_scene("train", index, args.data_seed)
             return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label)
 
         batches = Batches(args, gen, make=make)

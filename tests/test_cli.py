@@ -24,6 +24,7 @@ from flowenedet.cli import main
 from flowenedet.data import FolderDataset
 from flowenedet.evaluation.baselines import MSP
 from flowenedet.evaluation.metrics import OpenSetIoU
+from flowenedet.evaluation.worlds.aerial_shift import SHIFTS as AERIAL_SHIFTS
 
 from .toy import NUM_CLASSES, OOD_LABEL, make_scenes
 
@@ -687,17 +688,22 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     Path("flowenedet-demo/old.txt").write_text("from an earlier run")
     code, stdout, _ = _run(capsys, ["demo"])
     assert code == 0
-    [(kind, out, cfg), (street_kind, street_out, street)] = fake_runs  # both worlds
-    assert kind == street_kind == "demo"
+    [(kind, out, cfg), (street_kind, street_out, street), (_, aerial_out, aerial)] = fake_runs
+    assert kind == street_kind == "demo"  # every world
     assert out == Path("flowenedet-demo/digits") and cfg.world == "digits"
     assert street_out == Path("flowenedet-demo/street") and street.world == "street"
     assert _sizes(cfg) == (300, 64, 100, 100)  # the sizes docs/benchmarks.md reports
     assert _sizes(street) == (16, 4, 8, 40)  # reduced to fit the demo's time
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
     assert tuple(street.shift) == tuple(cfg.shift)
+    assert aerial_out == Path("flowenedet-demo/aerial") and aerial.world == "aerial"
+    assert _sizes(aerial) == (16, 8, 16, 40)
+    assert set(aerial.shift) == set(AERIAL_SHIFTS) and not set(aerial.shift) & set(cfg.shift)
+    assert not set(aerial.fit_corruptions) & set(cfg.fit_corruptions)
     assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert "## digits world" in stdout and "## street world" in stdout
+    assert "## aerial world" in stdout
     assert str(Path("flowenedet-demo/street") / "results.json") in stdout
     assert "old.txt" not in stdout  # only the files this run wrote are listed
     assert "finished in" in stdout and " s" in stdout
@@ -708,10 +714,10 @@ def test_demo_options_reach_the_benchmark_config(fake_runs, capsys):
     argv += ["--val-scenes", "10", "--test-scenes", "20", "--seed", "3", "--no-progress"]
     assert _run(capsys, argv)[0] == 0
     assert _run(capsys, [*argv, "--world", "street"])[0] == 0
-    (_, digits_out, digits), (_, street_out, street), (_, out, cfg) = fake_runs
+    (_, digits_out, digits), (_, street_out, street), (_, _, aerial), (_, out, cfg) = fake_runs
     assert (digits_out, street_out) == (Path("tour/digits"), Path("tour/street"))
     assert out == Path("tour") and cfg.world == "street"  # one world: right in --out
-    for run in (digits, street, cfg):
+    for run in (digits, street, aerial, cfg):
         assert _sizes(run) == (30, 10, 20, 7)
         assert run.seed == 3 and run.progress is False
 
@@ -749,8 +755,10 @@ def test_bench_seeds_run_each_world_per_seed_and_summarise_them(fake_runs, capsy
 
 def test_bench_runs_every_world_by_default(fake_runs, capsys):
     assert _run(capsys, ["bench"])[0] == 0
-    (_, digits_out, digits), (_, street_out, street) = fake_runs
-    assert digits.world == "digits" and street.world == "street"
+    (_, digits_out, digits), (_, street_out, street), (_, aerial_out, aerial) = fake_runs
+    assert digits.world == "digits" and street.world == "street" and aerial.world == "aerial"
+    assert aerial_out == Path("flowenedet-bench/aerial") and aerial.test_scenes >= 100
+    assert sorted(aerial.corruptions) == sorted((c, s) for c in AERIAL_SHIFTS for s in (1, 2, 3, 4))
     assert digits_out == Path("flowenedet-bench/digits")
     assert street_out == Path("flowenedet-bench/street")
     assert sorted(street.corruptions) == sorted(digits.corruptions)  # same split structure

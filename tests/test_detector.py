@@ -635,8 +635,8 @@ def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted)
 
 def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loader, caplog):
     """Two batches and steps=5: five optimizer steps, cycling through the loader; epochs=1
-    alone makes one pass (four steps: each batch and its shifted copy) and warns that it is far below the default budget;
-    neither steps nor epochs is refused."""
+    alone makes one pass (four steps: each batch and its shifted copy) and warns that it is
+    far below the default budget; neither steps nor epochs is refused."""
     seen = []
 
     class Counting(list):

@@ -21,7 +21,7 @@ __all__ = [
     "require_output_file",
 ]
 
-BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotlib")
+BENCH_MODULES = ("skimage", "mlxtend", "imagecorruptions", "sklearn", "matplotlib", "pywt")
 """Import names of the ``bench`` extra."""
 _FLAGS = {
     "check_segmenter=False": "--no-segmenter-check",

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .worlds import WORLDS
+from .worlds.aerial_shift import FIT_SHIFTS as AERIAL_FIT_SHIFTS
+from .worlds.aerial_shift import SHIFTS as AERIAL_SHIFTS
 
 __all__ = [
     "CORRUPTIONS",
@@ -14,6 +16,7 @@ __all__ = [
     "FULL_BENCH",
     "REFERENCE_SML_SIZES",
     "WORLDS",
+    "WORLD_SHIFTS",
     "BenchConfig",
     "sml_postprocess",
 ]
@@ -58,6 +61,14 @@ FIT_CORRUPTIONS = (
     "elastic_transform",
     "pixelate",
 )
+WORLD_SHIFTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "digits": (CORRUPTIONS, FIT_CORRUPTIONS),
+    "street": (CORRUPTIONS, FIT_CORRUPTIONS),
+    "aerial": (AERIAL_SHIFTS, AERIAL_FIT_SHIFTS),
+}
+"""``{world: (test shifts, fit shifts)}``: the digits and street worlds use
+``imagecorruptions`` types, the aerial world its own shifts
+(:mod:`flowenedet.evaluation.worlds.aerial_shift`), which no other world uses."""
 
 
 @dataclass
@@ -69,8 +80,11 @@ class BenchConfig:
     one severity 1-4, every pair once in each run of ``4 * len(shift)`` scenes (empty: no
     shifted splits). ``corruptions``: further test splits of one ``(type, severity)`` each, the
     per-corruption breakdown. ``fit_corruptions``: the shifts of the detectors' extra
-    training copies, which no test split may use. ``world``: one of :data:`WORLDS`;
-    ``size``: its scene size (None: the world's default, 96 or 256 x 512).
+    training copies, which no test split may use. ``shift`` and ``fit_corruptions`` left at
+    None become the world's own (:data:`WORLD_SHIFTS`). ``world``: one of :data:`WORLDS`;
+    ``size``: its scene size (None: the world's default, 96, 256 x 512 or 256 x 256);
+    ``segmenter``: a name of :data:`flowenedet.zoo.SEGMENTERS` trained on ``world`` (None:
+    the world's reference, e.g. ``"street-s8"`` for the street world's stride-8 check).
     """
 
     train_scenes: int = 300
@@ -80,16 +94,32 @@ class BenchConfig:
     batch_size: int = 16
     seed: int = 0
     mc_samples: int = 4
-    shift: Sequence[str] = CORRUPTIONS
+    shift: Sequence[str] | None = None
     corruptions: Sequence[tuple[str, int]] = ()
-    fit_corruptions: Sequence[str] = FIT_CORRUPTIONS
+    fit_corruptions: Sequence[str] | None = None
     progress: bool | None = None  # bars: None = when stderr is a terminal
     world: str = "digits"
     size: int | tuple[int, int] | None = None
+    segmenter: str | None = None
 
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
             raise ValueError(f"world must be one of {WORLDS}, got {self.world!r}")
+        test_shifts, fit_shifts = WORLD_SHIFTS[self.world]
+        if self.shift is None:
+            self.shift = test_shifts
+        if self.fit_corruptions is None:
+            self.fit_corruptions = fit_shifts
+        if self.segmenter is not None:
+            from ..zoo.segmenter import SEGMENTERS
+
+            entry = SEGMENTERS.get(self.segmenter)
+            if entry is None or entry.world != self.world:
+                names = tuple(n for n, e in SEGMENTERS.items() if e.world == self.world)
+                raise ValueError(
+                    f"segmenter must be one of {names} (the {self.world} world's), got "
+                    f"{self.segmenter!r}"
+                )
         tested = {name for name, _ in self.corruptions} | set(self.shift)
         tested &= set(self.fit_corruptions)
         if tested:

@@ -1,9 +1,10 @@
 """The embedded, offline benchmark: FlowEneDet against every baseline on the same pixels.
 
-Pipeline: generate scenes (:mod:`flowenedet.evaluation.worlds.digits`), run the shipped reference
-segmenter (:mod:`flowenedet.zoo`) once per split and keep its logits and decoder
-features, fit FED-U and FED-C on the train split's outputs (``fit_logits``), score every
-method on validation and test splits (clean and corrupted), and evaluate with
+Pipeline: generate scenes of ``cfg.world`` (:mod:`flowenedet.evaluation.worlds`), run the
+world's shipped reference segmenter, or ``cfg.segmenter`` (:mod:`flowenedet.zoo`), once per
+split and keep its logits and decoder features, fit FED-U and FED-C on the train split's
+outputs (``fit_logits``), score every method on validation and test splits (clean and
+corrupted), and evaluate with
 :class:`flowenedet.evaluation.metrics.PixelEvaluator`. Thresholds for the honest open-mIoU are
 calibrated on the validation split; the oracle one is tuned on the split itself.
 
@@ -179,15 +180,20 @@ def _stride(segmenter: nn.Module) -> int:
 
 
 def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
-    from ..zoo import load_reference_segmenter
+    from ..zoo import load_reference_segmenter, reference_name
 
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=cfg.world)
+    segmenter = load_reference_segmenter(world=cfg.world, name=cfg.segmenter)
     num_classes = segmenter.num_classes
     detectors = fit_detectors(segmenter, load_fit_split(segmenter, cfg), cfg)
     methods = make_baselines(segmenter, detectors["FED-C"], cfg)
-    results: dict[str, Any] = {"config": _jsonable(cfg), "world": cfg.world, "splits": {}}
+    results: dict[str, Any] = {
+        "config": _jsonable(cfg),
+        "world": cfg.world,
+        "segmenter": reference_name(cfg.world, cfg.segmenter),
+        "splits": {},
+    }
     thresholds = None  # calibrated on the clean validation split, used for every test split
     for split_name, corruption, severity in _splits(cfg):
         num = cfg.val_scenes if split_name == "val" else cfg.test_scenes

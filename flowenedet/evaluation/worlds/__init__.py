@@ -3,6 +3,8 @@ that ship inside PyPI packages, with known classes, void, OOD objects and shifts
 
 - :mod:`~flowenedet.evaluation.worlds.digits`: real MNIST digits on real photos (96 x 96);
 - :mod:`~flowenedet.evaluation.worlds.street`: driving-scene structure (256 x 512);
+- :mod:`~flowenedet.evaluation.worlds.aerial`: top-down land cover (256 x 256), with shifts
+  of its own (:mod:`~flowenedet.evaluation.worlds.aerial_shift`);
 - :mod:`~flowenedet.evaluation.worlds.scenes`, ``sources``, ``shift``: what they share.
 
 Each world module offers ``make_scenes(split, num_scenes, *, seed, size, corruption,
@@ -17,7 +19,7 @@ from types import ModuleType
 
 __all__ = ["WORLDS", "world_module"]
 
-WORLDS = ("digits", "street")
+WORLDS = ("digits", "street", "aerial")
 """The embedded worlds, by name."""
 
 

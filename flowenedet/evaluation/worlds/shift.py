@@ -19,6 +19,7 @@ __all__ = [
     "corrupt",
     "corrupt_in_turn",
     "corruption_names",
+    "pick_in_turn",
 ]
 
 MAX_SEVERITY = 4
@@ -31,26 +32,31 @@ _SEEDED = frozenset({"glass_blur", "impulse_noise"})  # take an explicit seed ar
 
 
 def check_corruptions(
-    corruption: str | Sequence[str] | None, severity: int | Sequence[int]
+    corruption: str | Sequence[str] | None,
+    severity: int | Sequence[int],
+    *,
+    known: Sequence[str] | None = None,
+    what: str = "corruption",
 ) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Validated ``(names, severities)``, both empty without a corruption."""
+    """Validated ``(names, severities)``, both empty without a corruption; ``known``: the
+    names allowed (default: :func:`corruption_names`), ``what`` names them in errors."""
     if corruption is None:
         if severity != 0:
-            raise ValueError(f"severity={severity!r} was given without a corruption")
+            raise ValueError(f"severity={severity!r} was given without a {what}")
         return (), ()
     corruptions = (corruption,) if isinstance(corruption, str) else tuple(corruption)
     severities = (severity,) if isinstance(severity, int | np.integer) else tuple(severity)
-    known = corruption_names()
+    known = tuple(corruption_names() if known is None else known)
     for name in corruptions:
         if name not in known:
-            raise ValueError(f"corruption must be one of {known}, got {name!r}")
+            raise ValueError(f"{what} must be one of {known}, got {name!r}")
     for level in severities:
         if isinstance(level, bool) or not isinstance(level, int | np.integer):
             raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {level!r}")
         if not 1 <= level <= MAX_SEVERITY:
             raise ValueError(f"severity must be an int in 1..{MAX_SEVERITY}, got {level!r}")
     if not corruptions or not severities:
-        raise ValueError("corruption and severity sequences must not be empty")
+        raise ValueError(f"{what} and severity sequences must not be empty")
     return corruptions, tuple(int(level) for level in severities)
 
 
@@ -102,6 +108,13 @@ def corrupt(image: np.ndarray, name: str, severity: int, key: np.random.SeedSequ
     return out
 
 
+def pick_in_turn(index: int, names: Sequence[str], severities: Sequence[int]) -> tuple[str, int]:
+    """``(name, severity)`` of scene ``index`` when the names take turns, each at the
+    severities in turn: ``names[index % n]`` at ``severities[(index // n) % len(severities)]``,
+    so every pair occurs equally often."""
+    return names[index % len(names)], severities[(index // len(names)) % len(severities)]
+
+
 def corrupt_in_turn(
     image: np.ndarray,
     index: int,
@@ -114,8 +127,7 @@ def corrupt_in_turn(
     at the severities in turn, so every (type, severity) pair occurs equally often. The
     random state comes from ``key`` (the scene's seed words), the corruption's number and
     severity, then ``salt`` (which keeps another world's draws apart)."""
-    name = corruptions[index % len(corruptions)]
-    level = severities[(index // len(corruptions)) % len(severities)]
+    name, level = pick_in_turn(index, corruptions, severities)
     number = 1 + corruption_names().index(name)
     seed = np.random.SeedSequence([*key, number, level, *salt])
     return corrupt(image, name, level, seed)
