@@ -1,5 +1,5 @@
-"""What the validation studies in ``benchmarks/`` share: their sizes, FED-C's fit on the
-benchmark's fit data, scoring from images, and the quality-bar table they print."""
+"""What the validation studies in ``benchmarks/`` share: their sizes, FED-C fitted as a
+user fits it, scoring from images, and the quality-bar table they print."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from flowenedet import FlowEneDet
 from flowenedet.config import DEFAULT_STEPS
 from flowenedet.detector import MAPS
-from flowenedet.evaluation.config import FEATURE_LAYER, BenchConfig
+from flowenedet.evaluation.config import BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
-from flowenedet.evaluation.splits import SplitData, load_fit_split
+from flowenedet.evaluation.splits import SplitData
+from flowenedet.evaluation.worlds import world_module
 from flowenedet.zoo import load_reference_segmenter
 
 STREET = {"batch_size": 4, "mc_samples": 2}
@@ -29,11 +31,17 @@ def study_config(world: str, **sizes: Any) -> BenchConfig:
     return BenchConfig(world=world, progress=False, **{"steps": DEFAULT_STEPS, **extra, **sizes})
 
 
-def load_fit(cfg: BenchConfig) -> tuple[nn.Module, SplitData]:
-    """The world's reference segmenter and the benchmark's fit data for ``cfg``."""
+def training_loader(cfg: BenchConfig) -> DataLoader:
+    """What a user fits on: a ``DataLoader`` of ``cfg.train_scenes`` clean training scenes
+    of ``cfg.world``, batches of ``cfg.batch_size``."""
+    scenes = world_module(cfg.world).make_scenes("train", cfg.train_scenes, seed=cfg.seed)
+    return DataLoader(scenes, batch_size=cfg.batch_size)
+
+
+def load_fit(cfg: BenchConfig) -> tuple[nn.Module, DataLoader]:
+    """The world's reference segmenter and :func:`training_loader` for ``cfg``."""
     torch.manual_seed(cfg.seed)
-    segmenter = load_reference_segmenter(world=cfg.world)
-    return segmenter, load_fit_split(segmenter, cfg)
+    return load_reference_segmenter(world=cfg.world), training_loader(cfg)
 
 
 def _schedule(steps: int, kind: str) -> dict[str, Any]:
@@ -50,28 +58,17 @@ def _schedule(steps: int, kind: str) -> dict[str, Any]:
 
 def fit_fed_c(
     segmenter: nn.Module,
-    data: SplitData,
+    loader: DataLoader,
     cfg: BenchConfig,
     settings: dict[str, Any] | None = None,
     *,
     schedule: str = "default",
 ) -> FlowEneDet:
-    """FED-C with ``settings`` fitted for ``cfg.steps`` on ``data`` (statistics from its
-    first ``cfg.train_scenes`` items); prints the fit time."""
+    """FED-C with ``settings`` fitted as a user fits it on ``loader``, for ``cfg.steps``;
+    prints the fit time."""
     started = time.perf_counter()
-    det = FlowEneDet(
-        segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed, **(settings or {})
-    )
-    det.fit_logits(
-        data.logits,
-        data.labels,
-        data.features,
-        batch_size=cfg.batch_size,
-        stats_items=cfg.train_scenes,
-        steps=cfg.steps,
-        progress=False,
-        **_schedule(cfg.steps, schedule),
-    )
+    det = FlowEneDet(segmenter, variant="C", seed=cfg.seed, **(settings or {}))
+    det.fit(loader, steps=cfg.steps, progress=False, **_schedule(cfg.steps, schedule))
     print(f"  fitted in {time.perf_counter() - started:.0f} s", flush=True)
     return det
 

@@ -16,11 +16,12 @@ import time
 
 import torch
 
+from benchmarks.common import training_loader
 from flowenedet import FlowEneDet
-from flowenedet.evaluation.config import FEATURE_LAYER, WORLDS, BenchConfig
+from flowenedet.evaluation.config import WORLDS, BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR
 from flowenedet.evaluation.runner import evaluate_split, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
+from flowenedet.evaluation.splits import load_split, shifted_split
 from flowenedet.zoo import load_reference_segmenter
 
 
@@ -34,7 +35,7 @@ def main() -> None:
     cfg = BenchConfig(world=args.world, seed=args.seed, progress=False)
     torch.manual_seed(cfg.seed)
     segmenter = load_reference_segmenter(world=args.world)
-    train = load_fit_split(segmenter, cfg)
+    loader = training_loader(cfg)
     splits = [
         load_split(segmenter, "val", cfg.val_scenes, cfg, *corruption)
         for corruption in ((None, 0), shifted_split(cfg))
@@ -43,18 +44,8 @@ def main() -> None:
     print(f"| steps | {' | '.join(s.name + ' ' + t for s in splits for t in titles)} | fit |")
     for steps in args.steps:
         started = time.perf_counter()
-        det = FlowEneDet(
-            segmenter, variant=args.variant, feature_layer=FEATURE_LAYER, seed=cfg.seed
-        )
-        det.fit_logits(
-            train.logits,
-            train.labels,
-            train.features if args.variant == "C" else None,
-            batch_size=cfg.batch_size,
-            stats_items=cfg.train_scenes,
-            steps=steps,
-            progress=False,
-        )
+        det = FlowEneDet(segmenter, variant=args.variant, seed=cfg.seed)
+        det.fit(loader, steps=steps, progress=False)
         seconds = time.perf_counter() - started
         cells = []
         for split in splits:

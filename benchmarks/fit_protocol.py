@@ -1,8 +1,8 @@
-"""How the detector is fitted: as a user fits it (a DataLoader of the segmenter's clean
-training scenes; ``user`` with the fit's own shifted copies, ``user-no-shift`` without)
-against the embedded benchmark's earlier protocol (``shifted-copies``: the training
-scenes plus a copy of each under one of ten imagecorruptions types that no test split
-uses), each with the detector's defaults, on the validation splits (never test).
+"""What the fit's shifted copies and its choice of rules do: FED-C fitted as a user fits it
+(a DataLoader of the segmenter's clean training scenes) with the library's defaults
+(``user``: a shifted copy of each batch, rules chosen on held-out images) or without the
+shifted copies (``user-no-shift``), each also scored with the fixed rules of earlier
+releases (no refit), on the validation splits (never test).
 
     python -m benchmarks.fit_protocol --world digits --seeds 0 1 2
 
@@ -17,39 +17,29 @@ import time
 
 import torch
 
-from benchmarks.common import print_table, study_config
+from benchmarks.common import print_table, study_config, training_loader
 from flowenedet import FlowEneDet
-from flowenedet.evaluation.config import FEATURE_LAYER
 from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_fit_split, load_split, shifted_split
-from flowenedet.evaluation.worlds import WORLDS, world_module
+from flowenedet.evaluation.splits import load_split, shifted_split
+from flowenedet.evaluation.worlds import WORLDS
 from flowenedet.zoo import load_reference_segmenter
 
 VARIANTS = {
-    "weights 0 / 0": {"ood_energy_weight": 0.0, "concurrent_energy_weight": 0.0},
-    "weights 1.5 / 0": {"concurrent_energy_weight": 0.0},
+    "fixed rules": {
+        "idm_rule": "posterior",
+        "ood_rule": "flow + 1.5 energy",
+        "concurrent_rule": "flow + 0.5 energy",
+    },
 }
+"""Other scoring rules of the same fitted flow (no refit): the rules before the fit chose
+them on held-out images."""
 
 
 def fit(segmenter, cfg, protocol: str) -> FlowEneDet:
-    det = FlowEneDet(segmenter, variant="C", feature_layer=FEATURE_LAYER, seed=cfg.seed)
+    det = FlowEneDet(segmenter, variant="C", seed=cfg.seed)
     started = time.perf_counter()
-    if protocol.startswith("user"):
-        scenes = world_module(cfg.world).make_scenes("train", cfg.train_scenes, seed=cfg.seed)
-        loader = torch.utils.data.DataLoader(scenes, batch_size=cfg.batch_size)
-        copies = {"shifted_copies": 0} if protocol == "user-no-shift" else {}
-        det.fit(loader, steps=cfg.steps, progress=False, **copies)
-    else:
-        data = load_fit_split(segmenter, cfg)
-        det.fit_logits(
-            data.logits,
-            data.labels,
-            data.features,
-            batch_size=cfg.batch_size,
-            stats_items=cfg.train_scenes,
-            steps=cfg.steps,
-            progress=False,
-        )
+    copies = {"shifted_copies": 0} if protocol == "user-no-shift" else {}
+    det.fit(training_loader(cfg), steps=cfg.steps, progress=False, **copies)
     print(f"  {protocol} fit: {time.perf_counter() - started:.0f} s", flush=True)
     return det
 
@@ -77,6 +67,8 @@ def main() -> None:
         for protocol in args.protocols:
             det = fit(segmenter, cfg, protocol)
             detectors[f"{protocol}"] = det
+            rules = {k: v for k, v in vars(det.config.scoring).items() if k.endswith("_rule")}
+            print(f"  {protocol} rules: {rules}", flush=True)
             for name, change in VARIANTS.items():
                 detectors[f"{protocol}, {name}"] = det.with_options(**change)
         methods = make_baselines(segmenter, detectors[args.protocols[0]], cfg)

@@ -15,7 +15,6 @@ from flowenedet.evaluation.worlds.aerial import (
     BUILDING,
     CLASS_NAMES,
     CROPLAND,
-    FIT_SHIFTS,
     NUM_CLASSES,
     OOD_AREA,
     ROAD,
@@ -173,8 +172,7 @@ def test_the_audit_catches_overlapping_blocks(monkeypatch):
 
 def test_shifts_are_the_worlds_own():
     assert not set(aerial_shift.shift_names()) & set(corruption_names())
-    assert not set(SHIFTS) & set(FIT_SHIFTS)
-    assert set(SHIFTS) | set(FIT_SHIFTS) == set(aerial_shift.shift_names())
+    assert set(SHIFTS) == set(aerial_shift.shift_names())
     with pytest.raises(ValueError, match="aerial shift must be one of"):
         make_scenes("test", 1, size=SMALL, corruption="fog", severity=1)
 
@@ -214,15 +212,11 @@ def test_bad_arguments_raise_clear_errors():
 
 
 def test_bench_config_takes_each_worlds_own_shifts_and_a_segmenter_of_the_world():
-    from flowenedet.evaluation.config import CORRUPTIONS, FIT_CORRUPTIONS, BenchConfig
+    from flowenedet.evaluation.config import CORRUPTIONS, BenchConfig
 
-    aerial = BenchConfig(world="aerial")
-    assert tuple(aerial.shift) == SHIFTS and tuple(aerial.fit_corruptions) == FIT_SHIFTS
-    street = BenchConfig(world="street")
-    assert tuple(street.shift) == CORRUPTIONS and tuple(street.fit_corruptions) == FIT_CORRUPTIONS
+    assert tuple(BenchConfig(world="aerial").shift) == SHIFTS
+    assert tuple(BenchConfig(world="street").shift) == CORRUPTIONS
     assert BenchConfig(world="street", shift=()).shift == ()  # no shifted splits, as before
     assert BenchConfig(world="street", segmenter="street-s8").segmenter == "street-s8"
     with pytest.raises(ValueError, match=r"segmenter must be one of \('street', 'street-s8'\)"):
         BenchConfig(world="street", segmenter="aerial")
-    with pytest.raises(ValueError, match="also test corruptions"):
-        BenchConfig(world="aerial", fit_corruptions=("haze",))

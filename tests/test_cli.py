@@ -699,7 +699,6 @@ def test_demo_defaults_and_output(fake_runs, capsys):
     assert aerial_out == Path("flowenedet-demo/aerial") and aerial.world == "aerial"
     assert _sizes(aerial) == (16, 8, 16, 40)
     assert set(aerial.shift) == set(AERIAL_SHIFTS) and not set(aerial.shift) & set(cfg.shift)
-    assert not set(aerial.fit_corruptions) & set(cfg.fit_corruptions)
     assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
     assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
     assert "## digits world" in stdout and "## street world" in stdout

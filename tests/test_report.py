@@ -1,8 +1,5 @@
 """The quality-bar summary of the benchmark results (flowenedet.evaluation.report)."""
 
-import pytest
-
-from flowenedet.evaluation.config import BenchConfig
 from flowenedet.evaluation.report import (
     corruption_wins,
     quality_bar,
@@ -79,15 +76,6 @@ def test_report_judges_the_bar_on_clean_and_shifted_test_and_lists_the_rest_apar
     assert "| test/fog-1 |" in per_corruption and "| test/shifted |" not in per_corruption
     assert "| test/fog-1 | 10.00 vs 20.00 MSP" in per_corruption
     assert per_corruption.strip().endswith("1 of 2 splits.")
-
-
-def test_fitting_on_a_tested_corruption_is_refused():
-    with pytest.raises(ValueError, match="fog"):
-        BenchConfig(corruptions=(("fog", 2), ("snow", 1)), fit_corruptions=("fog", "pixelate"))
-    with pytest.raises(ValueError, match="snow"):  # the shifted splits' types count too
-        BenchConfig(shift=("snow",), fit_corruptions=("snow", "pixelate"))
-    config = BenchConfig(shift=("frost",), corruptions=(("snow", 1),), fit_corruptions=("fog",))
-    assert config.fit_corruptions == ("fog",)
 
 
 def test_seed_summary_counts_a_cell_only_when_every_seed_wins_it():

@@ -121,7 +121,6 @@ AERIAL_QUICK = dataclasses.replace(
     mc_samples=2,
     shift=("haze", "sensor_noise"),
     corruptions=(("haze", 3),),
-    fit_corruptions=None,
 )
 """``flowenedet bench --quick``'s aerial part."""
 PRESETS = {

@@ -6,13 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .worlds import WORLDS
-from .worlds.aerial_shift import FIT_SHIFTS as AERIAL_FIT_SHIFTS
 from .worlds.aerial_shift import SHIFTS as AERIAL_SHIFTS
 
 __all__ = [
     "CORRUPTIONS",
     "FEATURE_LAYER",
-    "FIT_CORRUPTIONS",
     "FULL_BENCH",
     "REFERENCE_SML_SIZES",
     "WORLDS",
@@ -45,28 +43,12 @@ CORRUPTIONS = (
     "contrast",
     "jpeg_compression",
 )
-# Shifts the detectors are also fitted on (a corrupted copy of every training scene, each
-# type at severities 1-4 in turn): imagecorruptions types that no test split uses, so the
-# test shifts stay unseen. Chosen on validation (docs/benchmarks.md); glass_blur is left
-# out only for its run time.
-FIT_CORRUPTIONS = (
-    "shot_noise",
-    "impulse_noise",
-    "speckle_noise",
-    "defocus_blur",
-    "zoom_blur",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-    "elastic_transform",
-    "pixelate",
-)
-WORLD_SHIFTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "digits": (CORRUPTIONS, FIT_CORRUPTIONS),
-    "street": (CORRUPTIONS, FIT_CORRUPTIONS),
-    "aerial": (AERIAL_SHIFTS, AERIAL_FIT_SHIFTS),
+WORLD_SHIFTS: dict[str, tuple[str, ...]] = {
+    "digits": CORRUPTIONS,
+    "street": CORRUPTIONS,
+    "aerial": AERIAL_SHIFTS,
 }
-"""``{world: (test shifts, fit shifts)}``: the digits and street worlds use
+"""``{world: shifts of its validation and test splits}``: the digits and street worlds use
 ``imagecorruptions`` types, the aerial world its own shifts
 (:mod:`flowenedet.evaluation.worlds.aerial_shift`), which no other world uses."""
 
@@ -79,9 +61,9 @@ class BenchConfig:
     (``val/shifted``, ``test/shifted``), Cityscapes-C style: each scene gets one type at
     one severity 1-4, every pair once in each run of ``4 * len(shift)`` scenes (empty: no
     shifted splits). ``corruptions``: further test splits of one ``(type, severity)`` each, the
-    per-corruption breakdown. ``fit_corruptions``: the shifts of the detectors' extra
-    training copies, which no test split may use. ``shift`` and ``fit_corruptions`` left at
-    None become the world's own (:data:`WORLD_SHIFTS`). ``world``: one of :data:`WORLDS`;
+    per-corruption breakdown. ``shift`` left at None is the world's own
+    (:data:`WORLD_SHIFTS`). The detectors are fitted as a user fits them: on a loader of
+    the clean training scenes, with the library's defaults. ``world``: one of :data:`WORLDS`;
     ``size``: its scene size (None: the world's default, 96, 256 x 512 or 256 x 256);
     ``segmenter``: a name of :data:`flowenedet.zoo.SEGMENTERS` trained on ``world`` (None:
     the world's reference, e.g. ``"street-s8"`` for the street world's stride-8 check).
@@ -96,7 +78,6 @@ class BenchConfig:
     mc_samples: int = 4
     shift: Sequence[str] | None = None
     corruptions: Sequence[tuple[str, int]] = ()
-    fit_corruptions: Sequence[str] | None = None
     progress: bool | None = None  # bars: None = when stderr is a terminal
     world: str = "digits"
     size: int | tuple[int, int] | None = None
@@ -105,11 +86,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
             raise ValueError(f"world must be one of {WORLDS}, got {self.world!r}")
-        test_shifts, fit_shifts = WORLD_SHIFTS[self.world]
         if self.shift is None:
-            self.shift = test_shifts
-        if self.fit_corruptions is None:
-            self.fit_corruptions = fit_shifts
+            self.shift = WORLD_SHIFTS[self.world]
         if self.segmenter is not None:
             from ..zoo.segmenter import SEGMENTERS
 
@@ -120,13 +98,6 @@ class BenchConfig:
                     f"segmenter must be one of {names} (the {self.world} world's), got "
                     f"{self.segmenter!r}"
                 )
-        tested = {name for name, _ in self.corruptions} | set(self.shift)
-        tested &= set(self.fit_corruptions)
-        if tested:
-            raise ValueError(
-                f"fit_corruptions {sorted(tested)} are also test corruptions: the detectors "
-                "would be fitted on the very shift they are tested on"
-            )
 
 
 FULL_BENCH = BenchConfig(

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from .. import io
 from ..detector import MAPS, FlowEneDet
@@ -29,10 +30,11 @@ from ..postprocess import upsampled_argmax
 from ..progress import progress_bar
 from . import baselines
 from .components import OBSTACLE_TRACK, ComponentEvaluator
-from .config import FEATURE_LAYER, FULL_BENCH, BenchConfig
+from .config import FULL_BENCH, BenchConfig
 from .metrics import PixelEvaluator
 from .report import report, tables
-from .splits import SplitData, load_fit_split, load_split, shifted_split
+from .splits import SplitData, load_split, shifted_split
+from .worlds import world_module
 
 __all__ = [
     "COMPONENT_SIZES",
@@ -54,29 +56,19 @@ and 20 % of the components), smaller than one logit cell; one set of filters ser
 worlds. The anomaly track's filters scaled to a 96 x 96 scene by area would be 2 / 0 px."""
 
 
-def fit_detectors(
-    segmenter: nn.Module, train: SplitData, cfg: BenchConfig
-) -> dict[str, FlowEneDet]:
-    """FED-U and FED-C fitted on ``train``'s logits (and features), from
-    :func:`load_fit_split`: class statistics from its first ``cfg.train_scenes`` (clean)
-    scenes, which the SML baselines share; the flows train on all of it."""
+def fit_detectors(segmenter: nn.Module, cfg: BenchConfig) -> dict[str, FlowEneDet]:
+    """FED-U and FED-C fitted as a user fits them: ``FlowEneDet(segmenter, variant=v)
+    .fit(loader)`` on a ``DataLoader`` of the world's ``cfg.train_scenes`` clean training
+    scenes, the library's defaults throughout (``cfg.steps``, if set, is the only
+    change); the SML baselines share FED-C's class statistics."""
+    scenes = world_module(cfg.world).make_scenes("train", cfg.train_scenes, seed=cfg.seed)
+    loader = DataLoader(scenes, batch_size=cfg.batch_size)
+    steps = {} if cfg.steps is None else {"steps": cfg.steps}
     detectors = {}
     for variant in "UC":
         logger.info("fitting FED-%s", variant)
-        detectors[f"FED-{variant}"] = FlowEneDet(
-            segmenter,
-            variant=variant,
-            feature_layer=FEATURE_LAYER,
-            seed=cfg.seed,
-        ).fit_logits(
-            train.logits,
-            train.labels,
-            train.features if variant == "C" else None,
-            batch_size=cfg.batch_size,
-            stats_items=cfg.train_scenes,
-            progress=cfg.progress,
-            **({} if cfg.steps is None else {"steps": cfg.steps}),
-        )
+        det = FlowEneDet(segmenter, variant=variant, seed=cfg.seed)
+        detectors[f"FED-{variant}"] = det.fit(loader, progress=cfg.progress, **steps)
     return detectors
 
 
@@ -186,7 +178,7 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     segmenter = load_reference_segmenter(world=cfg.world, name=cfg.segmenter)
     num_classes = segmenter.num_classes
-    detectors = fit_detectors(segmenter, load_fit_split(segmenter, cfg), cfg)
+    detectors = fit_detectors(segmenter, cfg)
     methods = make_baselines(segmenter, detectors["FED-C"], cfg)
     results: dict[str, Any] = {
         "config": _jsonable(cfg),

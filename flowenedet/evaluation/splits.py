@@ -12,7 +12,7 @@ from ..progress import progress_bar
 from .config import FEATURE_LAYER, BenchConfig
 from .worlds import world_module
 
-__all__ = ["SplitData", "load_fit_split", "load_split", "shifted_split"]
+__all__ = ["SplitData", "load_split", "shifted_split"]
 
 
 @dataclass
@@ -64,21 +64,6 @@ def load_split(
         logits.append(out)
         features.append(feats)
     return SplitData(name, scenes.images, scenes.labels, torch.cat(logits), torch.cat(features))
-
-
-def load_fit_split(segmenter: nn.Module, cfg: BenchConfig) -> SplitData:
-    """The training scenes, followed by a copy shifted by ``cfg.fit_corruptions`` (if any)."""
-    from .worlds.shift import MAX_SEVERITY
-
-    train = load_split(segmenter, "train", cfg.train_scenes, cfg)
-    if not cfg.fit_corruptions:
-        return train
-    levels = tuple(range(1, MAX_SEVERITY + 1))
-    shifted = load_split(segmenter, "train", cfg.train_scenes, cfg, cfg.fit_corruptions, levels)
-    parts = ("images", "labels", "logits", "features")
-    return SplitData(
-        "train+shifted", *(torch.cat([getattr(train, p), getattr(shifted, p)]) for p in parts)
-    )
 
 
 def shifted_split(cfg: BenchConfig) -> tuple[tuple[str, ...], tuple[int, ...]] | None:

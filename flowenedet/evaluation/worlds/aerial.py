@@ -55,7 +55,6 @@ __all__ = [
     "BUILDING",
     "CLASS_NAMES",
     "CROPLAND",
-    "FIT_SHIFTS",
     "NUM_CLASSES",
     "OOD_AREA",
     "ROAD",
@@ -73,7 +72,6 @@ __all__ = [
 DEFAULT_SIZE = (256, 256)
 MIN_SIZE = (64, 64)
 SHIFTS = aerial_shift.SHIFTS
-FIT_SHIFTS = aerial_shift.FIT_SHIFTS
 OOD_AREA = (3e-4, 2e-2)
 """Range of an OOD object's box area as a share of the image (log-uniform, 1-3 objects in
 90 % of the validation and test scenes)."""
@@ -143,7 +141,7 @@ def make_scenes(
     uint8 ``(N, 3, H, W)`` and labels int64 ``(N, H, W)``; ``size`` is ``(H, W)`` or one
     number for a square, default 256 x 256.
 
-    ``corruption`` names this world's shifts (:data:`SHIFTS`, :data:`FIT_SHIFTS`), not
+    ``corruption`` names this world's shifts (:data:`SHIFTS`), not
     ``imagecorruptions`` types; a sequence (and a sequence of severities 1-4) takes turns
     as in :func:`flowenedet.evaluation.worlds.digits.make_scenes`. Scene ``i`` depends only
     on ``(split, i, seed, size)`` plus the shift settings; labels never depend on the shift.

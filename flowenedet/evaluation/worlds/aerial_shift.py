@@ -4,7 +4,7 @@ the 19 corruptions the digits and street worlds test or fit on.
 
 Every shift maps a uint8 image ``(H, W, 3)`` at a severity 1-4 and a random generator to a
 uint8 image of the same shape; labels never change. :data:`SHIFTS` are the validation /
-test shifts, :data:`FIT_SHIFTS` the ones a detector may be fitted on (disjoint from them).
+test shifts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from PIL import Image, ImageFilter
 from .shift import MAX_SEVERITY, pick_in_turn
 
 __all__ = [
-    "FIT_SHIFTS",
     "MAX_SEVERITY",
     "SHIFTS",
     "apply_shift",
@@ -154,10 +153,11 @@ SHIFTS = (
     "resolution_loss",
     "cloud_shadow",
     "band_misregistration",
+    "vignetting",
+    "overexposure",
+    "oversharpening",
 )
 """The shifts of the aerial world's validation and test splits."""
-FIT_SHIFTS = ("vignetting", "overexposure", "oversharpening")
-"""Shifts a detector may be fitted on: no validation or test split uses them."""
 
 
 def shift_names() -> tuple[str, ...]:
