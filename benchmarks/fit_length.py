@@ -1,9 +1,8 @@
 """Validation AP against the fit's length: the curve behind ``config.DEFAULT_STEPS``.
 
-For each length, one detector fitted with the library defaults except ``steps`` on a
-world's benchmark fit data (the clean training scenes, then a shifted copy; statistics
-from the clean ones), scored on the clean and the shifted validation splits (never on
-test). Prints one row per length: OOD AP, OOD FPR95, IDM AP, CDD AP on each split (each
+For each length, one detector fitted as a user fits it (a loader of a world's clean
+training scenes, the library defaults except ``steps``), scored on the clean and the
+shifted validation splits (never on test). Prints one row per length: OOD AP, OOD FPR95, IDM AP, CDD AP on each split (each
 task read from the map the quality bar reads), and the fit time.
 
     python -m benchmarks.fit_length --world street --steps 250 500 1000 2000

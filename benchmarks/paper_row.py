@@ -3,7 +3,7 @@
 FED-C with the ``"paper-deeplabv3plus"`` preset (the reference release's valid options,
 test-time augmentation included; its schedule's shape scaled to ``--steps`` as in
 :mod:`benchmarks.common`) and FED-C with the library defaults, both fitted for the
-same number of steps on a world's benchmark fit data, scored on the clean and the shifted
+same number of steps as a user fits them (a loader of the clean training scenes), scored on the clean and the shifted
 **test** splits next to the best baseline of each quality-bar column. Nothing here is
 chosen: the defaults were fixed on validation (docs/benchmarks.md); this only reports
 where the paper's configuration stands on test.
