@@ -208,3 +208,28 @@ def test_a_drifted_signature_is_caught():
     rendered = api_signatures.render("flowenedet.detector.FlowEneDet.fit")
     assert api_signatures.normalised(block) != api_signatures.normalised(rendered)
     assert "timer: StageTimer | None = None" in rendered
+
+
+LINK = re.compile(r"\]\((?!https?://|mailto:)([^)\s#]*)(?:#([^)\s]+))?\)")
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of ``path``'s headings: lower case, punctuation dropped, spaces
+    to hyphens."""
+    text = FENCE.sub("", path.read_text(encoding="utf-8"))
+    heads = re.findall(r"^#{1,6}\s+(.*?)\s*$", text, re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower().replace("`", "")).replace(" ", "-") for h in heads}
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_reach_a_file_and_heading(doc):
+    """A reader who follows a link between the docs lands on a file and heading that
+    exist (a renamed section breaks its links loudly)."""
+    broken = []
+    for target, anchor in LINK.findall(FENCE.sub("", doc.read_text(encoding="utf-8"))):
+        file = (doc.parent / target).resolve() if target else doc
+        if not file.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            broken.append(f"{target}#{anchor} (no such heading)")
+    assert not broken, f"{doc.relative_to(ROOT)}: broken links: {broken}"
