@@ -177,17 +177,20 @@ class FlowEneDet:
         """Run :func:`~flowenedet.fitting.fit_detector` and keep what it gives: the
         detector stays unfitted if the fit fails."""
         options = merge_fit_options(self.fit_options, options)
-        result = fit_detector(
-            source,
-            self.config.flow,
-            options,
-            device,
-            segmenter_fingerprint(self.segmenter),
-            progress=progress,
-            checkpoint=checkpoint,
-            resume=resume,
-            timer=timer,
-        )
+        # the flow trains whatever the caller's grad mode (a frozen model is often held
+        # under torch.no_grad() or inference_mode); the segmenter still runs without grad
+        with torch.inference_mode(False), torch.enable_grad():
+            result = fit_detector(
+                source,
+                self.config.flow,
+                options,
+                device,
+                segmenter_fingerprint(self.segmenter),
+                progress=progress,
+                checkpoint=checkpoint,
+                resume=resume,
+                timer=timer,
+            )
         self.flow, self.stats = result.flow, result.stats
         self.config = dataclasses.replace(self.config, fitted=result.record)
         self.calibration = None  # thresholds of an earlier fit do not apply

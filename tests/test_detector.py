@@ -5,8 +5,9 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from flowenedet import FlowEneDet
+from flowenedet import FlowEneDet, fitting
 from flowenedet.evaluation.baselines import MSP, Entropy, MaxLogit
 from flowenedet.evaluation.metrics import auroc, average_precision
 from flowenedet.labels import PADDING_INDEX
@@ -635,9 +636,10 @@ def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loa
     FlowEneDet(segmenter, variant="U").fit(loader, steps=5, progress=False)
     assert len(seen) == 1 + 1 + 1  # once the second pass repeated the first, from memory
     caplog.clear()
+    fitting._WARNED.clear()
     with caplog.at_level("WARNING", logger="flowenedet"):
         FlowEneDet(segmenter, variant="U").fit(loader, epochs=1, progress=False)
-    assert any("trains for 2 optimizer steps" in r.getMessage() for r in caplog.records)
+    assert any("epochs=1 gives 2 optimizer steps" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match=r"steps= .* or epochs="):
         FlowEneDet(segmenter, variant="U").fit(loader, steps=None, progress=False)
 
@@ -651,3 +653,35 @@ def test_fit_reads_a_dataloader_whose_batches_are_lists(segmenter):
     det.fit(loader, steps=3, pixels_per_image=64, progress=False)
     ood = det.score(images[:2]).ood
     assert ood.shape == (2, *images.shape[-2:]) and torch.isfinite(ood).all()
+
+
+def test_a_short_fit_asked_for_with_steps_is_not_warned_about(segmenter, train_loader, caplog):
+    """steps= is the caller's choice: no warning, however short. epochs= that gives fewer
+    steps than the default budget says what was asked and what the budget is, once."""
+    fitting._WARNED.clear()
+    with caplog.at_level("WARNING", logger="flowenedet"):
+        FlowEneDet(segmenter, variant="U").fit(train_loader[:2], steps=3, progress=False)
+    assert not [r for r in caplog.records if "steps" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="flowenedet"):
+        for _ in range(2):
+            FlowEneDet(segmenter, variant="U").fit(train_loader[:2], epochs=2, progress=False)
+    said = [r.getMessage() for r in caplog.records if "optimizer steps" in r.getMessage()]
+    assert len(said) == 1
+    assert "epochs=2 gives 4 optimizer steps" in said[0]
+    assert "default budget is 1000 steps" in said[0]
+
+
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_fit_trains_the_flow_under_the_callers_no_grad(segmenter, train_loader, grad_mode):
+    """A frozen model is often held under torch.no_grad(): fit and fit_logits still train
+    the flow (the segmenter runs without gradients either way)."""
+    images, labels = train_loader[0]
+    with grad_mode():
+        det = FlowEneDet(segmenter).fit(train_loader[:2], steps=3, progress=False)
+        logits, features = det.segment(images)
+        other = FlowEneDet(nn.Identity()).fit_logits(
+            logits, labels, features, steps=3, progress=False
+        )
+        assert torch.isfinite(det.score(images[:2]).ood).all()
+    assert torch.isfinite(other.score_logits(logits[:2], features[:2]).ood).all()
+    assert not logits.requires_grad and not features.requires_grad
