@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from . import config as presets
 from . import storage
 from .calibration import DEFAULT_BINS, Calibration, calibrate_maps
-from .checks import check_images, check_size, unpack_batch
+from .checks import check_device, check_images, check_size, unpack_batch
 from .config import (
     DetectorConfig,
     FitOptions,
@@ -134,7 +134,7 @@ class FlowEneDet:
         torch.distributed (torchrun) each process passes its shard of the data:
         statistics are summed and gradients averaged.
         """
-        device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
+        device = check_device(device) if device is not None else segmenter_device(self.segmenter)
         tap = self._new_tap(self.config.flow.feature_layer)
         source = LoaderSource(loader, tap, device, self._shapes(), batch_keys)
         self._fit(source, device, options, progress, checkpoint, resume, timer)

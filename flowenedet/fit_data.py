@@ -155,7 +155,14 @@ class LoaderSource:
             self.tap = SegmenterTap.finding_features(self.tap.segmenter, images[:1])
         with stage(self.timer, "segmenter"):
             logits, features = self.tap(images)
-        return self.shapes.align(logits, labels.to(self.device), features)
+        measured = self.shapes.num_classes is None
+        batch = self.shapes.align(logits, labels.to(self.device), features)
+        if measured:  # the first batch: its labels' values checked once K is known
+            settings = self.shapes.settings
+            check_labels(
+                labels, images.shape[-2:], len(labels), logits.shape[1], settings.ignore_index
+            )
+        return batch
 
     prepare_stats = prepare
 

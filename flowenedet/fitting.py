@@ -31,7 +31,7 @@ from . import distributed
 from .checkpoint import check_resumable, load_checkpoint
 from .config import DEFAULT_STEPS, FitOptions, FitRecord, FlowSettings
 from .conv_flow import ConvEnergyFlow
-from .energy import INPUT_SETS, ClassStats, energy_of_inputs, flow_inputs
+from .energy import INPUT_SETS, MIN_VARIANCE, ClassStats, energy_of_inputs, flow_inputs
 from .fit_data import FitBatches, FitSource, Key, LoaderSource, LogitBatch, StatsBatch
 from .flow import EnergyFlow
 from .inference import log_odds, sampled_log_odds
@@ -201,6 +201,7 @@ def fit_detector(
         with torch.no_grad():
             flow.base.log_weights.copy_((rates / rates.sum()).log())
         mean, var = measured.stats.finalize()
+        _warn_if_degenerate(var)
         total = options.steps or options.epochs * measured.num_batches
         if options.steps is None and total < DEFAULT_STEPS:  # steps= given: chosen, not said
             _warn_once(
@@ -275,6 +276,22 @@ def fit_detector(
 
 
 _WARNED: set[str] = set()
+
+
+def _warn_if_degenerate(var: Tensor) -> None:
+    """Warn when class statistics show (nearly) constant logits: an untrained or broken
+    segmenter, whose maps would carry no information (a constant ``ood`` map)."""
+    floored = (var <= MIN_VARIANCE * 1.01).nonzero().flatten().tolist()
+    if floored:
+        which = "every class" if len(floored) == len(var) else f"classes {floored[:10]}"
+        logger.warning(
+            "the segmenter's max logit does not vary over the correctly classified pixels of "
+            "%s (variance at its floor, %g): its logits are (nearly) constant, as those of an "
+            "untrained or broken model are, and the detector's maps will not tell pixels "
+            "apart; check the model's weights and its input normalisation",
+            which,
+            MIN_VARIANCE,
+        )
 
 
 def _warn_once(message: str) -> None:
