@@ -165,6 +165,12 @@ def _run_one(
     print(f"wrote {len(written)} file(s):")
     for path in written:
         print(f"  {path}")
+    detector = out / "fed-c.safetensors"
+    if detector in written:
+        print(
+            f"score images with it: flowenedet score IMAGE --model zoo:{world} "
+            f"--detector {detector} --out maps/ --masks"
+        )
     print(f"{world} world finished in {time.perf_counter() - world_started:.1f} s\n")
     return results
 
@@ -250,8 +256,13 @@ fits FED-U and FED-C (the detector's default settings) to the shipped reference
 segmenter of each world, scores clean and shifted (8 corruptions, severities 1-4)
 validation and test scenes with them and every baseline, prints the tables and the
 quality bar and writes {DEMO_OUT}/<world>/ scenes.png, curves.png, curves-idm.png,
-results.json, fed-u.safetensors and fed-c.safetensors. The street part is reduced to
-fit the demo's time (16 training, 4 validation, 8 test scenes, 100 steps).
+results.json, fed-u.safetensors and fed-c.safetensors (thresholds calibrated on the
+clean validation split, so they score with --masks). The street part is reduced to fit
+the demo's time ({_sizes(STREET_DEMO)}).
+Then, for either world:
+  flowenedet score IMAGE --model zoo --detector {DEMO_OUT}/street/fed-c.safetensors \\
+      --out maps/ --masks
+(--model zoo is the reference segmenter of the detector's world).
 Needs the bench extra: pip install "flowenedet[bench]".""",
 )
 BENCH_COMMAND = Command(

@@ -10,6 +10,7 @@ an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         items = [item for item, finished in zip(items, done, strict=True) if not finished]
     else:
         skipped = 0
+    unreadable = 0
     for batch in _batches([path for _, path in items], args, device.type == "cuda"):
-        for _, _, error in batch:
+        for _, _, error in batch:  # one bad file does not stop the others
             if error is not None:
-                raise CLIError(error)
+                print(f"flowenedet: error: {error}; skipped", file=sys.stderr, flush=True)
+                unreadable += 1
+        batch = [item for item in batch if item[2] is None]
+        if not batch:
+            continue
         images = torch.stack([rgb for _, rgb, _ in batch]).permute(0, 3, 1, 2).float() / 255.0
         images = normalise(images, args.mean, args.std).to(device)
         maps = detector.score(images, scales=args.scales)
@@ -212,7 +218,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                 _write_png(out / f"{items[index][0]}_{kind}_mask.png", picture)
     note = f"; skipped {skipped} whose outputs exist" if skipped else ""
     kinds = [*args.format, *(["masks"] if masks else [])]
-    print(f"wrote {'/'.join(kinds)} maps of {len(items)} image(s) to {out}{note}")
+    written = len(items) - unreadable
+    print(f"wrote {'/'.join(kinds)} maps of {written} image(s) to {out}{note}")
+    if unreadable:
+        raise CLIError(f"{unreadable} of {len(items)} image(s) could not be read (named above)", 1)
     return 0
 
 

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import io
-from ..detector import MAPS, FlowEneDet
+from ..calibration import calibrate_maps
+from ..detector import MAPS, FlowEneDet, Scores
 from ..postprocess import upsampled_argmax
 from ..progress import progress_bar
 from . import baselines
@@ -35,6 +36,7 @@ from .splits import SplitData, load_fit_split, load_split, shifted_split
 
 __all__ = [
     "COMPONENT_SIZES",
+    "calibrate_detectors",
     "evaluate_split",
     "fit_detectors",
     "make_baselines",
@@ -129,6 +131,18 @@ def score_split(
     split.pred = torch.cat(preds)
 
 
+def calibrate_detectors(detectors: dict[str, FlowEneDet], split: SplitData) -> None:
+    """Store in each detector the F1-optimal reject threshold of each of its maps on
+    ``split`` (the clean validation split, never a test split), as
+    :meth:`FlowEneDet.calibrate` would from its scores in ``split.scores``."""
+    for name, detector in detectors.items():
+        maps = (split.scores[f"{name} {kind}"] for kind in MAPS)
+        scores = Scores(*maps, pred=split.pred)
+        detector.calibration = calibrate_maps(
+            [(scores, split.labels)], detector.config.fitted.num_classes
+        )
+
+
 def evaluate_split(
     split: SplitData,
     num_classes: int,
@@ -197,6 +211,7 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
         rows, oracle = evaluate_split(split, num_classes, thresholds, evaluators)
         if thresholds is None:
             thresholds = oracle
+            calibrate_detectors(detectors, split)  # the saved files score with --masks
         results["splits"][split.name] = rows
         if figures and split.name == "test":
             from .plots import save_curves, save_panels
