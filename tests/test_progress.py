@@ -83,15 +83,13 @@ def test_overlay_opacity_leaves_a_mostly_normal_image_clear():
     blob[4:8, 4:8] = True
     calibrated = overlay_opacity(ood, 0.5, 95.0)
     assert (calibrated[~blob] == 0).all()
-    np.testing.assert_allclose(calibrated[blob], 0.8)  # (0.9 - 0.5) / (1 - 0.5)
+    assert (calibrated[blob] == 1).all()  # what --masks rejects, tinted at full --alpha
     percentile = overlay_opacity(ood, None, 95.0)
     assert (percentile[~blob] == 0).all() and (percentile[blob] == 1).all()
     assert (overlay_opacity(np.full((8, 8), 0.4), None, 95.0) == 0).all()  # nothing stands out
 
 
-def test_a_long_stage_off_a_terminal_logs_its_progress_with_an_eta(
-    stderr, monkeypatch, caplog
-):
+def test_a_long_stage_off_a_terminal_logs_its_progress_with_an_eta(stderr, monkeypatch, caplog):
     """A notebook's captured stderr or a log file gets no bar: a stage that runs past
     FIRST_REPORT_S logs count, elapsed and remaining time at INFO every REPORT_EVERY_S,
     then its end; a short one (or progress=False) logs nothing, and stderr stays clean."""

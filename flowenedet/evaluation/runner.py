@@ -216,7 +216,9 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
         if figures and split.name == "test":
             from .plots import save_curves, save_panels
 
-            save_panels(split, out_dir / "scenes.png", detector="FED-C")
+            calibration = detectors["FED-C"].calibration
+            thresholds_c = dict(calibration.thresholds) if calibration else None
+            save_panels(split, out_dir / "scenes.png", detector="FED-C", thresholds=thresholds_c)
             save_curves(split, num_classes, out_dir / "curves.png", evaluators=evaluators)
             save_curves(
                 split, num_classes, out_dir / "curves-idm.png", "idm", evaluators=evaluators
