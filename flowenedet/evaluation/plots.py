@@ -76,13 +76,13 @@ def percentile_scale(scores: np.ndarray) -> np.ndarray:
     """Each score of a map ``(H, W)`` as its percentile within the map, in [0, 1]: the
     fraction of the other pixels scored strictly lower, ties at their mean rank; a
     constant map is 0 everywhere. Monotone transforms of the map do not change it."""
-    from scipy.stats import rankdata
-
     values = np.asarray(scores, dtype=np.float64)
     if values.size < 2:
         return np.zeros_like(values)
-    ranks = rankdata(values, method="average").reshape(values.shape)
-    scaled = (ranks - 1.0) / (values.size - 1)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts  # 0-based rank of each distinct value's first pixel
+    ranks = (first + (counts - 1) / 2.0)[inverse.reshape(-1)].reshape(values.shape)
+    scaled = ranks / (values.size - 1)
     return scaled - scaled.min()  # a constant map: all tied, 0
 
 
