@@ -2,8 +2,9 @@
 
 For each length, one detector fitted as a user fits it (a loader of a world's clean
 training scenes, the library defaults except ``steps``), scored on the clean and the
-shifted validation splits (never on test). Prints one row per length: OOD AP, OOD FPR95, IDM AP, CDD AP on each split (each
-task read from the map the quality bar reads), and the fit time.
+shifted validation splits (never on test). Prints one row per length: OOD AP, OOD FPR95,
+IDM AP, CDD AP on each split (each task read from the map the quality bar reads), and the
+fit time.
 
     python -m benchmarks.fit_length --world street --steps 250 500 1000 2000
 """

@@ -31,10 +31,11 @@ __all__ = ["DEFAULT_BINS", "MAP_TASKS", "Calibration", "calibrate_maps", "check_
 MAP_TASKS = {"idm": "idm", "ood": "ood", "concurrent": "cdd"}
 """The metric task whose positives each map flags."""
 POSITIVES = {
-    "idm": "misclassified class-labelled pixels",
-    "ood": "OOD pixels (label 254) and in-distribution ones",
-    "concurrent": "misclassified or OOD pixels",
+    "idm": ("misclassified class-labelled pixels", "correctly classified ones"),
+    "ood": ("OOD pixels (label 254)", "in-distribution pixels (classes and 253)"),
+    "concurrent": ("misclassified or OOD pixels", "correctly classified ones"),
 }
+"""Each map's positives and negatives, as its threshold's error messages name them."""
 DEFAULT_BINS = 100_000
 """Histogram bins over [0, 1]: memory flat in the data, thresholds exact to 1e-5."""
 THRESHOLD = Spec(float, 0.0, 1.0)
@@ -124,15 +125,27 @@ def calibrate_maps(
         seen += 1
     if not seen:
         raise ValueError("the calibration loader yielded no batches")
+    counts = {m: histogram.counts(MAP_TASKS[m]) for m, histogram in histograms.items()}
+    lacking = [m for m, (pos, neg) in counts.items() if not pos or not neg]
+    if lacking:
+        m, (pos, neg) = lacking[0], counts[lacking[0]]
+        # without OOD pixels the concurrent threshold would be one for misclassification
+        no_ood = "ood" in lacking and counts["ood"][0] == 0
+        usable = [n for n in maps if n not in lacking and not (no_ood and n == "concurrent")]
+        advice = (
+            f"calibrate only {tuple(usable)} on these data (maps={tuple(usable)}), and the "
+            "others on data that hold both (for ood and concurrent: OOD pixels, as an "
+            "anomaly validation set has)"
+            if usable
+            else "use held-out data that hold both"
+        )
+        raise ValueError(
+            f"cannot calibrate the {m!r} map: its threshold separates {POSITIVES[m][0]} "
+            f"from {POSITIVES[m][1]}, and these data hold {pos} of the first and {neg} of "
+            f"the second; {advice}"
+        )
     thresholds = {}
     for m, histogram in histograms.items():
-        try:
-            t = histogram.threshold(MAP_TASKS[m], target)
-        except ValueError as error:
-            raise ValueError(
-                f"cannot calibrate the {m!r} map: {error}; its positives are {POSITIVES[m]}. "
-                "Calibrate only the maps these data have positives and negatives for "
-                "(maps=...)"
-            ) from None
+        t = histogram.threshold(MAP_TASKS[m], target)
         thresholds[m] = min(1.0, max(0.0, t)) if math.isfinite(t) else 0.0
     return Calibration(target, thresholds)

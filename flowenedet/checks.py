@@ -21,6 +21,7 @@ SIDE = Spec(int, 1, 1 << 15)  # a side of an output map, in pixels
 
 __all__ = [
     "BATCH_KEYS",
+    "check_device",
     "check_finite",
     "check_images",
     "check_labels",
@@ -37,6 +38,12 @@ def check_images(images: Any, name: str = "images") -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W); got {type(images).__name__}")
     if images.dim() != 4:
         raise ValueError(f"{name} must have shape (B, C, H, W); got {tuple(images.shape)}")
+    if images.shape[-1] in (1, 3, 4) and images.shape[1] > 4:
+        raise ValueError(
+            f"{name} has shape {tuple(images.shape)}, channels last (B, H, W, C); the "
+            f"segmenter takes (B, C, H, W): pass {name}.permute(0, 3, 1, 2)"
+        )
+    check_has_data(images, name)
     if not images.is_floating_point():
         raise ValueError(
             f"{name} must be a floating tensor (convert uint8 images with .float() / 255 and "
@@ -89,6 +96,7 @@ def check_logits(logits: Any, name: str = "logits") -> Tensor:
         raise ValueError(f"{name} must be a floating tensor; got dtype {logits.dtype}")
     if logits.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 classes (dim 1); got {tuple(logits.shape)}")
+    check_has_data(logits, name)
     logits = logits.float()
     if not torch.isfinite(logits).all():
         bad = (~torch.isfinite(logits)).sum().item()
@@ -97,6 +105,30 @@ def check_logits(logits: Any, name: str = "logits") -> Tensor:
             "output is not usable for these inputs"
         )
     return logits
+
+
+def check_has_data(tensor: Tensor, name: str) -> None:
+    """``ValueError`` for a tensor on the ``meta`` device, which has a shape but no values."""
+    if tensor.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the 'meta' device, which holds shapes but no values; move real "
+            "data to the segmenter's device (e.g. images.to('cpu'))"
+        )
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device`` that exists here; ``ValueError`` naming it otherwise."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got {device!r}"
+        ) from None
+    if device.type == "meta":
+        raise ValueError(f"{name} 'meta' holds no data; the fit needs a real device")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {str(device)!r}: CUDA is not available on this machine")
+    return device
 
 
 def check_finite(tensor: Tensor, name: str) -> Tensor:

@@ -5,6 +5,9 @@ later assignment, whether it comes from a caller, a saved detector file or a tra
 checkpoint. The bounds are far above anything a real detector uses and far below what
 could exhaust memory or time, so a crafted file can never make ``load()`` or ``score()``
 allocate or loop without bound.
+
+Longer than 400 lines: the one schema of every setting, kept whole so that nothing is
+validated twice or differently.
 """
 
 from __future__ import annotations

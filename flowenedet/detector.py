@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from . import config as presets
 from . import storage
 from .calibration import DEFAULT_BINS, Calibration, calibrate_maps
-from .checks import check_images, check_size, unpack_batch
+from .checks import check_device, check_images, check_size, unpack_batch
 from .config import (
     DetectorConfig,
     FitOptions,
@@ -138,7 +138,7 @@ class FlowEneDet:
         torch.distributed (torchrun) each process passes its shard of the data:
         statistics are summed and gradients averaged.
         """
-        device = torch.device(device) if device is not None else segmenter_device(self.segmenter)
+        device = check_device(device) if device is not None else segmenter_device(self.segmenter)
         tap = self._new_tap(self.config.flow.feature_layer)
         source = LoaderSource(loader, tap, device, self._shapes(), batch_keys)
         self._fit(source, device, options, progress, checkpoint, resume, timer)
@@ -181,18 +181,21 @@ class FlowEneDet:
         """Run :func:`~flowenedet.fitting.fit_detector` and keep what it gives: the
         detector stays unfitted if the fit fails."""
         options = merge_fit_options(self.fit_options, options)
-        result = fit_detector(
-            source,
-            self.config.flow,
-            options,
-            device,
-            segmenter_fingerprint(self.segmenter),
-            progress=progress,
-            checkpoint=checkpoint,
-            resume=resume,
-            timer=timer,
-            rules={name: getattr(self.config.scoring, name) for name in RULE_FIELDS},
-        )
+        # the flow trains whatever the caller's grad mode (a frozen model is often held
+        # under torch.no_grad() or inference_mode); the segmenter still runs without grad
+        with torch.inference_mode(False), torch.enable_grad():
+            result = fit_detector(
+                source,
+                self.config.flow,
+                options,
+                device,
+                segmenter_fingerprint(self.segmenter),
+                progress=progress,
+                checkpoint=checkpoint,
+                resume=resume,
+                timer=timer,
+                rules={name: getattr(self.config.scoring, name) for name in RULE_FIELDS},
+            )
         self.flow, self.stats, self.selection = result.flow, result.stats, result.choice
         scoring = dataclasses.replace(self.config.scoring, **result.choice.rules)
         self.config = dataclasses.replace(self.config, scoring=scoring, fitted=result.record)

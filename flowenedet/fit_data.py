@@ -13,6 +13,9 @@ that gave every batch again unchanged (compared by a hash of its images and labe
 that augments or shuffles is read afresh on every pass, as without the cache. Kept or
 not, a batch gives training the same tensors, so the fit's result does not depend on the
 budget.
+
+Longer than 400 lines: the sources and the pass cache share the checks and the
+batch key that decide whether a pass repeated itself.
 """
 
 from __future__ import annotations
@@ -167,7 +170,14 @@ class LoaderSource:
             self.tap = SegmenterTap.finding_features(self.tap.segmenter, images[:1])
         with stage(self.timer, "segmenter"):
             logits, features = self.tap(images)
-        return self.shapes.align(logits, labels.to(self.device), features)
+        measured = self.shapes.num_classes is None
+        batch = self.shapes.align(logits, labels.to(self.device), features)
+        if measured:  # the first batch: its labels' values checked once K is known
+            settings = self.shapes.settings
+            check_labels(
+                labels, images.shape[-2:], len(labels), logits.shape[1], settings.ignore_index
+            )
+        return batch
 
     prepare_stats = prepare
 

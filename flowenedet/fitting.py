@@ -31,7 +31,7 @@ from . import distributed
 from .checkpoint import check_resumable, load_checkpoint
 from .config import DEFAULT_STEPS, FitOptions, FitRecord, FlowSettings
 from .conv_flow import ConvEnergyFlow
-from .energy import INPUT_SETS, ClassStats
+from .energy import INPUT_SETS, MIN_VARIANCE, ClassStats
 from .fit_data import FitBatches, FitSource, Key, LoaderSource, LogitBatch, StatsBatch
 from .flow import EnergyFlow
 from .inference import log_odds, sampled_log_odds
@@ -207,15 +207,16 @@ def fit_detector(
         with torch.no_grad():
             flow.base.log_weights.copy_((rates / rates.sum()).log())
         mean, var = measured.stats.finalize()
-        total = options.steps or options.epochs * measured.num_batches * (1 + batches.copies)
-        if total < DEFAULT_STEPS:
-            logger.warning(
-                "the flow trains for %d optimizer steps only; on both embedded worlds "
-                "validation AP rose up to about %d (the default budget, docs/benchmarks.md): "
-                "pass steps=%d rather than epochs",
-                total,
-                DEFAULT_STEPS,
-                DEFAULT_STEPS,
+        _warn_if_degenerate(var)
+        per_pass = measured.num_batches * (1 + batches.copies)
+        total = options.steps or options.epochs * per_pass
+        if options.steps is None and total < DEFAULT_STEPS:  # steps= given: chosen, not said
+            _warn_once(
+                f"epochs={options.epochs} gives {total} optimizer steps ({per_pass} batches a "
+                f"pass, shifted copies included); the default budget is {DEFAULT_STEPS} steps, "
+                "whatever the loader's length (validation AP rose up to about that on the "
+                f"embedded worlds, docs/benchmarks.md): pass steps={DEFAULT_STEPS}, or steps=N "
+                "to choose the length"
             )
         record = FitRecord(
             num_classes=shapes.num_classes,
@@ -281,6 +282,32 @@ def fit_detector(
             )
         choice = choose_rules(held_out, scale, settings.inputs, rules)
     return FitResult(flow, Stats(mean, var, scale), record, choice)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_if_degenerate(var: Tensor) -> None:
+    """Warn when class statistics show (nearly) constant logits: an untrained or broken
+    segmenter, whose maps would carry no information (a constant ``ood`` map)."""
+    floored = (var <= MIN_VARIANCE * 1.01).nonzero().flatten().tolist()
+    if floored:
+        which = "every class" if len(floored) == len(var) else f"classes {floored[:10]}"
+        logger.warning(
+            "the segmenter's max logit does not vary over the correctly classified pixels of "
+            "%s (variance at its floor, %g): its logits are (nearly) constant, as those of an "
+            "untrained or broken model are, and the detector's maps will not tell pixels "
+            "apart; check the model's weights and its input normalisation",
+            which,
+            MIN_VARIANCE,
+        )
+
+
+def _warn_once(message: str) -> None:
+    """Log ``message`` as a warning the first time only (fits of several detectors)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
 
 
 def _chain(first: LogitBatch, rest: Iterator[LogitBatch]) -> Iterator[LogitBatch]:

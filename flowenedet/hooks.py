@@ -8,6 +8,9 @@ Decoder features ``(B, F, h', w')`` are captured with a forward hook, by default
 input of the classifier: the ``Conv2d`` (or ``Linear``) with ``K`` outputs whose output
 matches the logits (:func:`find_feature_layer`). ``torch.compile``'d models are seen
 through (:func:`unwrap`).
+
+Longer than 400 lines: one concept, reading any model family's outputs, with the case
+of each family (dicts, tuples, ``.logits``, mask classification, compiled models) here.
 """
 
 from __future__ import annotations

@@ -170,11 +170,14 @@ def load_file(
     the header like the current one's; ``legacy_versions`` are older versions whose
     checksum covers only the tensors, so their settings are not protected (the caller
     should say so).
-    Raises ``FileNotFoundError`` for a missing file and :class:`FormatError` for a file
+    Raises ``FileNotFoundError`` for a missing file, ``IsADirectoryError`` for a folder
+    and :class:`FormatError` for a file
     that is not safetensors, is truncated, corrupted or edited, is of another kind, or has
     an unknown format version.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the {kind} file in it")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     try:

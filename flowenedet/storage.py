@@ -207,9 +207,18 @@ def check_segmenter(
     """Refuse a segmenter the stored detector does not fit: other classes or feature
     channels at a classifier-conv feature layer, or (``weights=True``) other weights."""
     fitted = config.fitted
+    stored = fitted.segmenter_fingerprint
     layer_name = fitted.feature_layer or config.flow.feature_layer
+    modules = dict(unwrap(segmenter).named_modules())
+    model = type(unwrap(segmenter)).__name__
+    if config.flow.variant == "C" and layer_name and layer_name.partition(":")[0] not in modules:
+        raise ValueError(
+            f"{path} was fitted on another model (fingerprint {stored[:12]}; this "
+            f"{model}'s is {segmenter_fingerprint(segmenter)[:12]}): its feature layer "
+            f"{layer_name!r} is not a submodule of this {model}. Load it with the model it "
+            "was fitted on, or fit a detector for this one."
+        )
     if config.flow.variant == "C" and layer_name and layer_name.endswith(":input"):
-        modules = dict(unwrap(segmenter).named_modules())
         layer = modules.get(layer_name.removesuffix(":input"))
         widths = None
         if isinstance(layer, nn.Conv2d):
@@ -222,10 +231,19 @@ def check_segmenter(
                 f"{fitted.feature_channels} feature channels, but the segmenter's "
                 f"{layer_name} has {widths[0]} and {widths[1]}"
             )
-    stored = fitted.segmenter_fingerprint
     if weights and not fingerprint_matches(stored, segmenter):
+        state = unwrap(segmenter).state_dict().values()
+        if any(tensor.dtype == torch.bfloat16 for tensor in state):
+            raise ValueError(
+                f"{path} cannot be checked against a bfloat16 segmenter: the fingerprint "
+                "compares weights at float16 precision, which bfloat16 rounds away. Load "
+                "the detector with the model in float32 (or float16) and convert the model "
+                "afterwards (FlowEneDet.load(path, model); model.bfloat16()), or pass "
+                "check_segmenter=False."
+            )
         raise ValueError(
-            f"{path} was fitted on a different segmenter (its weights differ); its class "
-            "statistics and flow would be wrong for this one. Refit the detector, or pass "
-            "check_segmenter=False if you know the change is harmless."
+            f"{path} was fitted on a different segmenter (fingerprint {stored[:12]}; this "
+            f"{model}'s is {segmenter_fingerprint(segmenter)[:12]}): its weights differ, so "
+            "its class statistics and flow would be wrong for this one. Refit the detector, "
+            "or pass check_segmenter=False if you know the change is harmless."
         )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
+from .labels import IGNORE_INDEX, OOD_INDEX, PADDING_INDEX, UNLABELLED_ID
 
 __all__ = [
     "TASKS",
@@ -76,12 +76,13 @@ def pixel_codes(
     ood_index: int = OOD_INDEX,
     unlabelled_index: int = UNLABELLED_ID,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(valid, codes)``: the non-void pixels of flat int ``labels`` (bool, same shape)
-    and their categories (uint8, one per valid pixel: ``CORRECT``, ``WRONG``, ``OOD``,
-    ``UNLABELLED``). ``ValueError`` for a label that is no class and no special value, or
-    a prediction outside ``0..K-1`` on a valid pixel."""
+    """``(valid, codes)``: the pixels of flat int ``labels`` that are neither void nor
+    padding (``PADDING_INDEX``) (bool, same shape) and their categories (uint8, one per
+    valid pixel: ``CORRECT``, ``WRONG``, ``OOD``, ``UNLABELLED``). ``ValueError`` for a
+    label that is no class and no special value, or a prediction outside ``0..K-1`` on a
+    valid pixel."""
     k = num_classes
-    valid = labels != ignore_index
+    valid = (labels != ignore_index) & (labels != PADDING_INDEX)
     y, p = labels[valid].astype(np.int64), preds[valid].astype(np.int64)
     is_class = (y >= 0) & (y < k)
     is_ood = y == ood_index
@@ -160,25 +161,46 @@ def exact_counts(
     return sorted_counts(scores[order], positives[order], task)
 
 
-def cut_index(tps: np.ndarray, fps: np.ndarray, target: Target) -> int | None:
-    """The cut (flag thresholds ``0..k``) that meets ``target``; ``None``: flag nothing."""
+def cut_index(
+    tps: np.ndarray, fps: np.ndarray, target: Target, cuts: int | None = None
+) -> int | None:
+    """The cut (flag thresholds ``0..k``) that meets ``target``; ``None``: flag nothing.
+    Only the first ``cuts`` cuts (default all) are candidates: the rule ``score > t``
+    cannot flag a score of ``-inf``, so the cut that flags it is no candidate
+    (:func:`flaggable_cuts`); a rate no candidate reaches gets the last one."""
+    cuts = len(tps) if cuts is None else cuts
+    if cuts == 0:
+        return None
+    n_pos, n_neg = float(tps[-1]), float(fps[-1])
+    tps, fps = tps[:cuts], fps[:cuts]
     if target == "f1":  # the highest F1, the first on ties
-        return int(np.argmax(2.0 * tps / (tps + fps + float(tps[-1]))))
+        return int(np.argmax(2.0 * tps / (tps + fps + n_pos)))
     kind, rate = target
     if kind == "tpr":  # the first (highest) threshold whose TPR reaches the rate
-        return int(np.argmax(tps / float(tps[-1]) >= rate))
-    within = np.flatnonzero(fps / float(fps[-1]) <= rate)  # FPR grows with k
+        reached = tps / n_pos >= rate
+        return int(np.argmax(reached)) if reached.any() else cuts - 1
+    within = np.flatnonzero(fps / n_neg <= rate)  # FPR grows with k
     return int(within[-1]) if within.size else None
 
 
+def flaggable_cuts(thr: np.ndarray) -> int:
+    """How many cuts of the distinct scores ``thr`` (highest first) ``score > t`` can make:
+    all but the last when the lowest score is ``-inf``, which no ``t`` lies below."""
+    return len(thr) - 1 if len(thr) and thr[-1] == -math.inf else len(thr)
+
+
 def _threshold_between(upper: float, lower: float) -> float:
-    """A value ``t`` with ``lower <= t < upper`` (the midpoint when representable)."""
+    """A value ``t`` with ``lower <= t < upper`` (the midpoint when representable; 0
+    between ``-inf`` and ``inf``, whose midpoint is NaN)."""
+    if math.isinf(upper) and math.isinf(lower):
+        return 0.0
     mid = upper / 2.0 + lower / 2.0
     return float(mid) if lower <= mid < upper else float(lower)
 
 
 def exact_threshold(thr: np.ndarray, k: int | None) -> float:
-    """``t`` for the rule ``score > t`` that flags exactly the scores ``thr[:k + 1]``."""
+    """``t`` for the rule ``score > t`` that flags exactly the scores ``thr[:k + 1]``
+    (``-inf`` for every score, which flags every score but ``-inf`` itself)."""
     if k is None:
         return float(thr[0])
     return -math.inf if k == len(thr) - 1 else _threshold_between(thr[k], thr[k + 1])
@@ -209,11 +231,13 @@ def threshold_at(scores: Any, positives: Any, target: Target = "f1") -> float:
 
     ``t`` lies halfway between the lowest flagged score and the highest unflagged one,
     so ``score > t`` reproduces the chosen cut exactly on these data; ``-inf`` when
-    flagging every pixel is needed, the highest score when flagging none is.
+    flagging every pixel is needed, the highest score when flagging none is. Scores may
+    be infinite: ``score > t`` never flags ``-inf``, so the cuts searched are those the
+    rule can make.
     """
     target = check_target(target)
     tps, fps, thr = exact_counts(*binary_inputs(scores, positives))
-    return exact_threshold(thr, cut_index(tps, fps, target))
+    return exact_threshold(thr, cut_index(tps, fps, target, flaggable_cuts(thr)))
 
 
 def curve_metrics(tps: np.ndarray, fps: np.ndarray, tpr: float = 0.95) -> dict[str, float]:
@@ -310,6 +334,12 @@ class TaskHistogram:
             raise ValueError(f"scores contains {int(np.isnan(s).sum())} NaN value(s)")
         index = code.astype(np.int64) * self.bins.count + self.bins.index(s)
         self._hist += np.bincount(index, minlength=self._hist.size).reshape(self._hist.shape)
+
+    def counts(self, task: str) -> tuple[int, int]:
+        """``(positives, negatives)`` of ``task`` among the pixels added."""
+        members, positives = TASK_CODES[task]
+        pos = sum(int(self._hist[c].sum()) for c in positives)
+        return pos, sum(int(self._hist[c].sum()) for c in members) - pos
 
     def threshold(self, task: str, target: Target = "f1") -> float:
         """The threshold of ``task`` that meets ``target`` (see :meth:`Bins.threshold`);

@@ -226,3 +226,13 @@ def test_calibration_labels_must_match_the_images(fitted):
     images, labels = make_scenes(2, seed=13, ood=True)
     with pytest.raises(ValueError, match="labels has shape"):
         copy.copy(fitted["U"]).calibrate([(images, labels[:, :16])], progress=False)
+
+
+def test_calibrating_without_ood_pixels_says_what_is_missing_and_what_to_do(fitted):
+    images, labels = make_scenes(8, seed=12)  # no OOD objects
+    with pytest.raises(ValueError) as error:
+        copy.copy(fitted["U"]).calibrate([(images, labels)], progress=False)
+    message = str(error.value)
+    assert "separates OOD pixels (label 254) from in-distribution pixels" in message
+    assert "these data hold 0 of the first and" in message
+    assert "maps=('idm',)" in message  # the maps these data can calibrate

@@ -5,8 +5,9 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from flowenedet import FlowEneDet
+from flowenedet import FlowEneDet, fitting
 from flowenedet.evaluation.baselines import MSP, Entropy, MaxLogit
 from flowenedet.evaluation.metrics import auroc, average_precision
 from flowenedet.labels import PADDING_INDEX
@@ -654,10 +655,11 @@ def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loa
     FlowEneDet(segmenter, variant="U").fit(loader, **once)
     assert len(seen) == 1 + 1  # once the second pass repeated the first, from memory
     caplog.clear()
+    fitting._WARNED.clear()
     with caplog.at_level("WARNING", logger="flowenedet"):
         FlowEneDet(segmenter, variant="U").fit(loader, epochs=1, progress=False)
     # one pass: each of the 2 batches as given and shifted
-    assert any("trains for 4 optimizer steps" in r.getMessage() for r in caplog.records)
+    assert any("epochs=1 gives 4 optimizer steps" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match=r"steps= .* or epochs="):
         FlowEneDet(segmenter, variant="U").fit(loader, steps=None, progress=False)
 
@@ -671,3 +673,110 @@ def test_fit_reads_a_dataloader_whose_batches_are_lists(segmenter):
     det.fit(loader, steps=3, pixels_per_image=64, progress=False)
     ood = det.score(images[:2]).ood
     assert ood.shape == (2, *images.shape[-2:]) and torch.isfinite(ood).all()
+
+
+def test_a_short_fit_asked_for_with_steps_is_not_warned_about(segmenter, train_loader, caplog):
+    """steps= is the caller's choice: no warning, however short. epochs= that gives fewer
+    steps than the default budget says what was asked and what the budget is, once."""
+    fitting._WARNED.clear()
+    with caplog.at_level("WARNING", logger="flowenedet"):
+        FlowEneDet(segmenter, variant="U").fit(train_loader[:2], steps=3, progress=False)
+    assert not [r for r in caplog.records if "steps" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="flowenedet"):
+        for _ in range(2):
+            FlowEneDet(segmenter, variant="U").fit(train_loader[:2], epochs=2, progress=False)
+    said = [r.getMessage() for r in caplog.records if "optimizer steps" in r.getMessage()]
+    assert len(said) == 1
+    assert "epochs=2 gives 4 optimizer steps" in said[0]
+    assert "default budget is 1000 steps" in said[0]
+
+
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_fit_trains_the_flow_under_the_callers_no_grad(segmenter, train_loader, grad_mode):
+    """A frozen model is often held under torch.no_grad(): fit and fit_logits still train
+    the flow (the segmenter runs without gradients either way)."""
+    images, labels = train_loader[0]
+    with grad_mode():
+        det = FlowEneDet(segmenter).fit(train_loader[:2], steps=3, progress=False)
+        logits, features = det.segment(images)
+        other = FlowEneDet(nn.Identity()).fit_logits(
+            logits, labels, features, steps=3, progress=False
+        )
+        assert torch.isfinite(det.score(images[:2]).ood).all()
+    assert torch.isfinite(other.score_logits(logits[:2], features[:2]).ood).all()
+    assert not logits.requires_grad and not features.requires_grad
+
+
+# ------------------------------------------------------------------ malformed inputs
+def test_channels_last_images_are_named_as_such_not_as_a_labels_problem(segmenter):
+    images, labels = make_scenes(2, seed=3)
+    with pytest.raises(ValueError, match=r"channels last .*permute\(0, 3, 1, 2\)"):
+        FlowEneDet(segmenter).fit([(images.permute(0, 2, 3, 1), labels)], steps=1)
+
+
+def test_padding_labels_are_left_out_and_other_negatives_refused_in_the_first_batch(
+    segmenter, caplog
+):
+    """-1 (PADDING_INDEX) marks pixels with no image, as a crop adds them: the fit leaves
+    them out like void. Any other label outside the classes is refused, also in the first
+    (or only) batch, before its pixels are counted as misclassified."""
+    images, labels = make_scenes(8, seed=3)
+    counts = {}
+    for value in (255, -1):
+        marked = labels.clone()
+        marked[:, :6] = value
+        with caplog.at_level("INFO", logger="flowenedet.fitting"):
+            caplog.clear()
+            FlowEneDet(segmenter, variant="U").fit([(images, marked)], steps=1, progress=False)
+        counts[value] = [r.getMessage() for r in caplog.records if "fit data" in r.getMessage()]
+    assert counts[-1] == counts[255] and counts[-1]
+    for value in (-3, 99):
+        marked = labels.clone()
+        marked[:, :6] = value
+        caplog.clear()
+        with (
+            caplog.at_level("INFO", logger="flowenedet.fitting"),
+            pytest.raises(ValueError, match=rf"values \[{value}\] outside \[0, 4\)"),
+        ):
+            FlowEneDet(segmenter, variant="U").fit([(images, marked)], steps=1, progress=False)
+        assert "fit data" not in caplog.text  # refused before its pixels were counted
+
+
+def test_meta_tensors_and_unknown_devices_get_a_clear_error(fitted, segmenter):
+    images, _ = make_scenes(2, seed=3)
+    with pytest.raises(ValueError, match="images is on the 'meta' device"):
+        fitted["C"].score(images.to("meta"))
+    logits = torch.zeros(2, NUM_CLASSES, 16, 16, device="meta")
+    with pytest.raises(ValueError, match="logits is on the 'meta' device"):
+        fitted["U"].score_logits(logits)
+    with pytest.raises(ValueError, match=r"device must be a torch device .* got 'bogus'"):
+        FlowEneDet(segmenter).fit([make_scenes(2, seed=3)], device="bogus", steps=1)
+
+
+def test_score_logits_with_features_of_another_batch_names_both_sizes(fitted, test_scenes):
+    det = fitted["C"]
+    logits, features = det.segment(test_scenes[0][:4])
+    with pytest.raises(ValueError, match="features has 2 items but logits have 4"):
+        det.score_logits(logits, features[:2])
+
+
+def test_a_segmenter_with_constant_logits_is_warned_about_at_fit(caplog):
+    """An untrained or broken segmenter (constant logits) fits, but says so: its maps
+    cannot tell pixels apart (the ood map is a constant)."""
+
+    class Constant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.classifier = nn.Conv2d(3, NUM_CLASSES, 1)
+            with torch.no_grad():
+                self.classifier.weight.zero_()
+
+        def forward(self, images):
+            return self.classifier(images)
+
+    images, labels = make_scenes(4, seed=3)
+    with caplog.at_level("WARNING", logger="flowenedet.fitting"):
+        det = FlowEneDet(Constant(), variant="U").fit([(images, labels)], steps=2, progress=False)
+    assert "does not vary" in caplog.text and "every class" in caplog.text
+    ood = det.score(images).ood
+    assert (ood.max() - ood.min()).item() < 1e-3  # what the warning is about

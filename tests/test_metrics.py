@@ -23,7 +23,7 @@ from flowenedet.evaluation.metrics import (
     format_table,
     fpr_at_tpr,
 )
-from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, UNLABELLED_ID
+from flowenedet.labels import IGNORE_INDEX, OOD_INDEX, PADDING_INDEX, UNLABELLED_ID
 
 
 def sk_fpr95(positives: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
@@ -391,3 +391,64 @@ def test_the_old_module_names_still_work_with_a_deprecation_warning():
         "assert flowenedet.metrics.auroc is m.auroc\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
+
+
+# ------------------------------------------------------------------ infinite scores, padding
+def _best_flaggable_f1(scores: np.ndarray, positives: np.ndarray) -> float:
+    """The best F1 of the rule score > t over every t (brute force)."""
+    candidates = np.r_[-np.inf, np.unique(scores)]
+    return max(f1_score(positives, scores > t, zero_division=0.0) for t in candidates)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_f1_threshold_is_optimal_with_infinite_scores(seed: int):
+    """±inf scores: the threshold's F1 (rule score > t) is the best the rule can reach;
+    -inf is never flagged, so "flag everything" is no answer when a score is -inf; with
+    finite stand-ins for the infinities it is scikit-learn's optimum."""
+    rng = np.random.default_rng(seed)
+    scores = rng.choice([-np.inf, np.inf, -1.0, 0.0, 0.5, 1.0, 2.0], size=int(rng.integers(3, 14)))
+    positives = rng.random(scores.size) < 0.5
+    positives[:2] = (True, False)
+    t = f1_optimal_threshold(scores, positives)
+    achieved = f1_score(positives, scores > t, zero_division=0.0)
+    assert achieved == pytest.approx(_best_flaggable_f1(scores, positives))
+    finite = np.nan_to_num(scores, posinf=10.0, neginf=-10.0)
+    t = f1_optimal_threshold(finite, positives)
+    best = max(f1_score(positives, finite >= v) for v in np.unique(finite))  # sklearn's rule
+    assert f1_score(positives, finite > t) == pytest.approx(best)
+
+
+def test_padding_labels_are_left_out_of_every_metric():
+    scores = np.array([[[0.9, 0.1, 0.5, 0.7]]])
+    preds = np.array([[[1, 0, 0, 1]]])
+    labels = np.array([[[0, 0, PADDING_INDEX, 1]]])
+    evaluator, reference = PixelEvaluator(2), PixelEvaluator(2)
+    evaluator.update(scores, labels, preds)
+    reference.update(scores, np.where(labels == PADDING_INDEX, IGNORE_INDEX, labels), preds)
+    assert evaluator.compute() == reference.compute()
+    assert evaluator.miou() == reference.miou()
+
+
+def test_a_num_classes_the_data_disagree_with_is_warned_about(caplog):
+    labels = np.random.default_rng(0).integers(0, 4, size=(2, 8, 8))
+    scores = np.random.default_rng(1).random((2, 8, 8))
+    with caplog.at_level(logging.WARNING, logger="flowenedet.evaluation.metrics"):
+        evaluator = PixelEvaluator(num_classes=19)
+        evaluator.update(scores, labels, labels)
+        evaluator.miou()
+        evaluator.compute()
+    assert caplog.text.count("never exceed class 3; pass num_classes=4") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flowenedet.evaluation.metrics"):
+        evaluator = PixelEvaluator(num_classes=19)
+        evaluator.update(scores, labels * 6, labels)  # labels up to 18, predictions up to 3
+        evaluator.miou()
+    assert "predictions never exceed class 3 but the labels reach class 18" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flowenedet.evaluation.metrics"):
+        evaluator = PixelEvaluator(num_classes=5)  # class 4 simply absent: no warning
+        evaluator.update(scores, labels, labels)
+        evaluator.miou()
+    assert not caplog.text
+    with pytest.raises(ValueError, match=r"preds must be classes 0\.\.2"):
+        PixelEvaluator(num_classes=3).update(scores, labels.clip(0, 2), labels)

@@ -87,3 +87,30 @@ def test_demo_and_bench_output_is_not_committed():
 def test_the_dev_extra_builds_and_checks_the_release():
     names = {re.split(r"[<>=!~ \[]", dep)[0] for dep in PROJECT["optional-dependencies"]["dev"]}
     assert {"build", "twine"} <= names
+
+
+def test_the_test_extra_installs_every_package_a_test_imports_or_skips():
+    """CI installs `.[dev,bench]`: a test that `importorskip`s a package outside those
+    extras is silently skipped there (the model-family tests were)."""
+    names = {
+        "segmentation_models_pytorch": "segmentation-models-pytorch",
+        "pytorch_ood": "pytorch-ood",
+        "sklearn": "scikit-learn",
+        "skimage": "scikit-image",
+        "imagecorruptions": "imagecorruptions-imaug",
+    }
+    installed = {"torch", "torchvision", "timm", "nflows", "numpy", "scipy", "tomllib"}
+    extras = PROJECT["optional-dependencies"]
+    listed = {
+        re.split(r"[<>=\[ ;]", spec, maxsplit=1)[0].lower()
+        for spec in [*extras["dev"], *extras["bench"], *PROJECT["dependencies"]]
+    }
+    skipped = set()
+    for test in (ROOT / "tests").glob("test_*.py"):
+        skipped |= set(re.findall(r"importorskip\(\s*\"([\w.]+)\"", test.read_text()))
+    missing = {
+        names.get(module.partition(".")[0], module.partition(".")[0])
+        for module in skipped
+        if module.partition(".")[0] not in installed
+    } - listed
+    assert not missing, f"tests import {sorted(missing)}, which no extra CI installs lists"

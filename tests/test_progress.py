@@ -83,7 +83,29 @@ def test_overlay_opacity_leaves_a_mostly_normal_image_clear():
     blob[4:8, 4:8] = True
     calibrated = overlay_opacity(ood, 0.5, 95.0)
     assert (calibrated[~blob] == 0).all()
-    np.testing.assert_allclose(calibrated[blob], 0.8)  # (0.9 - 0.5) / (1 - 0.5)
+    assert (calibrated[blob] == 1).all()  # what --masks rejects, tinted at full --alpha
     percentile = overlay_opacity(ood, None, 95.0)
     assert (percentile[~blob] == 0).all() and (percentile[blob] == 1).all()
     assert (overlay_opacity(np.full((8, 8), 0.4), None, 95.0) == 0).all()  # nothing stands out
+
+
+def test_a_long_stage_off_a_terminal_logs_its_progress_with_an_eta(stderr, monkeypatch, caplog):
+    """A notebook's captured stderr or a log file gets no bar: a stage that runs past
+    FIRST_REPORT_S logs count, elapsed and remaining time at INFO every REPORT_EVERY_S,
+    then its end; a short one (or progress=False) logs nothing, and stderr stays clean."""
+    stream = stderr(False)
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(progress, "FIRST_REPORT_S", 3.0)
+    monkeypatch.setattr(progress, "REPORT_EVERY_S", 4.0)
+    with caplog.at_level("INFO", logger="flowenedet.progress"):
+        list(progress.progress_bar(range(10), desc="fitting flow", unit="steps"))
+        list(progress.progress_bar(range(2), desc="quick stage"))
+        list(progress.progress_bar(range(10), desc="switched off", progress=False))
+    lines = [r.getMessage() for r in caplog.records]
+    # one clock tick per step: reports at 3, 7 and 11 s of the 10-step stage, then its end
+    assert lines[0] == "fitting flow: 2/10 steps in 3 s, about 12 s left"
+    assert lines[1] == "fitting flow: 6/10 steps in 7 s, about 5 s left"
+    assert lines[-1].startswith("fitting flow: 10/10 steps in") and lines[-1].endswith("done")
+    assert len(lines) == 3
+    assert stream.getvalue() == ""

@@ -1,6 +1,7 @@
 """Detector files as a hostile user would write them: every crafted header or tensor is
 refused with a clear error naming the file, or loads and scores finite maps."""
 
+import copy
 import json
 import random
 import subprocess
@@ -339,3 +340,39 @@ def test_files_of_every_format_load_and_score_as_their_release_did(version):
     assert torch.equal(maps.pred, expected["pred"].long())
     assert (det.calibration is not None) == (version >= 4)  # format 4 added thresholds
     assert det.config.fitted.feature_layer == "classifier:input"
+
+
+# ------------------------------------------------------------------ wrong segmenter, wrong path
+def test_a_detector_loaded_on_another_architecture_says_so(saved, segmenter):
+    """Not "feature_layer ... is not a submodule" nor "its weights differ": another model,
+    with both fingerprints, also when the weights check is skipped."""
+
+    class Other(torch.nn.Module):  # no "classifier": the layer FED-C was fitted on
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, images):
+            return self.head(images)
+
+    for check in (True, False):
+        with pytest.raises(
+            ValueError, match=r"fitted on another model \(fingerprint \w{12}; "
+        ) as e:
+            FlowEneDet.load(saved, Other(), check_segmenter=check)
+        assert "'classifier:input' is not a submodule of this Other" in str(e.value)
+
+
+def test_a_bfloat16_segmenter_is_told_why_the_check_cannot_pass(saved, segmenter):
+    model = copy.deepcopy(segmenter).bfloat16()
+    with pytest.raises(ValueError, match=r"bfloat16 segmenter.*float16 precision") as e:
+        FlowEneDet.load(saved, model)
+    assert "weights differ" not in str(e.value)
+    det = FlowEneDet.load(saved, copy.deepcopy(segmenter))  # as the message advises
+    det.segmenter.bfloat16()
+    assert torch.isfinite(det.score(make_scenes(2, seed=4)[0]).ood).all()
+
+
+def test_loading_a_folder_says_it_is_a_folder(segmenter, tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a folder; give the flowenedet-detector"):
+        FlowEneDet.load(tmp_path, segmenter)

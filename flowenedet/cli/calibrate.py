@@ -4,6 +4,7 @@ the detector file."""
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..scores import MAPS
 from .dataset import build_dataset, make_loader
@@ -31,8 +32,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             scales=args.scales,
             progress=args.progress,
         )
-    except ValueError as error:
-        raise CLIError(str(error), 1) from None
+    except ValueError as error:  # maps=('idm',) in the library's words is --maps idm here
+        message = re.sub(
+            r"maps=\(([^)]*)\)",
+            lambda found: "--maps " + " ".join(re.findall(r"'(\w+)'", found.group(1))),
+            str(error),
+        )
+        raise CLIError(message, 1) from None
     path = detector.save(out)
     print(f"calibrated on {len(dataset)} image(s): {detector.calibration.describe()}")
     print(f"wrote {path}")

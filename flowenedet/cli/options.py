@@ -106,7 +106,14 @@ SEED: Option = (
     {"type": int, "default": 0, "metavar": "N", "help": "random seed (default 0)"},
 )
 MODEL_OPTIONS: list[Option] = [
-    ("--model", {"metavar": "SPEC", "help": "'package.module:factory', 'file.py:factory' or zoo"}),
+    (
+        "--model",
+        {
+            "metavar": "SPEC",
+            "help": "'package.module:factory', 'file.py:factory', zoo (the reference "
+            "segmenter of --detector's world, else of --world) or zoo:WORLD",
+        },
+    ),
     (
         "--model-kwargs",
         {"metavar": "JSON", "help": "factory arguments, e.g. '{\"num_classes\": 19}'"},

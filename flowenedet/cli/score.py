@@ -10,6 +10,7 @@ an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,9 @@ def _input_images(inputs: Sequence[str], recursive: bool) -> list[tuple[str, Pat
 
 
 def _colormap(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Scores ``(H, W)`` in [0, 1] -> uint8 RGB ``(H, W, 3)`` with the matplotlib colormap."""
+    """Scores ``(H, W)`` -> uint8 RGB ``(H, W, 3)``: each score's percentile within the
+    image (:func:`flowenedet.evaluation.plots.percentile_scale`) through the matplotlib
+    colormap, so an image's highest-ranked pixels are the brightest whatever its range."""
     try:
         import matplotlib
     except ImportError:
@@ -80,7 +83,9 @@ def _colormap(name: str) -> Callable[[np.ndarray], np.ndarray]:
         cmap = matplotlib.colormaps[name]
     except KeyError:
         raise CLIError(f"--colormap {name!r} is not a matplotlib colormap") from None
-    return lambda scores: (cmap(np.clip(scores, 0.0, 1.0))[..., :3] * 255).round().astype(np.uint8)
+    from ..evaluation.plots import percentile_scale
+
+    return lambda scores: (cmap(percentile_scale(scores))[..., :3] * 255).round().astype(np.uint8)
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -107,18 +112,14 @@ def output_files(name: str, formats: Sequence[str], masks: Sequence[str]) -> lis
 
 
 def overlay_opacity(ood: np.ndarray, threshold: float | None, percentile: float) -> np.ndarray:
-    """Opacity ``(H, W)`` in [0, 1] of the ood tint: 0 up to the calibrated ``threshold``
-    (else the image's ``percentile``-th percentile of the map), rising linearly to 1 at
-    score 1 (else at the image's highest score); so a normal image stays untinted (with
-    a threshold) or is tinted only at its few highest scores (without one)."""
+    """Opacity ``(H, W)``, 0 or 1, of the ood tint: 1 where the map is above the calibrated
+    ``threshold`` (the pixels ``--masks`` rejects), else above the image's
+    ``percentile``-th percentile of the map; so a normal image stays untinted (with a
+    threshold) or is tinted only at its few highest scores (without one), and what is
+    tinted is tinted at full ``--alpha``, not faintly."""
     ood = np.clip(ood, 0.0, 1.0)
-    if threshold is not None:
-        low, high = threshold, 1.0
-    else:
-        low, high = float(np.percentile(ood, percentile)), float(ood.max())
-    if high <= low:
-        return np.zeros_like(ood)
-    return np.clip((ood - low) / (high - low), 0.0, 1.0)
+    low = threshold if threshold is not None else float(np.percentile(ood, percentile))
+    return (ood > low).astype(np.float64)
 
 
 class _ImageFiles(Dataset):
@@ -196,10 +197,15 @@ def cmd_score(args: argparse.Namespace) -> int:
         items = [item for item, finished in zip(items, done, strict=True) if not finished]
     else:
         skipped = 0
+    unreadable = 0
     for batch in _batches([path for _, path in items], args, device.type == "cuda"):
-        for _, _, error in batch:
+        for _, _, error in batch:  # one bad file does not stop the others
             if error is not None:
-                raise CLIError(error)
+                print(f"flowenedet: error: {error}; skipped", file=sys.stderr, flush=True)
+                unreadable += 1
+        batch = [item for item in batch if item[2] is None]
+        if not batch:
+            continue
         images = torch.stack([rgb for _, rgb, _ in batch]).permute(0, 3, 1, 2).float() / 255.0
         images = normalise(images, args.mean, args.std).to(device)
         maps = detector.score(images, scales=args.scales)
@@ -212,7 +218,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                 _write_png(out / f"{items[index][0]}_{kind}_mask.png", picture)
     note = f"; skipped {skipped} whose outputs exist" if skipped else ""
     kinds = [*args.format, *(["masks"] if masks else [])]
-    print(f"wrote {'/'.join(kinds)} maps of {len(items)} image(s) to {out}{note}")
+    written = len(items) - unreadable
+    print(f"wrote {'/'.join(kinds)} maps of {written} image(s) to {out}{note}")
+    if unreadable:
+        raise CLIError(f"{unreadable} of {len(items)} image(s) could not be read (named above)", 1)
     return 0
 
 

@@ -88,6 +88,71 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
+def state_dict_differences(
+    expected: dict[str, Tensor], found: dict[str, Tensor], shown: int = 5
+) -> str:
+    """What keeps ``found`` from loading where ``expected`` is: missing and unexpected
+    keys, and tensors of another shape, the first ``shown`` of each ("" if none)."""
+
+    def listed(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{key} {tuple(found[key].shape)} instead of {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(found))
+        if found[key].shape != expected[key].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {listed(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} tensor(s) of another shape: {listed(shapes)}")
+    return "; ".join(parts)
+
+
+def zoo_world(args: argparse.Namespace, kwargs: dict[str, Any]) -> str:
+    """The world of ``--model zoo``'s reference segmenter: ``zoo:WORLD``, else
+    ``--model-kwargs '{"world": ...}'``, else the world whose reference has the classes
+    of ``--detector`` (so the demo's detectors of every world score with ``--model zoo``),
+    else ``--world`` (``--dataset embedded``), else digits."""
+    from ..zoo.segmenter import WORLDS
+
+    unknown = sorted(set(kwargs) - {"world"})
+    if unknown:
+        raise CLIError(
+            f'--model zoo takes no --model-kwargs but the world (\'{{"world": "street"}}\', '
+            f"or --model zoo:street); got {unknown}"
+        )
+    named = args.model.partition(":")[2] or None
+    given = kwargs.get("world")
+    if named and given and named != given:
+        raise CLIError(f"--model {args.model} and --model-kwargs world {given!r} disagree")
+    world = named or given or _detector_world(args) or getattr(args, "world", "digits")
+    if world not in WORLDS:
+        raise CLIError(f"--model zoo:{world}: the zoo's worlds are {', '.join(WORLDS)}")
+    return world
+
+
+def _detector_world(args: argparse.Namespace) -> str | None:
+    """The zoo world whose reference segmenter has as many classes as ``--detector``'s
+    fit (None without a readable detector, or when none or several have)."""
+    from ..storage import read_detector
+    from ..zoo.segmenter import WORLDS
+
+    path = getattr(args, "detector", None)
+    try:
+        classes = read_detector(path)[0].fitted.num_classes if path else None
+    except (OSError, ValueError):  # reported properly when the detector is loaded
+        return None
+    matching = [name for name, (arch, _) in WORLDS.items() if arch["num_classes"] == classes]
+    return matching[0] if len(matching) == 1 else None
+
+
 def _build(args: argparse.Namespace) -> nn.Module:
     """The (not yet loaded) segmenter of ``--timm``, ``--model zoo`` or ``--model SPEC``."""
     kwargs = json_object(args.model_kwargs, "--model-kwargs")
@@ -99,10 +164,10 @@ def _build(args: argparse.Namespace) -> nn.Module:
         from ..zoo import DigitSegmenter
 
         return DigitSegmenter(backbone=args.timm, num_classes=args.num_classes, **kwargs)
-    if args.model == "zoo":
+    if args.model == "zoo" or (args.model or "").startswith("zoo:"):
         from .. import zoo
 
-        world = getattr(args, "world", "digits")  # --dataset embedded --world (fit, evaluate)
+        world = zoo_world(args, kwargs)
         if args.weights:
             return zoo.build_reference_segmenter(world)
         return zoo.load_reference_segmenter(world=world)
@@ -130,8 +195,10 @@ def load_segmenter(args: argparse.Namespace, device: torch.device) -> nn.Module:
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
+            differences = state_dict_differences(model.state_dict(), state)
             raise CLIError(
-                f"--weights {args.weights} do not fit the model: {_first_line(error)}"
+                f"--weights {args.weights} do not fit the {type(model).__name__} model: "
+                f"{differences or _first_line(error)}"
             ) from None
     elif args.timm:
         logger.warning("--timm %s without --weights: the segmenter has random weights", args.timm)

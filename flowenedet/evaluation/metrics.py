@@ -9,6 +9,9 @@ open-set prediction marks rejected pixels with the class ``K`` (``num_classes``)
 ``K + 1``-th class of open-mIoU. The exact functions of one curve (``auroc``,
 ``average_precision``, ...) live in :mod:`flowenedet.evaluation.curves` and are
 re-exported here.
+
+Longer than 400 lines: the streaming evaluator and its exact and binned accumulators
+share their state; the curve arithmetic itself is in :mod:`flowenedet.evaluation.curves`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ..thresholds import (
     cut_index,
     exact_counts,
     exact_threshold,
+    flaggable_cuts,
     pixel_codes,
     sorted_counts,
     threshold_at,
@@ -113,6 +117,8 @@ class PixelEvaluator:
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [empty]
         self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._images: list[dict[str, dict[str, float] | None]] = []
+        self._highest = [-1, -1]  # the highest class predicted, and labelled, so far
+        self._warned = False
         # rows 0..K-1: correct by class; K..2K-1: wrong or OOD by prediction;
         # 2K: unlabelled; 2K+1: OOD (also counted in the wrong-or-OOD rows).
         self._hist = (
@@ -154,6 +160,10 @@ class PixelEvaluator:
             raise ValueError(f"scores contains {int(np.isnan(s).sum())} NaN value(s)")
         is_class = code <= WRONG
         is_ood, is_unl = code == OOD, code == UNLABELLED
+        if p.size:
+            self._highest[0] = max(self._highest[0], int(p.max()))
+        if is_class.any():
+            self._highest[1] = max(self._highest[1], int(y[is_class].max()))
         self._confusion += np.bincount(y[is_class] * k + p[is_class], minlength=k * k)
         if self.per_image:
             for image in range(images):
@@ -169,6 +179,35 @@ class PixelEvaluator:
             row[is_unl] = 2 * k
             idx = np.r_[row * self.bins + b, (2 * k + 1) * self.bins + b[is_ood]]
             self._hist += np.bincount(idx, minlength=self._hist.size)
+
+    def _check_classes(self) -> None:
+        """Warn, once, when the classes seen so far suggest another ``num_classes``: the
+        predictions and labels reach at most half of the classes, or the predictions at
+        most half of the labels' classes (the segmenter's classes and the labels' then
+        disagree). Warnings, not errors: a few images may lack the higher classes; a
+        prediction outside ``0..K-1`` is an error (:meth:`update`)."""
+        pred, label = self._highest
+        if self._warned or pred < 0:
+            return
+        k, seen = self.num_classes, max(pred, label) + 1
+        if seen <= k // 2:
+            self._warned = True
+            logger.warning(
+                "PixelEvaluator(num_classes=%d): the predictions and labels never exceed "
+                "class %d; pass num_classes=%d if that is how many classes the segmenter has",
+                k,
+                seen - 1,
+                seen,
+            )
+        elif label >= 0 and pred + 1 <= (label + 1) // 2:
+            self._warned = True
+            logger.warning(
+                "PixelEvaluator(num_classes=%d): the predictions never exceed class %d but "
+                "the labels reach class %d; do the segmenter's classes match the labels'?",
+                k,
+                pred,
+                label,
+            )
 
     # ---------------------------------------------------------------- curves
     def _stored(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -210,6 +249,7 @@ class PixelEvaluator:
         ``"fpr95"`` is the FPR at ``tpr``.
         """
         check_tpr(tpr)
+        self._check_classes()
         out: dict[str, dict[str, float] | None] = {}
         for task in TASKS:
             try:
@@ -267,12 +307,13 @@ class PixelEvaluator:
         target = check_target(target)
         tps, fps, thr = self._task_counts(task)
         if self._hist is None:
-            return exact_threshold(thr, cut_index(tps, fps, target))
+            return exact_threshold(thr, cut_index(tps, fps, target, flaggable_cuts(thr)))
         return self._bins.threshold(tps, fps, thr, target)
 
     # ---------------------------------------------------------------- segmentation
     def miou(self) -> float:
         """Mean IoU of preds vs labels over classes ``0..K-1`` present in either."""
+        self._check_classes()
         k = self.num_classes
         cm = self._confusion.reshape(k, k)
         inter = np.diagonal(cm).astype(np.float64)

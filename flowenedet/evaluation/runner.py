@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import io
-from ..detector import MAPS, FlowEneDet
+from ..calibration import calibrate_maps
+from ..detector import MAPS, FlowEneDet, Scores
 from ..postprocess import upsampled_argmax
 from ..progress import progress_bar
 from . import baselines
@@ -38,6 +39,7 @@ from .worlds import world_module
 
 __all__ = [
     "COMPONENT_SIZES",
+    "calibrate_detectors",
     "evaluate_split",
     "fit_detectors",
     "make_baselines",
@@ -122,6 +124,18 @@ def score_split(
     split.pred = torch.cat(preds)
 
 
+def calibrate_detectors(detectors: dict[str, FlowEneDet], split: SplitData) -> None:
+    """Store in each detector the F1-optimal reject threshold of each of its maps on
+    ``split`` (the clean validation split, never a test split), as
+    :meth:`FlowEneDet.calibrate` would from its scores in ``split.scores``."""
+    for name, detector in detectors.items():
+        maps = (split.scores[f"{name} {kind}"] for kind in MAPS)
+        scores = Scores(*maps, pred=split.pred)
+        detector.calibration = calibrate_maps(
+            [(scores, split.labels)], detector.config.fitted.num_classes
+        )
+
+
 def evaluate_split(
     split: SplitData,
     num_classes: int,
@@ -195,11 +209,14 @@ def _run(cfg: BenchConfig, out_dir: Path, *, figures: bool) -> dict[str, Any]:
         rows, oracle = evaluate_split(split, num_classes, thresholds, evaluators)
         if thresholds is None:
             thresholds = oracle
+            calibrate_detectors(detectors, split)  # the saved files score with --masks
         results["splits"][split.name] = rows
         if figures and split.name == "test":
             from .plots import save_curves, save_panels
 
-            save_panels(split, out_dir / "scenes.png", detector="FED-C")
+            calibration = detectors["FED-C"].calibration
+            thresholds_c = dict(calibration.thresholds) if calibration else None
+            save_panels(split, out_dir / "scenes.png", detector="FED-C", thresholds=thresholds_c)
             save_curves(split, num_classes, out_dir / "curves.png", evaluators=evaluators)
             save_curves(
                 split, num_classes, out_dir / "curves-idm.png", "idm", evaluators=evaluators
