@@ -24,8 +24,8 @@ fused scoring path (``flowenedet.inference``), interleaved with the rest, so the
 meet the same machine load (``component_time_ratio_nflows``).
 
 ``--segmenter street`` measures the street world's shipped reference instead (half-width
-ResNet-10-T + FPN, logits at stride 8, 8 classes, trained weights; FED-C reads its
-classifier's input).
+ResNet-10-T + FPN, four stages, logits at stride 4, 8 classes, trained weights; FED-C
+reads its classifier's input).
 """
 
 from __future__ import annotations

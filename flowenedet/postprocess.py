@@ -103,7 +103,7 @@ def postprocess_maps(
 ) -> list[Tensor]:
     """The detector's smoothing and boundary suppression of its three raw maps ``(B, h, w)``
     (``pred`` at the same resolution), with ``config``'s sizes (a
-    :class:`~flowenedet.config.DetectorConfig`) divided by ``stride``: ``idm`` and
+    :class:`~flowenedet.config.ScoringOptions`) divided by ``stride``: ``idm`` and
     ``concurrent`` get the plain Gaussian, ``ood`` boundary suppression, then the dilated
     Gaussian (keeping peaks with ``ood_keep_peaks``)."""
     cfg = config

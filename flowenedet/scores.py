@@ -16,16 +16,20 @@ MAPS = ("idm", "ood", "concurrent")  # the score maps of :class:`Scores`
 class Scores:
     """Per-pixel maps at input resolution, higher = more suspicious.
 
+    Each map is the sigmoid of its scoring rule (:mod:`flowenedet.rules`, the detector's
+    ``idm_rule``, ``ood_rule``, ``concurrent_rule``), then post-processed.
+
     Attributes:
-        idm: ``(B, H, W)`` in [0, 1], the flow's posterior ``p(miss | z)`` (plain Gaussian
-            smoothing): the misclassification map.
-        ood: ``(B, H, W)`` in [0, 1], out-of-distribution map: the posterior's log-odds
-            plus ``ood_energy_weight`` times the standardised free energy (each on the
-            scale of the fit data), through a sigmoid, with boundary suppression and
+        idm: ``(B, H, W)`` in [0, 1], the misclassification map: the rule the fit chose on
+            held-out images (``"posterior"``: the flow's posterior ``p(miss | z)``), with
+            plain Gaussian smoothing.
+        ood: ``(B, H, W)`` in [0, 1], out-of-distribution map: by default the posterior's
+            log-odds plus 1.5 times the standardised free energy (each on the scale of
+            the fit data, rule ``"flow + 1.5 energy"``), with boundary suppression and
             dilated smoothing (with ``ood_keep_peaks``, the larger of the map and its
             smoothed copy, so small objects keep their peaks).
-        concurrent: ``(B, H, W)`` in [0, 1], "misclassified or unknown": as ``ood`` with
-            ``concurrent_energy_weight``, smoothed like ``idm`` (boundary errors kept).
+        concurrent: ``(B, H, W)`` in [0, 1], "misclassified or unknown": the ``idm`` rule
+            plus free energy, smoothed like ``idm`` (boundary errors kept).
         pred: ``(B, H, W)`` int64, the segmenter's predicted classes.
         thresholds: ``{map: t}``, the detector's calibrated reject thresholds (empty for
             an uncalibrated detector); a pixel is rejected when ``score > t``.

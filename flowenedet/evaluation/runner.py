@@ -2,9 +2,9 @@
 
 Pipeline: generate scenes of ``cfg.world`` (:mod:`flowenedet.evaluation.worlds`), run the
 world's shipped reference segmenter, or ``cfg.segmenter`` (:mod:`flowenedet.zoo`), once per
-split and keep its logits and decoder features, fit FED-U and FED-C on the train split's
-outputs (``fit_logits``), score every method on validation and test splits (clean and
-corrupted), and evaluate with
+split and keep its logits and decoder features, fit FED-U and FED-C as a user fits them
+(``fit(loader)`` on the clean training scenes, :func:`fit_detectors`), score every method
+on validation and test splits (clean and corrupted), and evaluate with
 :class:`flowenedet.evaluation.metrics.PixelEvaluator`. Thresholds for the honest open-mIoU are
 calibrated on the validation split; the oracle one is tuned on the split itself.
 
