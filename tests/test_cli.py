@@ -3,6 +3,7 @@ demo / bench options, errors and (with the shipped weights) a tiny demo run."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import importlib.resources
 import json
@@ -1081,3 +1082,13 @@ def test_calibrate_without_ood_pixels_names_the_maps_to_calibrate(ws, capsys):
     code, _, stderr = _run(capsys, [*argv, "--out", str(ws["root"] / "never.safetensors")])
     assert code == 1 and "these data hold 0 of the first" in stderr
     assert "calibrate only ('idm',) on these data (--maps idm)" in stderr
+
+
+@pytest.mark.parametrize(("world", "shape"), [("digits", (96, 96)), ("aerial", (256, 256))])
+def test_the_embedded_dataset_is_the_world_asked_for(world, shape):
+    pytest.importorskip("skimage")  # the embedded worlds need the bench extra
+    from flowenedet.cli.dataset import build_dataset
+
+    args = argparse.Namespace(dataset="embedded", world=world, scenes=1, seed=0, size=None)
+    image, label = build_dataset(args, "test")[0]
+    assert tuple(image.shape) == (3, *shape) and tuple(label.shape) == shape

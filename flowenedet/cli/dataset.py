@@ -97,18 +97,15 @@ def _embedded(args: argparse.Namespace, split: str | None, size: Any, transform:
     kw = {"corruption": getattr(args, "corruption", None)}
     kw["severity"] = getattr(args, "severity", 0) or 0
     try:
-        if world == "street":  # (H, W), or one side S for S x 2S
-            from ..evaluation.worlds.street import make_scenes as make_street
+        from ..evaluation.worlds import world_module
 
-            scenes = make_street(split, args.scenes, seed=args.seed, size=size or 256, **kw)
-            scenes.transform = transform
-            return scenes
-        from ..evaluation.worlds.digits import make_scenes
-
-        side = size if isinstance(size, int) or size is None else size[0]
-        return make_scenes(
-            split, args.scenes, seed=args.seed, size=side or 96, **kw, transform=transform
+        if world == "digits":
+            size = size if isinstance(size, int) or size is None else size[0]
+        scenes = world_module(world).make_scenes(
+            split, args.scenes, seed=args.seed, **kw, **({} if size is None else {"size": size})
         )
+        scenes.transform = transform
+        return scenes
     except ImportError as error:  # as the demo does: the extra named, a real bug not hidden
         module = (error.name or "").partition(".")[0]
         if module not in BENCH_MODULES:
