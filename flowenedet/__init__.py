@@ -38,10 +38,8 @@ __all__ = [
     "Scores",
     "Stats",
     "__version__",
-    "baselines",
     "energy_inputs",
     "flow_inputs",
-    "metrics",
 ]
 
 _LAZY = {

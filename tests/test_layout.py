@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,15 @@ def test_every_benchmark_script_imports_and_shows_its_command(script, monkeypatc
         f"benchmarks/{script}.py's docstring should show the command that runs it"
     )
     assert callable(getattr(module, "main", None))
+
+
+def test_the_top_level_names_import_without_deprecation_warnings():
+    code = "from flowenedet import *; import flowenedet; print(sorted(flowenedet.__all__))"
+    done = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "FlowEneDet" in done.stdout and "metrics" not in done.stdout
