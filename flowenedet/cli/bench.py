@@ -296,7 +296,7 @@ DEMO_COMMAND = Command(
   flowenedet demo --world digits --out tour --steps 800 --train-scenes 1000
 fits FED-U and FED-C (the detector's default settings) to the shipped reference
 segmenter of each world, scores clean and shifted (digits, street: 8 corruptions; aerial:
-its 6 own shifts; severities 1-4) validation and test scenes with them and every
+its 9 own shifts; severities 1-4) validation and test scenes with them and every
 baseline, prints the tables and the quality bar and writes {DEMO_OUT}/<world>/
 scenes.png, curves.png, curves-idm.png, results.json, fed-u.safetensors and
 fed-c.safetensors (thresholds calibrated on the clean validation split, so they score
