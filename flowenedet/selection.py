@@ -4,7 +4,11 @@ The flow learns which pixels the segmenter gets wrong on the fit data; whether t
 carries over to new images is checked, not assumed. A fifth of the fit's images (and
 their shifted copies) never train the flow; after training, every candidate rule
 (:mod:`flowenedet.rules`) ranks their pixels, and each ``"auto"`` map takes the one with
-the best average precision for misclassified pixels:
+the best average precision for misclassified pixels. The precision is that of image
+pixels, as the maps are judged: each held-out logit pixel stands for its cell, the
+share of the cell's pixels the segmenter gets wrong counting as positives and the rest
+as negatives (a cell with one wrong pixel in sixteen is mostly right, not a hit, and a
+thin band of boundary errors weighs what it covers):
 
 * ``idm``: the posterior, each confidence measure of the flow's inputs alone (``msp``,
   ``entropy``, ``margin``, ``sml``, ``energy``), or the log-odds blended with one of
@@ -22,12 +26,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .rules import AUTO, Rule, apply_rule, format_rule, parse_rule, term_maps, terms_of
 from .shifts import seed_of
-from .thresholds import binary_inputs, curve_metrics, exact_counts
+from .thresholds import curve_metrics
 
 __all__ = [
     "DEFAULT_OOD_RULE",
@@ -75,7 +80,7 @@ class HeldOut:
         self.generator = torch.Generator().manual_seed(seed)
         self.log_odds: list[Tensor] = []
         self.terms: list[Tensor] = []
-        self.miss: list[Tensor] = []
+        self.miss: list[Tensor] = []  # each cell's share of wrong pixels
 
     def add(self, log_odds: Tensor, inputs: Tensor, valid: Tensor, miss: Tensor) -> None:
         """The held-out images' ``log_odds`` ``(b, h, w)``, flow ``inputs``
@@ -88,10 +93,11 @@ class HeldOut:
                 pixels = pixels[order[:PIXELS_PER_IMAGE].to(pixels.device)]
             self.log_odds.append(log_odds[i].flatten()[pixels].cpu())
             self.terms.append(terms[i].flatten(1)[:, pixels].cpu())
-            self.miss.append(miss[i].flatten()[pixels].cpu() > 0.5)
+            self.miss.append(miss[i].flatten()[pixels].float().cpu())
 
     def arrays(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(log_odds (N,), terms (1, T, N), miss (N,))`` of every pixel added."""
+        """``(log_odds (N,), terms (1, T, N), miss (N,))`` of every pixel added, ``miss``
+        the share of its cell's pixels that are wrong."""
         log_odds, miss = torch.cat(self.log_odds), torch.cat(self.miss)
         return log_odds, torch.cat(self.terms, 1)[None], miss
 
@@ -113,15 +119,14 @@ def choose_rules(
     a rule keep it. Too few held-out hits or misses: :data:`DEFAULT_RULES`."""
     chosen = {k: (DEFAULT_RULES[k] if v == AUTO else v) for k, v in requested.items()}
     log_odds, terms, miss = held_out.arrays() if held_out.miss else (None, None, None)
-    wrong = 0 if miss is None else int(miss.sum())
-    if miss is None or wrong < 10 or wrong > miss.numel() - 10:
+    wrong = 0 if miss is None else int((miss > 0).sum())
+    if miss is None or wrong < 10 or int((miss < 1).sum()) < 10:
         logger.info("too few held-out pixels to choose the maps' rules by: the defaults")
         return Choice(chosen, {}, 0 if miss is None else miss.numel())
 
     def ap(rule: Rule) -> float:
         score = apply_rule(rule, log_odds[None, :, None], terms[..., None], scale)
-        tps, fps, _ = exact_counts(*binary_inputs(score.flatten(), miss))
-        return curve_metrics(tps, fps)["ap"]
+        return weighted_ap(score.flatten(), miss)
 
     scores = {format_rule(rule): ap(rule) for rule in candidate_rules(inputs)}
     best = max(scores, key=scores.get)
@@ -138,12 +143,22 @@ def choose_rules(
                 chosen["concurrent_rule"] = rule
                 break
     logger.info(
-        "scoring rules chosen on %d held-out pixels (%d misclassified): %s",
+        "scoring rules chosen on %d held-out pixels (%d with errors): %s",
         miss.numel(),
         wrong,
         ", ".join(f"{k} {v!r}" for k, v in chosen.items()),
     )
     return Choice(chosen, scores, miss.numel())
+
+
+def weighted_ap(scores: Tensor, share: Tensor) -> float:
+    """Average precision of ranking by ``scores`` ``(N,)`` when item ``i`` counts as
+    ``share[i]`` of a positive and ``1 - share[i]`` of a negative (ties share a cut)."""
+    scores, share = scores.double().numpy(), share.double().numpy()
+    order = np.argsort(scores, kind="stable")[::-1]
+    scores, share = scores[order], share[order]
+    cuts = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # last of each score
+    return curve_metrics(np.cumsum(share)[cuts], np.cumsum(1.0 - share)[cuts])["ap"]
 
 
 def _with_energy(text: str, weight: float) -> str:

@@ -687,7 +687,7 @@ def test_a_short_fit_asked_for_with_steps_is_not_warned_about(segmenter, train_l
             FlowEneDet(segmenter, variant="U").fit(train_loader[:2], epochs=2, progress=False)
     said = [r.getMessage() for r in caplog.records if "optimizer steps" in r.getMessage()]
     assert len(said) == 1
-    assert "epochs=2 gives 4 optimizer steps" in said[0]
+    assert "epochs=2 gives 8 optimizer steps" in said[0]  # 2 batches, each also shifted
     assert "default budget is 1000 steps" in said[0]
 
 
