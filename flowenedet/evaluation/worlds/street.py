@@ -25,10 +25,9 @@ from PIL import Image, ImageFilter
 
 from flowenedet.labels import IGNORE_INDEX, OOD_INDEX
 
-from ...progress import progress_bar
 from . import shift
 from . import sources as src
-from .scenes import SPLITS, SceneSet
+from .scenes import SPLITS, SceneSet, check_size, check_split, generate, shared_sources
 from .street_objects import (  # the class ids are part of this module's interface
     _THING_FILLS,
     _TINTS,
@@ -108,7 +107,7 @@ class StreetSources:
 
 def split_sources(split: str) -> StreetSources:
     """The sources ``split`` draws from (see :func:`check_disjoint`)."""
-    _check_split(split)
+    check_split(split)
     names = sorted({n for family in (*_STUFF.values(), *_THING_FILLS.values()) for n in family})
     names += ["hubble_deep_field"] if split == "test" else []  # the horse's fill
     blocks = {n: src.block_box(n, split) for n in names if n != "hubble_deep_field"}
@@ -129,21 +128,13 @@ def check_disjoint() -> None:
     for i, a in enumerate(SPLITS):
         for b in SPLITS[i + 1 :]:
             sa, sb = sources[a], sources[b]
-            for name in set(sa.texture_blocks) & set(sb.texture_blocks):
-                (t1, l1, h1, w1), (t2, l2, h2, w2) = (
-                    sa.texture_blocks[name],
-                    sb.texture_blocks[name],
-                )
-                if t1 < t2 + h2 and t2 < t1 + h1 and l1 < l2 + w2 and l2 < l1 + w1:
-                    problems.append(f"{a} and {b} share pixels of {name}")
+            problems += shared_sources(
+                (a, b),
+                (sa.texture_blocks, sb.texture_blocks),
+                (sa.void_objects + sa.ood_objects, sb.void_objects + sb.ood_objects),
+            )
             if np.intersect1d(sa.glyph_rows, sb.glyph_rows).size:
                 problems.append(f"{a} and {b} share MNIST glyphs")
-            objects_a = set(sa.void_objects) | set(sa.ood_objects)
-            objects_b = set(sb.void_objects) | set(sb.ood_objects)
-            textures = set(sa.texture_blocks) | set(sb.texture_blocks)
-            shared = (objects_a & objects_b) | (objects_a & textures) | (objects_b & textures)
-            if shared:
-                problems.append(f"{a} and {b} share object pictures {sorted(shared)}")
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -165,39 +156,23 @@ def make_scenes(
     Scene ``i`` depends only on ``(split, i, seed, size)`` plus the corruption settings,
     which work as in :func:`flowenedet.evaluation.worlds.digits.make_scenes`.
     """
-    _check_split(split)
-    for name, value in (("num_scenes", num_scenes), ("seed", seed)):
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-    height, width = _check_size(size)
     corruptions, severities = shift.check_corruptions(corruption, severity)
-    num_scenes, seed = int(num_scenes), int(seed)
-    images = np.empty((num_scenes, height, width, 3), dtype=np.uint8)
-    labels = np.empty((num_scenes, height, width), dtype=np.int64)
-    desc = f"street {split}" + (" (shifted)" if corruptions else "")
-    for i in progress_bar(range(num_scenes), desc=desc, unit="scenes", progress=progress):
-        image, labels[i], _ = render_scene(split, i, seed, (height, width))
-        if corruptions:
-            key = (seed, SPLITS.index(split), i)
-            image = shift.corrupt_in_turn(image, i, corruptions, severities, key, salt=(1,))
-        images[i] = image
-    return SceneSet.from_arrays(
-        images, labels, split, seed, (corruption, severity), (corruptions, severities)
+
+    def shifted(image: np.ndarray, i: int, key: tuple[int, int, int]) -> np.ndarray:
+        return shift.corrupt_in_turn(image, i, corruptions, severities, key, salt=(1,))
+
+    return generate(
+        "street",
+        split,
+        num_scenes,
+        seed,
+        check_size(size, MIN_SIZE, aspect=2),
+        render_scene,
+        shifted if corruptions else None,
+        (corruption, severity),
+        (corruptions, severities),
+        progress,
     )
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
-def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
-    dims = (int(size), 2 * int(size)) if isinstance(size, int | np.integer) else tuple(size)
-    if len(dims) != 2 or any(isinstance(d, bool) or int(d) != d for d in dims):
-        raise ValueError(f"size must be an int or (height, width), got {size!r}")
-    if dims[0] < MIN_SIZE[0] or dims[1] < MIN_SIZE[1]:
-        raise ValueError(f"size must be at least {MIN_SIZE}, got {tuple(dims)}")
-    return int(dims[0]), int(dims[1])
 
 
 # ----------------------------------------------------------------------------- layout
