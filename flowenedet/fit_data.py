@@ -112,6 +112,9 @@ class FitSource(Protocol):
         """A hash of ``raw``'s data, to tell whether a pass gave the same batch again;
         None for a source that always does."""
 
+    def size(self, raw: Any) -> int:
+        """The number of images in ``raw``'s batch."""
+
     @property
     def has_images(self) -> bool:
         """Whether the batches hold images (which shifted copies need)."""
@@ -181,6 +184,9 @@ class LoaderSource:
 
     prepare_stats = prepare
 
+    def size(self, raw: Any) -> int:
+        return len(unpack_batch(raw, self.batch_keys)[0])
+
     def fingerprint(self, raw: Any) -> str:
         digest = hashlib.blake2b(digest_size=16)
         for tensor in unpack_batch(raw, self.batch_keys):
@@ -239,6 +245,9 @@ class TensorSource:
 
     def prepare_stats(self, raw: int) -> LogitBatch:
         return self.prepare(raw, stop=self.stats_items)
+
+    def size(self, raw: int) -> int:
+        return min(self.batch_size, self.logits.shape[0] - raw)
 
     def fingerprint(self, raw: int) -> None:
         return None  # the same tensors on every pass
@@ -323,11 +332,18 @@ class FitBatches:
             self._keep(key, TrainBatch(self._inputs(logits), features, valid, miss, held))
 
     def passes(self) -> Iterator[Key]:
-        """The batches' keys, pass after pass, endlessly (see :meth:`one_pass`)."""
+        """The keys of the batches that train (not every image held out), pass after
+        pass, endlessly (see :meth:`one_pass`)."""
         passes = 1  # the statistics pass
         while True:
             passes += 1
-            yield from self.one_pass(passes)
+            yield from (key for key in self.one_pass(passes) if self._trains(key))
+
+    def _trains(self, key: Key) -> bool:
+        index, copy, raw = key
+        kept = self.kept.get((index, copy))
+        size = len(kept.held_out) if kept is not None else self.source.size(raw)
+        return not held_out_mask(self.settings.seed, index, size).all()
 
     def one_pass(self, number: int = 2) -> Iterator[Key]:
         """The keys of one pass, each batch followed by its shifted copies: from memory

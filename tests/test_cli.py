@@ -891,7 +891,7 @@ def test_model_zoo_takes_the_world_and_nothing_else(ws, capsys):
     assert code == 2 and "--model zoo takes no --model-kwargs but the world" in stderr
     assert "['classes']" in stderr
     code, _, stderr = _run(capsys, [*argv, "--model", "zoo:moon"])
-    assert code == 2 and "the zoo's worlds are digits, street" in stderr
+    assert code == 2 and "the zoo's segmenters are digits, street, street-s8, aerial" in stderr
     kwargs = ["--model-kwargs", '{"world": "digits"}']
     code, _, stderr = _run(capsys, [*argv, "--model", "zoo:street", *kwargs])
     assert code == 2 and "disagree" in stderr

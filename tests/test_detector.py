@@ -12,6 +12,7 @@ from flowenedet.evaluation.baselines import MSP, Entropy, MaxLogit
 from flowenedet.evaluation.metrics import auroc, average_precision
 from flowenedet.labels import PADDING_INDEX
 from flowenedet.postprocess import upsampled_argmax
+from flowenedet.selection import is_held_out
 
 from .conftest import FIT_STEPS
 from .toy import NUM_CLASSES, OOD_LABEL, ToySegmenter, make_scenes, train_toy_segmenter
@@ -240,6 +241,20 @@ def test_the_fit_chooses_the_rules_on_held_out_images_and_falls_back_to_an_input
         train_loader, steps=2, progress=False
     )
     assert trained.config.scoring.idm_rule == "flow"  # a rule given is kept
+
+
+def test_a_loader_of_single_images_trains_and_a_single_image_fits(segmenter, train_loader):
+    """With one image per batch, a held-out image is a whole batch: the fit trains on
+    the others (it used to step on an empty sample and stop with a NaN loss), and a fit
+    on one image trains on it and keeps the default rules (nothing to choose them on)."""
+    images, labels = train_loader[0]
+    singles = [(images[i : i + 1], labels[i : i + 1]) for i in range(len(images))]
+    assert any(is_held_out(0, b, 0) for b in range(len(singles)))  # some batch is held out
+    det = FlowEneDet(segmenter, variant="U", seed=0).fit(singles, steps=12, progress=False)
+    assert det.selection.pixels > 0 and torch.isfinite(det.score(images).idm).all()
+    one = FlowEneDet(segmenter, variant="U", seed=0).fit(singles[:1], steps=3, progress=False)
+    assert one.selection.pixels == 0
+    assert one.config.scoring.idm_rule == "posterior"  # the flow's own map
 
 
 def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):

@@ -116,11 +116,12 @@ def state_dict_differences(
 
 
 def zoo_world(args: argparse.Namespace, kwargs: dict[str, Any]) -> str:
-    """The world of ``--model zoo``'s reference segmenter: ``zoo:WORLD``, else
-    ``--model-kwargs '{"world": ...}'``, else the world whose reference has the classes
-    of ``--detector`` (so the demo's detectors of every world score with ``--model zoo``),
-    else ``--world`` (``--dataset embedded``), else digits."""
-    from ..zoo.segmenter import WORLDS
+    """The shipped segmenter of ``--model zoo``: ``zoo:NAME`` (a world, whose reference it
+    is, or a segmenter of the zoo such as ``street-s8``), else ``--model-kwargs
+    '{"world": ...}'``, else the world whose reference has the classes of ``--detector`` (so
+    the demo's detectors of every world score with ``--model zoo``), else ``--world``
+    (``--dataset embedded``), else digits."""
+    from ..zoo.segmenter import SEGMENTERS
 
     unknown = sorted(set(kwargs) - {"world"})
     if unknown:
@@ -133,8 +134,8 @@ def zoo_world(args: argparse.Namespace, kwargs: dict[str, Any]) -> str:
     if named and given and named != given:
         raise CLIError(f"--model {args.model} and --model-kwargs world {given!r} disagree")
     world = named or given or _detector_world(args) or getattr(args, "world", "digits")
-    if world not in WORLDS:
-        raise CLIError(f"--model zoo:{world}: the zoo's worlds are {', '.join(WORLDS)}")
+    if world not in SEGMENTERS:
+        raise CLIError(f"--model zoo:{world}: the zoo's segmenters are {', '.join(SEGMENTERS)}")
     return world
 
 
@@ -142,14 +143,18 @@ def _detector_world(args: argparse.Namespace) -> str | None:
     """The zoo world whose reference segmenter has as many classes as ``--detector``'s
     fit (None without a readable detector, or when none or several have)."""
     from ..storage import read_detector
-    from ..zoo.segmenter import WORLDS
+    from ..zoo.segmenter import REFERENCES, SEGMENTERS
 
     path = getattr(args, "detector", None)
     try:
         classes = read_detector(path)[0].fitted.num_classes if path else None
     except (OSError, ValueError):  # reported properly when the detector is loaded
         return None
-    matching = [name for name, (arch, _) in WORLDS.items() if arch["num_classes"] == classes]
+    matching = [
+        world
+        for world, name in REFERENCES.items()
+        if SEGMENTERS[name].architecture["num_classes"] == classes
+    ]
     return matching[0] if len(matching) == 1 else None
 
 
@@ -167,10 +172,10 @@ def _build(args: argparse.Namespace) -> nn.Module:
     if args.model == "zoo" or (args.model or "").startswith("zoo:"):
         from .. import zoo
 
-        world = zoo_world(args, kwargs)
+        name = zoo_world(args, kwargs)
         if args.weights:
-            return zoo.build_reference_segmenter(world)
-        return zoo.load_reference_segmenter(world=world)
+            return zoo.build_reference_segmenter(name=name)
+        return zoo.load_reference_segmenter(name=name)
     if not args.model:
         raise CLIError(
             "give the segmenter with --model package.module:factory, --model zoo or --timm"
