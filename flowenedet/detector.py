@@ -331,6 +331,34 @@ class FlowEneDet:
             self.stats = Stats(**{k: t.to(device) for k, t in vars(self.stats).items()})
         return self
 
+    def export(
+        self,
+        path: str | Path,
+        *,
+        format: str = "onnx",
+        image_size: Sequence[int],
+        maps: Sequence[str] = MAPS,
+        dynamic: bool = True,
+        **options: Any,
+    ) -> Path:
+        """Write the segmenter and this detector as one ONNX (``format="onnx"``) or
+        TorchScript (``"torchscript"``) graph: images ``(B, 3, H, W)`` -> ``pred``, the
+        ``maps`` and, when calibrated, their reject masks ``<map>_mask``, each
+        ``(B, H, W)``, equal to :meth:`score`'s with the same defaults. Traced at
+        ``image_size`` ``(H, W)``; ``dynamic``: batch, height and width stay free. The
+        file's metadata holds the settings, thresholds, segmenter fingerprint and
+        flowenedet version (:func:`flowenedet.export.read_metadata`). ``options``:
+        ``scales``, ``masks``, ``mean`` / ``std``, ``example``, ``check``, ``exporter``,
+        ``opset`` (:func:`flowenedet.export.export_detector`). The written file is run
+        and refused (:class:`~flowenedet.export.ExportError`) unless it scores as
+        :meth:`score` does. Needs ``pip install 'flowenedet[export]'``."""
+        from .export import export_detector  # torch.onnx and onnx only when exporting
+
+        self._scorer()  # fitted
+        return export_detector(
+            self, path, format=format, image_size=image_size, maps=maps, dynamic=dynamic, **options
+        )
+
     # ------------------------------------------------------------------ storage
     def save(self, path: str | Path) -> Path:
         """Write the detector (flow weights, statistics, settings, calibrated thresholds)
