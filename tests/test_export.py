@@ -266,3 +266,33 @@ def test_the_dynamo_exporter_gives_a_graph_that_scores_as_the_detector(tmp_path)
     assert read_metadata(path).exporter == "dynamo"
     images = torch.rand(3, 3, 40, 36)
     assert_scores_equal(OnnxDetector(path)(images.numpy()), det, images)
+
+
+def test_files_of_older_formats_export_and_score_as_their_release_did(tmp_path):
+    """The stored fixtures (tests/fixtures): format 5's graph gives the maps its release
+    scored; format 2 predates the fit's stride (measured at export) and post-processes in
+    logit pixels with a reach (6 x 3) that needs larger images than the stored scene."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    fixtures = Path(__file__).parent / "fixtures"
+    segmenter = load_reference_segmenter()
+    det = FlowEneDet.load(fixtures / "detector-v5.safetensors", segmenter)
+    expected = load_file(fixtures / "detector-v5-maps.safetensors")
+    image = expected["image"].float() / 255
+    path = det.export(tmp_path / "v5.onnx", image_size=tuple(image.shape[-2:]))
+    got = OnnxDetector(path)(image.numpy())
+    for name in MAPS:
+        assert np.abs(got[name] - expected[name].numpy()).max() <= 2e-5, name
+    assert (got["pred"] == expected["pred"].numpy()).all()
+    assert read_metadata(path).calibration["thresholds"] == dict(det.calibration.thresholds)
+    old = FlowEneDet.load(fixtures / "detector-v2.safetensors", segmenter)
+    assert old.config.fitted.stride is None and old.config.scoring.postprocess == "logit-pixels"
+    path = old.export(tmp_path / "v2.onnx", image_size=(80, 96))
+    info = read_metadata(path)
+    assert info.min_image_side == 76 and info.calibration is None
+    images = torch.rand(2, 3, 88, 100)
+    got, want = OnnxDetector(path)(images.numpy()), old.score(images)
+    for name in MAPS:
+        assert np.abs(got[name] - getattr(want, name).numpy()).max() <= MAP_TOLERANCE, name

@@ -33,6 +33,7 @@ from ..checks import check_size
 from ..hooks import frozen, segmenter_device
 from ..io import atomic_write
 from ..scores import MAPS
+from ..scoring import test_time_scales
 from .graph import DetectorGraph
 from .metadata import EXTRA_FILE, METADATA_KEY, ExportInfo, read_metadata
 from .runtime import session
@@ -105,9 +106,16 @@ def export_detector(
         )
     # scored first: that also finds the FED-C layer of a detector fitted from logits
     expected = _expected(detector, example, scales, mean, std) if check else None
-    if expected is None:
-        detector.segment(example[:1])
-    graph = DetectorGraph(detector, maps, scales=scales, masks=masks, mean=mean, std=std)
+    logits, _ = detector.segment(example[:1])
+    graph = DetectorGraph(
+        detector,
+        maps,
+        scales=scales,
+        masks=masks,
+        mean=mean,
+        std=std,
+        stride=_stride_of_old_file(detector, scales, size[0] / logits.shape[-2]),
+    )
     if min(size) < graph.min_image_side():
         raise ValueError(
             f"image_size {size} is below the smallest side this detector's graph holds, "
@@ -153,6 +161,22 @@ def export_detector(
     path = atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
     logger.info("exported %s (%s, %.1f MB)", path, format, len(data) / 2**20)
     return path
+
+
+def _stride_of_old_file(detector, scales, measured: float) -> float | None:
+    """The stride ``det.score`` measures per call for a detector file older than the fit's
+    measurement of it (None for others): fixed in the graph at the traced size's value,
+    which test-time scales would each need their own of."""
+    if detector.config.fitted.stride is not None:
+        return None
+    several = len(test_time_scales(detector.config.scoring, scales)) > 1
+    if several and detector.config.scoring.postprocess != "logit-pixels":
+        raise ExportError(
+            "this detector file predates the fit's stride measurement, which post-processing "
+            "at several test-time scales needs per scale: export it with scales=(1.0,), or "
+            "fit it again"
+        )
+    return measured
 
 
 def _expected(detector, example, scales, mean, std):

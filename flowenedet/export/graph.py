@@ -22,6 +22,7 @@ after every export, and by the tests.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -30,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import FitRecord
 from ..conv_flow import ConvEnergyFlow
 from ..flow import HIT, MISS, EnergyFlow, align_features
 from ..hooks import SegmenterTap, unwrap
@@ -174,7 +174,7 @@ class DetectorGraph(nn.Module):
         if record.stride is None:
             if stride is None:
                 raise ValueError("the detector's fit did not record its stride: pass stride=")
-            record = FitRecord(**{**vars(record), "stride": float(stride)})
+            record = dataclasses.replace(record, stride=float(stride))
         self.record = record
         self.scorer = Scorer(
             detector.flow,
