@@ -233,6 +233,19 @@ def test_export_arguments_are_checked(detectors, tmp_path):
         FlowEneDet(det.segmenter).export(tmp_path / "x", image_size=SIZE)
 
 
+def test_a_missing_extra_is_named_before_any_tracing(detectors, monkeypatch, tmp_path):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name)
+    )
+    det = detectors("digits-U")
+    with pytest.raises(ImportError, match=r"flowenedet\[export\]' \(missing module onnx\)"):
+        det.export(tmp_path / "x.onnx", image_size=SIZE)
+    det.export(tmp_path / "x.pt", format="torchscript", image_size=SIZE)  # needs neither
+
+
 def test_a_missing_onnxruntime_is_one_clear_error(monkeypatch, tmp_path):
     import builtins
 

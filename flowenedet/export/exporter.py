@@ -12,6 +12,7 @@ and refuses it unless its maps equal ``det.score``'s within :data:`MAP_TOLERANCE
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io as _io
 import logging
 import math
@@ -96,6 +97,7 @@ def export_detector(
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {list(EXPORTERS)}; got {exporter!r}")
     size = check_size(image_size)
+    _require_extra(format, check, exporter)
     device = segmenter_device(detector.segmenter)
     if example is None:
         generator = torch.Generator().manual_seed(0)
@@ -161,6 +163,21 @@ def export_detector(
     path = atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
     logger.info("exported %s (%s, %.1f MB)", path, format, len(data) / 2**20)
     return path
+
+
+def _require_extra(format: str, check: bool, exporter: str) -> None:
+    """``ImportError`` naming the extra, before any tracing, for a missing module that this
+    export needs: onnx (ONNX files), onnxruntime (checking them), onnxscript (dynamo)."""
+    needed = []
+    if format == "onnx":
+        needed = ["onnx", *(["onnxruntime"] if check else [])]
+        needed += ["onnxscript"] if exporter == "dynamo" else []
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"{format} export needs the export extra: pip install 'flowenedet[export]' "
+            f"(missing module {', '.join(missing)})"
+        )
 
 
 def _stride_of_old_file(detector, scales, measured: float) -> float | None:
@@ -271,8 +288,6 @@ def _to_onnx(graph, example, info, exporter, opset) -> tuple[bytes, int]:
                     opset_version=opset,
                 )
             data = buffer.getvalue()
-    except ImportError as error:
-        raise ImportError(f"{error}; ONNX export needs pip install 'flowenedet[export]'") from None
     except Exception as error:  # the exporters raise many types
         raise _blocked(error, f"ONNX export ({exporter})") from error
     return data, _opset(data)
@@ -287,12 +302,8 @@ def _opset(data: bytes) -> int:
 
 def _with_onnx_metadata(data: bytes, info: ExportInfo) -> bytes:
     """``data`` with ``info`` in its ``metadata_props``, checked by ``onnx.checker``."""
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError(
-            "ONNX export needs the onnx package: pip install 'flowenedet[export]'"
-        ) from None
+    import onnx
+
     model = onnx.load_from_string(data)
     kept = [entry for entry in model.metadata_props if entry.key != METADATA_KEY]
     del model.metadata_props[:]
