@@ -108,15 +108,12 @@ def export_detector(
         )
     # scored first: that also finds the FED-C layer of a detector fitted from logits
     expected = _expected(detector, example, scales, mean, std) if check else None
-    logits, _ = detector.segment(example[:1])
+    stride = None
+    if detector.config.fitted.stride is None or expected is None:
+        logits, _ = detector.segment(example[:1])  # finds the layer if check did not
+        stride = _stride_of_old_file(detector, scales, size[0] / logits.shape[-2])
     graph = DetectorGraph(
-        detector,
-        maps,
-        scales=scales,
-        masks=masks,
-        mean=mean,
-        std=std,
-        stride=_stride_of_old_file(detector, scales, size[0] / logits.shape[-2]),
+        detector, maps, scales=scales, masks=masks, mean=mean, std=std, stride=stride
     )
     if min(size) < graph.min_image_side():
         raise ValueError(
