@@ -23,6 +23,11 @@ segmenter's outputs minus the prediction it includes, over the segmenter's time
 fused scoring path (``flowenedet.inference``), interleaved with the rest, so the two paths
 meet the same machine load (``component_time_ratio_nflows``).
 
+``--breakdown`` also times each stage of ``score_logits`` on its own, interleaved
+(``breakdown_ms``): the alignment and checks, the flow's inputs, the flow, the energy
+blends, the post-processing, the finiteness check, the three resizes and the prediction,
+and the logits' argmax that only boundary suppression needs (skipped otherwise).
+
 ``--segmenter street`` measures the street world's shipped reference instead (half-width
 ResNet-10-T + FPN, four stages, logits at stride 4, 8 classes, trained weights; FED-C
 reads its classifier's input).
@@ -44,8 +49,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowenedet import FlowEneDet
+from flowenedet.energy import energy_of_inputs, flow_inputs
 from flowenedet.flow import align_features
-from flowenedet.postprocess import upsampled_argmax
+from flowenedet.inference import log_odds
+from flowenedet.postprocess import postprocess_maps, resize, upsampled_argmax
 from flowenedet.scoring import Scorer
 
 
@@ -113,6 +120,53 @@ def measure(fn: Callable[[], object], device: torch.device) -> tuple[float, floa
     return seconds, max(peak[0], _rss_bytes()) - base
 
 
+def breakdown(det: FlowEneDet, logits, features, size, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each stage of ``det.score_logits`` (``Scorer.logits``),
+    timed on its own and interleaved with the others, ``repeats`` times."""
+    cfg, stats = det.config, det.stats
+    opts, scale = cfg.scoring, stats.ood_scale
+    aligned, pooled = det._align(logits, features)
+    inputs = flow_inputs(aligned, stats.mean, stats.var, cfg.flow.inputs)
+    odds = log_odds(det.flow, inputs, pooled, opts.chunk_pixels, None, det._cache)
+
+    def blends() -> list[torch.Tensor]:
+        standardized = (odds - scale[0]) / scale[1]
+        energy = (energy_of_inputs(inputs) - scale[2]) / scale[3]
+        weights = (opts.ood_energy_weight, opts.concurrent_energy_weight)
+        return [torch.sigmoid(odds), *(torch.sigmoid(standardized + w * energy) for w in weights)]
+
+    raw = blends()
+    stride = 1.0 if opts.postprocess == "logit-pixels" else cfg.fitted.stride
+    low_pred = aligned.argmax(1)
+    maps = postprocess_maps(*raw, pred=low_pred, config=opts, stride=stride)
+    stages = {
+        "score_logits (all)": lambda: det.score_logits(logits, features, size=size),
+        "align and check": lambda: det._align(logits, features),
+        "flow inputs": lambda: flow_inputs(aligned, stats.mean, stats.var, cfg.flow.inputs),
+        "flow (fused)": lambda: log_odds(
+            det.flow, inputs, pooled, opts.chunk_pixels, None, det._cache
+        ),
+        "energy blends": blends,
+        "post-processing": lambda: postprocess_maps(
+            *raw, pred=low_pred, config=opts, stride=stride
+        ),
+        "logit argmax (boundary suppression only)": lambda: aligned.argmax(1),
+        "finiteness check": lambda: all(torch.isfinite(m).all() for m in maps),
+        "three resizes": lambda: [resize(m, size).clamp_(0, 1) for m in maps],
+        "prediction (upsampled argmax)": lambda: upsampled_argmax(aligned, size),
+    }
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    with torch.no_grad():
+        for stage in stages.values():  # warm-up
+            stage()
+        for _ in range(repeats):
+            for name, stage in stages.items():
+                start = time.perf_counter()
+                stage()
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
@@ -125,6 +179,11 @@ def main() -> None:
         action="store_true",
         help="also time score_logits with the nflows flow instead of the fused scoring path, "
         "interleaved with the rest (component_time_ratio_nflows)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each stage of score_logits on its own, interleaved (breakdown_ms)",
     )
     parser.add_argument(
         "--segmenter",
@@ -224,7 +283,14 @@ def main() -> None:
         "param_ratio": det_params / seg_params,
         "torch_threads": torch.get_num_threads(),
     }
+    if args.breakdown:
+        result["breakdown_ms"] = breakdown(det, logits, features, (h, w), 4 * args.repeats)
     for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"{key:>24}:")
+            for name, ms in value.items():
+                print(f"{name:>44}: {ms:8.2f}")
+            continue
         print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -124,7 +124,8 @@ class InvertibleConv1x1(Transform):
         """``W`` ``(D, D)``."""
         eye = torch.eye(self.sign.numel(), dtype=self.lower.dtype, device=self.lower.device)
         lower = self.lower.tril(-1) + eye
-        upper = self.upper.triu(1) + torch.diag(self.sign * self.log_diag.exp())
+        # eye * v, not torch.diag(v): the same matrix, and an ONNX graph can hold it
+        upper = self.upper.triu(1) + eye * (self.sign * self.log_diag.exp())
         return self.permutation @ lower @ upper
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -20,14 +20,7 @@ from . import config as presets
 from . import storage
 from .calibration import DEFAULT_BINS, Calibration, calibrate_maps
 from .checks import check_device, check_images, check_size, unpack_batch
-from .config import (
-    DetectorConfig,
-    FitOptions,
-    ScoringOptions,
-    Spec,
-    check_field,
-    merge_fit_options,
-)
+from .config import DetectorConfig, FitOptions, ScoringOptions, Spec, check_field, merge_fit_options
 from .fit_data import LoaderSource, Shapes, TensorSource
 from .fitting import build_flow, fit_detector
 from .hooks import SegmenterTap, segmenter_device
@@ -301,8 +294,7 @@ class FlowEneDet:
         ``("fpr", r)`` or ``("tpr", r)`` (:data:`flowenedet.thresholds.Target`); each
         map's positives follow the benchmark (:mod:`flowenedet.calibration`): the ``ood``
         and ``concurrent`` maps need OOD-labelled pixels. :meth:`save` stores the
-        thresholds; :meth:`Scores.masks` and :meth:`Scores.open_set_prediction` use them.
-        """
+        thresholds; :meth:`Scores.masks` and :meth:`Scores.open_set_prediction` use them."""
         self._scorer()  # fitted
         batches = progress_bar(map(unpack_batch, loader), desc="calibrating", progress=progress)
         self.calibration = calibrate_maps(
@@ -339,6 +331,27 @@ class FlowEneDet:
         if self.stats is not None:
             self.stats = Stats(**{k: t.to(device) for k, t in vars(self.stats).items()})
         return self
+
+    def export(
+        self,
+        path: str | Path,
+        *,
+        format: str = "onnx",
+        image_size: Sequence[int],
+        maps: Sequence[str] = MAPS,
+        dynamic: bool = True,
+        **options: Any,
+    ) -> Path:
+        """Write the segmenter and this detector as one ONNX or TorchScript graph: images
+        ``(B, 3, H, W)`` -> ``pred``, the ``maps`` and, when calibrated, ``<map>_mask``,
+        each ``(B, H, W)`` and equal to :meth:`score`'s; ``options`` and errors as
+        :func:`flowenedet.export.export_detector`'s. Needs the ``export`` extra."""
+        from .export import export_detector  # torch.onnx and onnx only when exporting
+
+        self._scorer()  # fitted
+        return export_detector(
+            self, path, format=format, image_size=image_size, maps=maps, dynamic=dynamic, **options
+        )
 
     # ------------------------------------------------------------------ storage
     def save(self, path: str | Path) -> Path:

@@ -138,9 +138,13 @@ def rich_inputs(logits: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     top, top_class = top2[:, :1], top_class[:, :1]
     std = var.to(logits.device, torch.float32).clamp_min(MIN_VARIANCE).sqrt()
     standardized_max = (top - mean.to(logits.device, torch.float32)[top_class]) / std[top_class]
-    log_partition = torch.logsumexp(logits, dim=1, keepdim=True)
+    # log Z and the softmax from one exp pass, shifted by the max logit (``top``): the
+    # stable logsumexp and softmax, without recomputing the max or the exponentials
+    exp = (logits - top).exp_()
+    total = exp.sum(dim=1, keepdim=True)
+    log_partition = top + total.log()
     # entropy = -sum_k p_k log p_k = log Z - sum_k p_k l_k
-    entropy = log_partition - (logits.softmax(dim=1) * logits).sum(dim=1, keepdim=True)
+    entropy = log_partition - exp.mul_(logits).sum(dim=1, keepdim=True) / total
     log_max_prob = top - log_partition
     margin = top - top2[:, 1:]
     return torch.cat([pair, standardized_max, entropy, log_max_prob, margin], dim=1)

@@ -76,7 +76,9 @@ class HitMissMixture(Distribution):
 
     def precision_cholesky(self) -> Tensor:
         """Lower-triangular ``L`` ``(2, D, D)`` with ``Sigma_m^-1 = L_m L_m^T``."""
-        return torch.tril(self.off_diag, diagonal=-1) + torch.diag_embed(self.log_diag.exp())
+        # eye * d, not torch.diag_embed(d): the same matrix, and an ONNX graph can hold it
+        eye = torch.eye(self.features, dtype=self.log_diag.dtype, device=self.log_diag.device)
+        return torch.tril(self.off_diag, diagonal=-1) + eye * self.log_diag.exp()[:, None, :]
 
     def component_log_prob(self, inputs: Tensor) -> Tensor:
         """``log N(u; mu_m, Sigma_m)`` for ``inputs`` ``(N, D)``, shape ``(N, 2)``."""

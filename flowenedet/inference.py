@@ -45,6 +45,7 @@ __all__ = [
     "ScoringCache",
     "check_autocast",
     "fold",
+    "folded_log_odds",
     "log_odds",
     "sampled_log_odds",
     "scoring_flow",
@@ -349,18 +350,27 @@ def sampled_log_odds(
         log_probs = flow.sampled_component_log_prob(inputs, features, picked)
         return log_probs[:, MISS] - log_probs[:, HIT]
     folded = fold(flow, torch.float32)  # the gradient's rounding, not the scores'
-    w = folded.tensors
     context = F.gelu(flow.context_encoder.hidden_at(inputs, features, picked)).T  # (C, N)
-    # every block's context term in one product; split (not sliced) for a cheap backward
-    context_terms = torch.mm(w["context_weight"], context).split(folded.hidden)
     z = inputs.permute(1, 0, 2, 3).flatten(1)[:, picked]  # (D, N)
-    ones = z.new_ones(1, z.shape[1])
-    state = torch.cat([z, ones])
+    return folded_log_odds(folded, context, z)
+
+
+def folded_log_odds(folded: Folded, context: Tensor, z: Tensor) -> Tensor:
+    """``log p(z | miss) - log p(z | hit)`` ``(..., N)`` of pixel columns from a flow's
+    :func:`fold`: the context ``(..., C, N)`` (after its activation) and the inputs
+    ``(..., D, N)``, with any leading dims (none for the fit's sampled pixels, the batch for
+    a whole map, as :mod:`flowenedet.export` evaluates it). No loop over pixels and no
+    in-place update: differentiable, and traceable to one graph."""
+    w = folded.tensors
+    # every block's context term in one product; split (not sliced) for a cheap backward
+    context_terms = torch.matmul(w["context_weight"], context).split(folded.hidden, dim=-2)
+    ones = torch.ones_like(z[..., :1, :])
+    state = torch.cat([z, ones], -2)
     for k, (identity, transformed) in enumerate(folded.splits):
-        pre = context_terms[k] + torch.mm(w[f"input_{k}"], state)
-        shift, raw_scale = torch.mm(w[f"out_{k}"], F.gelu(pre)).split(transformed)
+        pre = context_terms[k] + torch.matmul(w[f"input_{k}"], state)
+        shift, raw_scale = torch.matmul(w[f"out_{k}"], F.gelu(pre)).split(transformed, dim=-2)
         scale = torch.sigmoid(raw_scale + w[f"scale_bias_{k}"]) + SCALE_FLOOR
-        kept, changed = torch.mm(w[f"affine_{k}"], state).split((identity, transformed))
-        state = torch.cat([kept, changed * scale + shift, ones])
-    projected = torch.mm(w["base"], state)  # (2 D, N)
-    return torch.addmm(w["base_constant"], w["base_sign"], projected.square())[0]
+        kept, changed = torch.matmul(w[f"affine_{k}"], state).split((identity, transformed), -2)
+        state = torch.cat([kept, changed * scale + shift, ones], -2)
+    projected = torch.matmul(w["base"], state)  # (..., 2 D, N)
+    return (torch.matmul(w["base_sign"], projected.square()) + w["base_constant"]).squeeze(-2)

@@ -6,7 +6,7 @@ All functions take and return score maps of shape ``(B, h, w)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,10 +99,17 @@ def convert_boundary(width: int, iterations: int, stride: float) -> tuple[int, i
 
 
 def postprocess_maps(
-    idm: Tensor, ood: Tensor, concurrent: Tensor, *, pred: Tensor, config: Any, stride: float
+    idm: Tensor,
+    ood: Tensor,
+    concurrent: Tensor,
+    *,
+    pred: Tensor | Callable[[], Tensor],
+    config: Any,
+    stride: float,
 ) -> list[Tensor]:
     """The detector's smoothing and boundary suppression of its three raw maps ``(B, h, w)``
-    (``pred`` at the same resolution), with ``config``'s sizes (a
+    (``pred`` at the same resolution, or a function giving it, called only when boundary
+    suppression runs), with ``config``'s sizes (a
     :class:`~flowenedet.config.ScoringOptions`) divided by ``stride``: ``idm`` and
     ``concurrent`` get the plain Gaussian, ``ood`` boundary suppression, then the dilated
     Gaussian (keeping peaks with ``ood_keep_peaks``)."""
@@ -113,7 +120,8 @@ def postprocess_maps(
     if stride != 1.0:
         ood_smooth = ood_smooth.at_stride(stride)
     width, iterations = convert_boundary(cfg.boundary_width, cfg.boundary_iterations, stride)
-    ood = suppress_boundaries(ood, pred, width, iterations)
+    if width > 0 and iterations > 0:  # else it leaves the map as it is: no prediction needed
+        ood = suppress_boundaries(ood, pred() if callable(pred) else pred, width, iterations)
     smoothed = ood_smooth.apply(ood)
     ood = torch.maximum(ood, smoothed) if cfg.ood_keep_peaks else smoothed
     return [smooth.apply(idm), ood, smooth.apply(concurrent)]

@@ -177,6 +177,9 @@ def test_docs_block_runs(block, prelude, tmp_path, monkeypatch):
     from flowenedet import config
 
     names, saved_det = prelude
+    if "flowenedet.export" in block.code or ".export(" in block.code:  # docs/deploy.md
+        for module in ("onnx", "onnxruntime"):
+            pytest.importorskip(module, reason=f"{block.name} needs the export extra")
     monkeypatch.setitem(config.PRESETS, "default", SHORT_FIT)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "det.safetensors").write_bytes(saved_det)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from . import calibrate, evaluate, fit, score
+from . import calibrate, evaluate, export, fit, score
 from .bench import BENCH_COMMAND, DEMO_COMMAND
 from .options import Command, non_negative_int, positive_int
 
@@ -17,6 +17,7 @@ COMMANDS: dict[str, Command] = {
     "score": score.COMMAND,
     "calibrate": calibrate.COMMAND,
     "evaluate": evaluate.COMMAND,
+    "export": export.COMMAND,
     "demo": DEMO_COMMAND,
     "bench": BENCH_COMMAND,
 }

@@ -176,6 +176,12 @@ def _batches(paths: Sequence[Path], args: argparse.Namespace, pin: bool) -> Iter
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Write IDM / OOD heat maps, overlays, float16 arrays and reject masks for images."""
+    if args.onnx:  # an exported graph in onnxruntime instead of the PyTorch detector
+        from .serve import score_onnx
+
+        return score_onnx(args)
+    if args.detector is None:
+        raise CLIError("give the detector with --detector FILE (or an export with --onnx FILE)")
     require_file(args.detector, "--detector")
     require_output_dir(args.out, "--out")
     items = _input_images(args.inputs, args.recursive)
@@ -279,6 +285,14 @@ SCORE_OPTIONS: list[Option] = [
         {"action": "store_true", "help": "also write reject masks at the calibrated thresholds"},
     ),
     ("--recursive", {"action": "store_true", "help": "look for images in subfolders too"}),
+    (
+        "--onnx",
+        {
+            "metavar": "FILE",
+            "help": "score with an exported ONNX detector in onnxruntime instead of "
+            "--detector and the segmenter (flowenedet export)",
+        },
+    ),
     ("--overwrite", {"action": "store_true", "help": "rescore images whose outputs all exist"}),
     (
         "--batch-size",
@@ -304,7 +318,8 @@ COMMAND = Command(
     cmd_score,
     [
         ("segmenter", MODEL_OPTIONS),
-        ("scoring", DETECTOR_OPTIONS),
+        # --detector, or --onnx instead
+        ("scoring", [(f, {**kw, "required": False}) for f, kw in DETECTOR_OPTIONS]),
         ("output", SCORE_OPTIONS),
     ],
     """Example:
@@ -318,6 +333,8 @@ writes, for every image NAME (street, and each image of more_images/ by its stem
   --masks:      NAME_idm_mask.png, NAME_ood_mask.png, NAME_concurrent_mask.png (8-bit,
                 255 = rejected) for each map the detector is calibrated for
 (default --format png npy). Batches hold images of one size; images whose outputs all
-exist are skipped, so a rerun continues an interrupted one (--overwrite rescores).""",
+exist are skipped, so a rerun continues an interrupted one (--overwrite rescores).
+  flowenedet score --onnx deeplab_fed.onnx street.png --out maps/
+writes the same files with a graph of flowenedet export, in onnxruntime.""",
     {},
 )
