@@ -5,7 +5,8 @@ budget of 1000 optimizer steps unless ``--steps``) on a ``DataLoader`` of the tr
 scenes, as a user fits:
 
 * ``digits``: the shipped digits reference (stride 4) on ``--scenes`` 96 x 96 scenes;
-* ``street``: the shipped street reference on 256 x 512 scenes;
+* ``street``: the shipped street reference (stride 4) on 256 x 512 scenes; ``street-s8``
+  the stride-8 one, which earlier releases shipped as the street reference;
 * ``resnet50``: a ResNet-50 FPN (random weights, 19 classes, stride 4, timm) on random
   512 x 1024 images.
 
@@ -44,8 +45,8 @@ except ImportError:
     from flowenedet.data import street
 
 STAGES = ("data", "segmenter", "targets", "sampling", "flow", "backward", "optimizer")
-WORLD_SIZES = {"digits": (300, 80, 16), "street": (100, 24, 4)}
-"""world: (training scenes, validation scenes, batch size) of the workload."""
+WORLD_SIZES = {"digits": (300, 80, 16), "street": (100, 24, 4), "street-s8": (100, 24, 4)}
+"""workload: (training scenes, validation scenes, batch size)."""
 
 
 class ResNetFPN(nn.Module):
@@ -101,7 +102,7 @@ def flow_macs_per_pixel(det: FlowEneDet) -> float:
 
 
 def loader_of(world: str, scenes: int, batch: int, seed: int):
-    module = digits if world == "digits" else street
+    module = digits if world == "digits" else street  # street-s8: the street world
     data = module.make_scenes("train", scenes, seed=seed)
     return torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False), module
 
@@ -112,6 +113,11 @@ def segmenter_of(name: str) -> nn.Module:
         return ResNetFPN().eval()
     from flowenedet.zoo import load_reference_segmenter
 
+    if name == "street-s8":
+        try:
+            return load_reference_segmenter(name=name)
+        except TypeError:  # releases whose street reference was the stride-8 one
+            return load_reference_segmenter(world="street")
     return load_reference_segmenter(world=name)
 
 
@@ -141,7 +147,7 @@ def validation(det: FlowEneDet, world: str, seed: int) -> dict[str, dict]:
     from flowenedet.evaluation.metrics import PixelEvaluator
 
     module = digits if world == "digits" else street
-    _, scenes, batch = WORLD_SIZES[world]
+    _, scenes, batch = WORLD_SIZES[world]  # street-s8: the street world's scenes
     corruptions = ("snow", "fog", "frost", "motion_blur", "gaussian_noise", "brightness")
     corruptions += ("contrast", "jpeg_compression")
     out = {}
@@ -170,7 +176,7 @@ def main() -> None:
         "--workload",
         nargs="+",
         default=["digits", "street", "resnet50"],
-        choices=("digits", "street", "resnet50"),
+        choices=("digits", "street", "street-s8", "resnet50"),
     )
     parser.add_argument("--steps", type=int, default=None, help="default: the detector's")
     parser.add_argument("--scenes", type=int, default=None, help="training scenes")

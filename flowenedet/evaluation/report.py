@@ -48,7 +48,7 @@ QUALITY_BAR = (
     ("idm", "ap", "idm"),
     ("cdd", "ap", "concurrent"),
 )
-"""The issue's quality bar as ``(task, metric, FlowEneDet map)``: each task is scored with
+"""The quality bar as ``(task, metric, FlowEneDet map)``: each task is scored with
 the map made for it."""
 
 
@@ -61,7 +61,7 @@ def best_baseline(rows: dict[str, dict[str, Any]], task: str, metric: str) -> st
 
 
 BAR_SPLITS = ("test", "test/shifted")
-"""The splits the issue's quality bar is judged on: clean and shifted test scenes."""
+"""The splits the quality bar is judged on: clean and shifted test scenes."""
 
 
 def bar_cells(
