@@ -16,8 +16,9 @@ next to:
     python -m benchmarks.bar runs/digits runs/street runs/aerial
 
 Prints one table per world and variant, the verdict per criterion, and each run's wall
-time. Which variant the bar reads is chosen on the validation splits (``--splits val
-val/shifted``), never on test.
+time; ``--summary``: one compact table per world (FED-U / FED-C vs the best baseline, and
+in how many seeds each is ahead of every baseline). Which variant the bar reads is chosen
+on the validation splits (``--splits val val/shifted``), never on test.
 """
 
 from __future__ import annotations
@@ -101,17 +102,49 @@ def world_table(runs: list[dict], variant: str, splits: tuple[str, ...]) -> tupl
     return "\n".join(lines), failed
 
 
+def summary_table(runs: list[dict], splits: tuple[str, ...]) -> str:
+    """One Markdown row per split: each column's FED-U and FED-C mean (min-max), the best
+    baseline's, and in how many seeds each variant is ahead of every baseline."""
+    header = [f"{t.upper()} {m.upper()}" for t, m, _ in COLUMNS]
+    lines = ["| split | " + " | ".join(header) + " |", "| --- |" + " --- |" * len(COLUMNS)]
+    for split in splits:
+        cells = []
+        for task, metric, fed_map in COLUMNS:
+            values: dict[str, list[float]] = {"FED-U": [], "FED-C": [], "best": []}
+            for run in runs:
+                rows = run["splits"][split]
+                baselines = [n for n in rows if not n.startswith("FED-")]
+                values["best"].append(_best(rows, baselines, task, metric)[1])
+                for variant in ("FED-U", "FED-C"):
+                    values[variant].append(rows[f"{variant} {fed_map}"][task][metric])
+            best = values["best"]
+            won = [
+                sum(_better(metric, v, b) and v != b for v, b in zip(values[k], best, strict=True))
+                for k in ("FED-U", "FED-C")
+            ]
+            cells.append(
+                f"{_spread(values['FED-U'])} / {_spread(values['FED-C'])} vs "
+                f"{_spread(values['best'])}; {won[0]}/{len(runs)}, {won[1]}/{len(runs)}"
+            )
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("worlds", type=Path, nargs="+", help="world folders of demo / bench runs")
     parser.add_argument("--splits", nargs="+", default=["test", "test/shifted"])
     parser.add_argument("--variants", nargs="+", default=["FED-U", "FED-C"])
     parser.add_argument("--results", default="results.json", help="or a benchmarks.rules file")
+    parser.add_argument("--summary", action="store_true", help="one compact table per world")
     args = parser.parse_args()
     for world in args.worlds:
         runs = seed_results(world, args.results)
         seconds = ", ".join(f"{run['seconds']:.0f} s" for run in runs)
         print(f"\n## {runs[0]['world']} ({len(runs)} seeds; wall time per seed: {seconds})")
+        if args.summary:
+            print(f"\n{summary_table(runs, tuple(args.splits))}")
+            continue
         for variant in args.variants:
             table, failed = world_table(runs, variant, tuple(args.splits))
             verdict = "holds" if not failed else f"fails {len(failed)} criteria"
