@@ -358,7 +358,6 @@ def test_an_augmenting_loader_is_read_afresh_every_pass(segmenter, train_loader,
             FlippingLoader(train_loader[:2]), steps=6, shifted_copies=0, progress=False
         )
     assert "gives other data on another pass" in caplog.text
-    # statistics, every step (the first twice: it initialises ActNorm), the OOD scale
     # statistics, every step (the first twice: it initialises ActNorm), the pass that
     # chooses the rules
     assert counted.calls == 2 + 6 + 1 + 2
