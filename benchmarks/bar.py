@@ -40,10 +40,11 @@ INPUTS = ("MSP", "MaxLogit", "Energy", "Entropy")
 MUST_WIN = {("idm", "ap"), ("cdd", "ap")}
 
 
-def seed_results(world: Path, name: str = "results.json") -> list[dict]:
-    """The results ``name`` of each finished seed of a world's run folder, in seed order."""
+def seed_results(world: Path) -> list[dict]:
+    """``results.json`` of each finished seed of a world's run folder, in seed order."""
     folders = sorted(world.glob("seed-*"), key=lambda p: int(p.name.split("-")[1])) or [world]
-    return [json.loads((f / name).read_text()) for f in folders if (f / name).exists()]
+    files = [f / "results.json" for f in folders]
+    return [json.loads(f.read_text()) for f in files if f.exists()]
 
 
 def _better(metric: str, a: float, b: float) -> bool:
@@ -135,11 +136,10 @@ def main() -> None:
     parser.add_argument("worlds", type=Path, nargs="+", help="world folders of demo / bench runs")
     parser.add_argument("--splits", nargs="+", default=["test", "test/shifted"])
     parser.add_argument("--variants", nargs="+", default=["FED-U", "FED-C"])
-    parser.add_argument("--results", default="results.json", help="or a benchmarks.rules file")
     parser.add_argument("--summary", action="store_true", help="one compact table per world")
     args = parser.parse_args()
     for world in args.worlds:
-        runs = seed_results(world, args.results)
+        runs = seed_results(world)
         seconds = ", ".join(f"{run['seconds']:.0f} s" for run in runs)
         print(f"\n## {runs[0]['world']} ({len(runs)} seeds; wall time per seed: {seconds})")
         if args.summary:

@@ -1,22 +1,17 @@
-"""Quality of other scoring rules for detectors a run already fitted (no refit).
+"""Validation quality of other scoring rules for detectors a run already fitted (no refit).
 
 Reads the detectors that ``flowenedet demo`` / ``bench`` saved (``DIR/<world>/seed-K/
 fed-u.safetensors``, ``fed-c.safetensors``, with the run's sizes in ``results.json``),
-regenerates that run's validation splits (clean and shifted), and scores each detector
-with its own rules and with each ``--ood`` / ``--idm`` / ``--concurrent`` rule in place
-of the map's (:meth:`FlowEneDet.with_options`), next to the best baseline of each
-column. A map's rule changes nothing in the fit, so these rows are what a refit with that
-rule as the default would score.
+regenerates that run's validation splits (clean and shifted; never test), and scores
+each detector with its own rules and with each ``--ood`` / ``--idm`` / ``--concurrent``
+rule in place of the map's (:meth:`FlowEneDet.with_options`), next to the best
+baseline of each column. A map's rule changes nothing in the fit, so these rows are what
+a refit with that rule as the default would score.
 
     flowenedet demo --world street --seeds 3 --out runs/
     python -m benchmarks.rules runs/street --ood "flow + 1.5 energy" "flow + 1.5 sml" sml
 
 Prints one table per seed and split: OOD AP, OOD FPR95, IDM AP, CDD AP.
-
-``--write NAME`` (one rule per map given): each seed's FED-U and FED-C with those rules,
-every baseline but MC dropout, on the ``--splits`` (``test`` only once the rule was chosen
-on validation), written as ``seed-K/NAME`` in ``results.json``'s layout, for
-``python -m benchmarks.bar DIR --results NAME``.
 """
 
 from __future__ import annotations
@@ -55,11 +50,7 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a world's folder of a demo / bench run")
     for name in MAP_OPTIONS:
         parser.add_argument(f"--{name}", nargs="*", default=[], metavar="RULE")
-    parser.add_argument("--splits", nargs="+", default=["val"], choices=["val", "test"])
-    parser.add_argument("--write", metavar="NAME", help="write the rescored run (see above)")
     args = parser.parse_args()
-    if args.write and any(len(getattr(args, m)) > 1 for m in MAP_OPTIONS):
-        parser.error("--write takes one rule per map")
     for folder in run_folders(args.run):
         cfg = run_config(folder)
         torch.manual_seed(cfg.seed)
@@ -68,29 +59,20 @@ def main() -> None:
         for variant in "UC":
             det = FlowEneDet.load(folder / f"fed-{variant.lower()}.safetensors", segmenter)
             own = {k: getattr(det.config.scoring, k) for k in MAP_OPTIONS.values()}
-            print(f"{folder}: FED-{variant} rules {own}", flush=True)
-            if args.write:  # the run's names, the given rules
-                rules = {o: getattr(args, m)[0] for m, o in MAP_OPTIONS.items() if getattr(args, m)}
-                detectors[f"FED-{variant}"] = det.with_options(**rules)
-                continue
             detectors[f"FED-{variant}"] = det
+            print(f"{folder}: FED-{variant} rules {own}", flush=True)
             for map_name, option in MAP_OPTIONS.items():
                 for rule in getattr(args, map_name):
                     name = f"FED-{variant}, {map_name} {rule}"
                     detectors[name] = det.with_options(**{option: rule})
         methods = make_baselines(segmenter, detectors["FED-C"], cfg)
         methods.pop("MC dropout")  # left out for time, as in the other studies
-        results = json.loads((folder / "results.json").read_text()) | {"splits": {}}
-        for split_name in args.splits:
-            for corruption, severity in ((None, 0), shifted_split(cfg)):
-                num = cfg.val_scenes if split_name == "val" else cfg.test_scenes
-                split = load_split(segmenter, split_name, num, cfg, corruption, severity)
-                score_split(split, detectors, methods, cfg)
-                rows, _ = evaluate_split(split, segmenter.num_classes)
-                results["splits"][split.name] = rows
-                print_table(f"{cfg.world}, {split.name}, seed {cfg.seed}", detectors, methods, rows)
-        if args.write:
-            (folder / args.write).write_text(json.dumps(results, indent=1))
+        for corruption, severity in ((None, 0), shifted_split(cfg)):
+            split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
+            score_split(split, detectors, methods, cfg)
+            rows, _ = evaluate_split(split, segmenter.num_classes)
+            title = f"{cfg.world}, {split.name}, seed {cfg.seed}"
+            print_table(title, detectors, methods, rows)
 
 
 if __name__ == "__main__":
