@@ -38,3 +38,12 @@ def fitted(segmenter, train_loader):
         )
         for variant in "UC"
     }
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tensors here are tiny: extra threads only add contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -57,13 +57,7 @@ def _write_folder(root: Path, images: torch.Tensor, labels: torch.Tensor) -> tup
     return root / "images", root / "labels"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tensors here are tiny: extra threads only add contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ MASK_MARGIN = 1e-5  # masks may differ only this close to a threshold
 SIZE = (64, 96)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fitted(world: str, **settings) -> FlowEneDet:

@@ -13,18 +13,15 @@ from flowenedet import FlowEneDet
 from flowenedet.export import ExportError, OnnxDetector
 from flowenedet.zoo import DigitSegmenter
 
+from .toy import tiny_segformer
+
 pytest.importorskip("onnx", reason="ONNX export needs the export extra (onnx)")
 pytest.importorskip("onnxruntime", reason="running ONNX needs the export extra (onnxruntime)")
 
 K = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fitted(model: nn.Module, size: int = 64) -> FlowEneDet:
@@ -87,22 +84,8 @@ def test_timm_backbone_with_a_head(backbone, tmp_path):
 
 def test_transformers_segformer(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=K,
-    )
     torch.manual_seed(0)
-    exports_and_scores(
-        fitted(transformers.SegformerForSemanticSegmentation(config)), tmp_path / "m.onnx"
-    )
+    exports_and_scores(fitted(tiny_segformer(transformers, K)), tmp_path / "m.onnx")
 
 
 class _VitSegmenter(nn.Module):

@@ -17,7 +17,7 @@ from flowenedet import FlowEneDet, io
 from flowenedet.hooks import MaskClassificationLogits, logits_of
 from flowenedet.storage import segmenter_fingerprint
 
-from .toy import NUM_CLASSES, make_scenes
+from .toy import NUM_CLASSES, make_scenes, tiny_segformer
 
 K = 3
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -49,20 +49,8 @@ def test_torchvision_lraspp_gets_its_high_resolution_classifier_input():
 
 def test_transformers_segformer():
     transformers = pytest.importorskip("transformers")
-    config = transformers.SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        num_attention_heads=[1, 1],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=K,
-    )
     torch.manual_seed(0)
-    model = transformers.SegformerForSemanticSegmentation(config).eval()
+    model = tiny_segformer(transformers, K)
     det = fit_and_score(model)
     assert det.config.fitted.feature_layer == "decode_head.classifier:input"
 

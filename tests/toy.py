@@ -72,3 +72,20 @@ def train_toy_segmenter(seed: int = 0, steps: int = 60) -> ToySegmenter:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def tiny_segformer(transformers, num_labels: int):
+    """A two-stage SegFormer of a few thousand parameters (random weights), in eval mode."""
+    config = transformers.SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        num_attention_heads=[1, 1],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=num_labels,
+    )
+    return transformers.SegformerForSemanticSegmentation(config).eval()
