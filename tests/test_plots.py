@@ -62,10 +62,10 @@ def test_maps_are_coloured_by_their_rank_within_the_image():
 
 
 def test_score_heat_maps_show_the_object_not_the_bright_background():
-    from flowenedet.cli.score import _colormap
+    from flowenedet.cli.outputs import colormap
 
     ood = np.random.default_rng(1).uniform(0.85, 0.93, size=(32, 32))
     ood[10:14, 10:14] = 0.95
-    picture = _colormap("inferno")(ood).astype(np.float64).mean(-1)
+    picture = colormap("inferno")(ood).astype(np.float64).mean(-1)
     object_brightness, background = picture[10:14, 10:14].mean(), np.median(picture)
     assert object_brightness > background + 80  # of 255

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flowenedet import FlowEneDet, progress
-from flowenedet.cli.score import overlay_opacity
+from flowenedet.cli.outputs import overlay_opacity
 
 from .toy import make_scenes
 

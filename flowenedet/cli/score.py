@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .. import io
 from ..data.files import load_image
 from ..detector import MAPS
 from ..progress import progress_bar
@@ -37,89 +34,10 @@ from .options import (
     number_in,
     positive_int,
 )
+from .outputs import colormap, input_images, pending, size_batches, write_outputs, write_png
 from .segmenter import load_detector, load_segmenter, select_device
 
-__all__ = ["IMAGE_EXTENSIONS", "cmd_score", "output_files", "overlay_opacity"]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def _input_images(inputs: Sequence[str], recursive: bool) -> list[tuple[str, Path]]:
-    """``(name, path)`` of every image file given or found in a given folder."""
-    items: list[tuple[str, Path]] = []
-    for given in map(Path, inputs):
-        if given.is_dir():
-            found = sorted(given.glob("**/*" if recursive else "*"))
-            found = [p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-            if not found:
-                raise CLIError(
-                    f"input folder {given} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-                )
-            items += [(p.relative_to(given).with_suffix("").as_posix(), p) for p in found]
-        elif given.is_file():
-            items.append((given.stem, given))
-        else:
-            raise CLIError(f"input {given}: no such file or folder")
-    names = [name for name, _ in items]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise CLIError(
-            f"several inputs are named {clashes}; their outputs would overwrite each other"
-        )
-    return items
-
-
-def _colormap(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """Scores ``(H, W)`` -> uint8 RGB ``(H, W, 3)``: each score's percentile within the
-    image (:func:`flowenedet.evaluation.plots.percentile_scale`) through the matplotlib
-    colormap, so an image's highest-ranked pixels are the brightest whatever its range."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise CLIError(
-            "PNG heat maps need matplotlib (pip install flowenedet[bench]) or --format npy"
-        ) from None
-    try:
-        cmap = matplotlib.colormaps[name]
-    except KeyError:
-        raise CLIError(f"--colormap {name!r} is not a matplotlib colormap") from None
-    from ..evaluation.plots import percentile_scale
-
-    return lambda scores: (cmap(percentile_scale(scores))[..., :3] * 255).round().astype(np.uint8)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    io.atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array.astype(np.float16))
-
-    io.atomic_write(path, write)
-
-
-def output_files(name: str, formats: Sequence[str], masks: Sequence[str]) -> list[str]:
-    """File names ``score`` writes for the image ``name``: heat maps and the overlay (png),
-    float16 maps (npy), reject masks of the calibrated ``masks`` maps."""
-    files = []
-    if "png" in formats:
-        files += [f"{name}_{kind}.png" for kind in (*MAPS, "overlay")]
-    if "npy" in formats:
-        files += [f"{name}_{kind}.npy" for kind in MAPS]
-    return files + [f"{name}_{kind}_mask.png" for kind in masks]
-
-
-def overlay_opacity(ood: np.ndarray, threshold: float | None, percentile: float) -> np.ndarray:
-    """Opacity ``(H, W)``, 0 or 1, of the ood tint: 1 where the map is above the calibrated
-    ``threshold`` (the pixels ``--masks`` rejects), else above the image's
-    ``percentile``-th percentile of the map; so a normal image stays untinted (with a
-    threshold) or is tinted only at its few highest scores (without one), and what is
-    tinted is tinted at full ``--alpha``, not faintly."""
-    ood = np.clip(ood, 0.0, 1.0)
-    low = threshold if threshold is not None else float(np.percentile(ood, percentile))
-    return (ood > low).astype(np.float64)
+__all__ = ["cmd_score"]
 
 
 class _ImageFiles(Dataset):
@@ -140,33 +58,13 @@ class _ImageFiles(Dataset):
         return index, torch.from_numpy(rgb.copy()), None
 
 
-def _size_batches(paths: Sequence[Path], batch_size: int) -> list[list[int]]:
-    """Indices in batches of one image size each (sizes from the file headers, in the
-    order they first occur); an unreadable header gets a batch of its own."""
-    if batch_size == 1:
-        return [[i] for i in range(len(paths))]
-    groups: dict[Any, list[int]] = {}
-    for index, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                size: Any = image.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-            size = ("unreadable", index)
-        groups.setdefault(size, []).append(index)
-    return [
-        group[start : start + batch_size]
-        for group in groups.values()
-        for start in range(0, len(group), batch_size)
-    ]
-
-
 def _batches(paths: Sequence[Path], args: argparse.Namespace, pin: bool) -> Iterator[list]:
     """Batches of ``(index, image, error)`` items, read by ``--workers`` processes."""
     if not paths:  # everything was scored already
         return
     loader = DataLoader(
         _ImageFiles(paths),
-        batch_sampler=_size_batches(paths, args.batch_size),
+        batch_sampler=size_batches(paths, args.batch_size),
         num_workers=args.workers,
         collate_fn=list,
         pin_memory=pin,
@@ -184,8 +82,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise CLIError("give the detector with --detector FILE (or an export with --onnx FILE)")
     require_file(args.detector, "--detector")
     require_output_dir(args.out, "--out")
-    items = _input_images(args.inputs, args.recursive)
-    heat = _colormap(args.colormap) if "png" in args.format else None
+    items = input_images(args.inputs, args.recursive)
+    heat = colormap(args.colormap) if "png" in args.format else None
     device = select_device(args.device)
     detector = load_detector(args, load_segmenter(args, device))
     thresholds = dict(detector.calibration.thresholds) if detector.calibration else {}
@@ -196,13 +94,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         )
     masks = tuple(thresholds) if args.masks else ()
     out = Path(args.out)
-    if not args.overwrite:
-        files = [output_files(name, args.format, masks) for name, _ in items]
-        done = [all((out / f).exists() for f in names) for names in files]
-        skipped = sum(done)
-        items = [item for item, finished in zip(items, done, strict=True) if not finished]
-    else:
-        skipped = 0
+    items, skipped = pending(items, out, args.format, masks, args.overwrite)
     unreadable = 0
     for batch in _batches([path for _, path in items], args, device.type == "cuda"):
         for _, _, error in batch:  # one bad file does not stop the others
@@ -218,10 +110,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         rejected = maps.masks(masks) if masks else {}
         for row, (index, rgb, _) in enumerate(batch):
             arrays = {kind: getattr(maps, kind)[row].float().cpu().numpy() for kind in MAPS}
-            _write_outputs(out, items[index][0], rgb.numpy(), arrays, args, heat, thresholds)
+            write_outputs(out, items[index][0], rgb.numpy(), arrays, args, heat, thresholds)
             for kind, mask in rejected.items():
                 picture = mask[row].cpu().numpy().astype(np.uint8) * 255
-                _write_png(out / f"{items[index][0]}_{kind}_mask.png", picture)
+                write_png(out / f"{items[index][0]}_{kind}_mask.png", picture)
     note = f"; skipped {skipped} whose outputs exist" if skipped else ""
     kinds = [*args.format, *(["masks"] if masks else [])]
     written = len(items) - unreadable
@@ -229,29 +121,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     if unreadable:
         raise CLIError(f"{unreadable} of {len(items)} image(s) could not be read (named above)", 1)
     return 0
-
-
-def _write_outputs(
-    out: Path,
-    name: str,
-    rgb: np.ndarray,
-    arrays: dict[str, np.ndarray],
-    args: argparse.Namespace,
-    heat: Callable[[np.ndarray], np.ndarray] | None,
-    thresholds: dict[str, float],
-) -> None:
-    """The float16 maps, heat maps and the overlay of one image."""
-    if "npy" in args.format:
-        for kind, scores in arrays.items():
-            _write_npy(out / f"{name}_{kind}.npy", scores)
-    if heat is not None:
-        pictures = {kind: heat(scores) for kind, scores in arrays.items()}
-        opacity = overlay_opacity(arrays["ood"], thresholds.get("ood"), args.overlay_percentile)
-        alpha = args.alpha * opacity[..., None]
-        blend = (1.0 - alpha) * rgb + alpha * pictures["ood"]
-        pictures["overlay"] = blend.round().astype(np.uint8)
-        for kind, picture in pictures.items():
-            _write_png(out / f"{name}_{kind}.png", picture)
 
 
 SCORE_OPTIONS: list[Option] = [

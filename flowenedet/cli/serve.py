@@ -3,7 +3,7 @@ onnxruntime, writing what ``flowenedet score`` writes with the PyTorch detector.
 
 The per-image path is PIL, numpy and onnxruntime (:class:`flowenedet.export.OnnxDetector`):
 no segmenter is built and no torch operation runs. The file names, heat maps, overlays,
-float16 arrays and masks come from the writers of :mod:`flowenedet.cli.score`.
+float16 arrays and masks come from the writers of :mod:`flowenedet.cli.outputs`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..export.runtime import rgb_batch
 from ..progress import progress_bar
 from ..scores import MAPS
 from .errors import CLIError, require_file, require_output_dir
-from .score import _colormap, _input_images, _size_batches, _write_outputs, _write_png, output_files
+from .outputs import colormap, input_images, pending, size_batches, write_outputs, write_png
 
 __all__ = ["score_onnx"]
 
@@ -78,19 +78,12 @@ def score_onnx(args: argparse.Namespace) -> int:
             "thresholds: calibrate it, then export again"
         )
     masks = tuple(thresholds) if args.masks else ()
-    items = _input_images(args.inputs, args.recursive)
-    heat = _colormap(args.colormap) if "png" in args.format else None
+    items = input_images(args.inputs, args.recursive)
+    heat = colormap(args.colormap) if "png" in args.format else None
     out = Path(args.out)
-    skipped = 0
-    if not args.overwrite:
-        done = [
-            all((out / f).exists() for f in output_files(name, args.format, masks))
-            for name, _ in items
-        ]
-        skipped = sum(done)
-        items = [item for item, finished in zip(items, done, strict=True) if not finished]
+    items, skipped = pending(items, out, args.format, masks, args.overwrite)
     unreadable = []
-    batches = _size_batches([path for _, path in items], args.batch_size)
+    batches = size_batches([path for _, path in items], args.batch_size)
     for batch in progress_bar(batches, desc="scoring", unit="batches", progress=args.progress):
         rows = []
         for index in batch:
@@ -111,11 +104,11 @@ def score_onnx(args: argparse.Namespace) -> int:
         for row, (index, picture) in enumerate(rows):
             name = items[index][0]
             arrays = {kind: outputs[kind][row] for kind in MAPS}
-            _write_outputs(out, name, picture, arrays, args, heat, thresholds)
+            write_outputs(out, name, picture, arrays, args, heat, thresholds)
             for kind in masks:
                 mask = outputs.get(f"{kind}_mask")
                 mask = arrays[kind] > thresholds[kind] if mask is None else mask[row]
-                _write_png(out / f"{name}_{kind}_mask.png", mask.astype(np.uint8) * 255)
+                write_png(out / f"{name}_{kind}_mask.png", mask.astype(np.uint8) * 255)
     done = len(items) - len(unreadable)
     note = f"; skipped {skipped} whose outputs exist" if skipped else ""
     if unreadable:
