@@ -15,7 +15,8 @@ from flowenedet.config import DEFAULT_STEPS
 from flowenedet.detector import MAPS
 from flowenedet.evaluation.config import BenchConfig
 from flowenedet.evaluation.report import QUALITY_BAR, best_baseline
-from flowenedet.evaluation.splits import SplitData
+from flowenedet.evaluation.runner import evaluate_split, score_split
+from flowenedet.evaluation.splits import SplitData, load_split, shifted_split
 from flowenedet.evaluation.worlds import world_module
 from flowenedet.zoo import load_reference_segmenter
 
@@ -114,3 +115,15 @@ def print_table(title: str, detectors, baselines, rows) -> None:
         winner = best_baseline(baseline_rows, task, metric)
         best.append(f"{100 * rows[winner][task][metric]:.2f} {winner}")
     print("| best baseline | " + " | ".join(best) + " |", flush=True)
+
+
+def print_validation_tables(
+    segmenter: nn.Module, detectors, methods, cfg: BenchConfig, label: str
+) -> None:
+    """Score ``detectors`` and the baselines ``methods`` on ``cfg``'s clean and shifted
+    validation splits and print each split's table, titled ``"<world>, <split>, <label>"``."""
+    for corruption, severity in ((None, 0), shifted_split(cfg)):
+        split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
+        score_split(split, detectors, methods, cfg)
+        rows, _ = evaluate_split(split, segmenter.num_classes)
+        print_table(f"{cfg.world}, {split.name}, {label}", detectors, methods, rows)

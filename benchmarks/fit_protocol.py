@@ -17,10 +17,9 @@ import time
 
 import torch
 
-from benchmarks.common import print_table, study_config, training_loader
+from benchmarks.common import print_validation_tables, study_config, training_loader
 from flowenedet import FlowEneDet
-from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_split, shifted_split
+from flowenedet.evaluation.runner import make_baselines
 from flowenedet.evaluation.worlds import WORLDS
 from flowenedet.zoo import load_reference_segmenter
 
@@ -75,12 +74,8 @@ def main() -> None:
                 detectors[f"{protocol}, {name}"] = det.with_options(**change)
         methods = make_baselines(segmenter, detectors[args.protocols[0]], cfg)
         methods.pop("MC dropout")
-        for corruption, severity in ((None, 0), shifted_split(cfg)):
-            split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
-            score_split(split, detectors, methods, cfg)
-            rows, _ = evaluate_split(split, segmenter.num_classes)
-            title = f"{args.world}, {split.name}, seed {seed} ({cfg.train_scenes} train scenes)"
-            print_table(title, detectors, methods, rows)
+        label = f"seed {seed} ({cfg.train_scenes} train scenes)"
+        print_validation_tables(segmenter, detectors, methods, cfg, label)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import print_table
+from benchmarks.common import print_validation_tables
 from flowenedet import FlowEneDet
 from flowenedet.evaluation.config import BenchConfig
-from flowenedet.evaluation.runner import evaluate_split, make_baselines, score_split
-from flowenedet.evaluation.splits import load_split, shifted_split
+from flowenedet.evaluation.runner import make_baselines
 from flowenedet.zoo import load_reference_segmenter
 
 MAP_OPTIONS = {"ood": "ood_rule", "idm": "idm_rule", "concurrent": "concurrent_rule"}
@@ -67,12 +66,7 @@ def main() -> None:
                     detectors[name] = det.with_options(**{option: rule})
         methods = make_baselines(segmenter, detectors["FED-C"], cfg)
         methods.pop("MC dropout")  # left out for time, as in the other studies
-        for corruption, severity in ((None, 0), shifted_split(cfg)):
-            split = load_split(segmenter, "val", cfg.val_scenes, cfg, corruption, severity)
-            score_split(split, detectors, methods, cfg)
-            rows, _ = evaluate_split(split, segmenter.num_classes)
-            title = f"{cfg.world}, {split.name}, seed {cfg.seed}"
-            print_table(title, detectors, methods, rows)
+        print_validation_tables(segmenter, detectors, methods, cfg, f"seed {cfg.seed}")
 
 
 if __name__ == "__main__":
