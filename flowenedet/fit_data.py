@@ -342,8 +342,9 @@ class FitBatches:
     def _trains(self, key: Key) -> bool:
         index, copy, raw = key
         kept = self.kept.get((index, copy))
-        size = len(kept.held_out) if kept is not None else self.source.size(raw)
-        return not held_out_mask(self.settings.seed, index, size).all()
+        if kept is not None:
+            return not kept.held_out.all()
+        return not held_out_mask(self.settings.seed, index, self.source.size(raw)).all()
 
     def one_pass(self, number: int = 2) -> Iterator[Key]:
         """The keys of one pass, each batch followed by its shifted copies: from memory
