@@ -154,13 +154,14 @@ release), or the ``ood`` map alone, with ``idm``, ``concurrent`` and the predict
 the first scale."""
 FILE_DEFAULTS = {
     "postprocess": "logit-pixels",
+    "sigmoid_last": False,
     "ood_energy_weight": 1.5,
     "concurrent_energy_weight": 0.5,
 }
 """Settings a detector file of the flat format (before format 5) may lack because it
 predates them, with the value that reproduces how it scored: files of flowenedet before
-the ``postprocess`` setting ran it in logit pixels (today's default is another); the
-energy weights that every file of that format used became rules (:func:`from_flat`)."""
+the ``postprocess`` setting ran it in logit pixels (today's default is another), and
+every such file took the sigmoid before post-processing; the energy weights that every file of that format used became rules (:func:`from_flat`)."""
 
 
 @dataclass
@@ -218,6 +219,8 @@ class ScoringOptions(_Checked):
     postprocess: str = setting("image-pixels-at-logits", Spec(str, choices=POSTPROCESS_MODES))
     tta: bool = setting(False, Spec(bool))
     tta_maps: str = setting("all", Spec(str, choices=TTA_MAPS))
+    # the sigmoid after post-processing and resizing (False: before, files before format 5)
+    sigmoid_last: bool = setting(True, Spec(bool))
 
 
 @dataclass

@@ -32,6 +32,7 @@ from torch import Tensor
 from .checks import check_images, check_labels, check_logits, unpack_batch
 from .config import FlowSettings, Spec, check_field
 from .energy import flow_inputs
+from .rules import raw_terms
 from .flow import align_features
 from .hooks import SegmenterTap
 from .progress import StageTimer, stage
@@ -257,11 +258,13 @@ class TensorSource:
 @dataclass
 class TrainBatch:
     """What training reads of one batch, at logit resolution: the flow's ``inputs``
-    ``(B, D, h, w)``, pooled ``features`` ``(B, P, h, w)`` (FED-C) or None, ``valid``
+    ``(B, D, h, w)``, the logits' :func:`~flowenedet.rules.raw_terms` ``raw``
+    ``(B, 2, h, w)``, pooled ``features`` ``(B, P, h, w)`` (FED-C) or None, ``valid``
     ``(B, h, w)`` bool, ``miss`` ``(B, h, w)``, the share of wrong label pixels, and
     ``held_out`` ``(B,)`` bool, the images that choose the rules instead of training."""
 
     inputs: Tensor
+    raw: Tensor
     features: Tensor | None
     valid: Tensor
     miss: Tensor
@@ -269,7 +272,7 @@ class TrainBatch:
 
     def nbytes(self) -> int:
         """Bytes its tensors hold."""
-        tensors = [self.inputs, self.features, self.valid, self.miss, self.held_out]
+        tensors = [self.inputs, self.raw, self.features, self.valid, self.miss, self.held_out]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
@@ -329,7 +332,7 @@ class FitBatches:
         pending, self._pending, self._used = self._pending, {}, 0
         for key, (logits, features, valid, miss) in pending.items():
             held = held_out_mask(self.settings.seed, key[0], len(logits)).to(valid.device)
-            self._keep(key, TrainBatch(self._inputs(logits), features, valid, miss, held))
+            self._keep(key, TrainBatch(*self._inputs(logits), features, valid, miss, held))
 
     def passes(self) -> Iterator[Key]:
         """The keys of the batches that train (not every image held out), pass after
@@ -380,7 +383,7 @@ class FitBatches:
         logits, labels, features = self.source.prepare(raw, shift)
         valid, miss = self._targets(logits, labels)
         held = held_out_mask(self.settings.seed, index, len(logits)).to(valid.device)
-        batch = TrainBatch(self._inputs(logits), features, valid, miss, held)
+        batch = TrainBatch(*self._inputs(logits), features, valid, miss, held)
         if not self.changing:
             self._keep((index, copy), batch)
         return batch
@@ -390,9 +393,11 @@ class FitBatches:
             s = self.settings
             return miss_targets(logits, labels, s.ignore_index, s.void_as_miss)
 
-    def _inputs(self, logits: Tensor) -> Tensor:
+    def _inputs(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """The flow's inputs and the raw logits' terms."""
         with stage(self.timer, "targets"):
-            return flow_inputs(logits, self.mean, self.var, self.settings.inputs)
+            inputs = flow_inputs(logits, self.mean, self.var, self.settings.inputs)
+            return inputs, raw_terms(logits)
 
     def _check_repeat(self, index: int, fingerprint: str | None) -> None:
         if fingerprint is None or self.changing:

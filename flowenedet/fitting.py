@@ -325,12 +325,20 @@ def _scale_and_held_out(
     for key in batches.one_pass():
         batch = batches.batch(key)
         if scale is None:
-            terms = term_maps(batch.inputs, log_odds(flow, batch.inputs, batch.features))
+            odds = log_odds(flow, batch.inputs, batch.features)
+            terms = term_maps(batch.inputs, odds, batch.raw)
             valid = batch.valid
             scale = pooled_mean_std([terms[:, k][valid] for k in range(terms.shape[1])])
         held = batch.held_out
         if held.any():
             features = None if batch.features is None else batch.features[held]
             odds = log_odds(flow, batch.inputs[held], features)
-            held_out.add(odds, batch.inputs[held], batch.valid[held], batch.miss[held])
+            held_out.add(
+                odds,
+                batch.inputs[held],
+                batch.raw[held],
+                batch.valid[held],
+                batch.miss[held],
+                shifted=key[1] > 0,
+            )
     return scale, held_out

@@ -6,10 +6,15 @@ Terms (higher = more suspicious), read off the flow's posterior and its inputs:
   is, so that the rule ``"posterior"`` gives the posterior probability itself;
 * the others are standardised by their mean and spread over the fit data
   (:attr:`~flowenedet.storage.Stats.scale`), so that weights compare: ``"flow"`` (the
-  log-odds), ``"energy"`` (the free energy of the standardised logits), and with the
-  ``"rich"`` input set ``"sml"`` (minus the standardised max logit), ``"entropy"`` (of
-  the softmax), ``"msp"`` (minus the log max softmax) and ``"margin"`` (minus the top-2
-  logit margin).
+  log-odds), ``"energy"`` (the free energy of the standardised logits), ``"rawenergy"``
+  and ``"maxlogit"`` (the free energy and minus the max of the raw logits: the Energy and
+  MaxLogit baselines), and with the ``"rich"`` input set ``"sml"`` (minus the standardised
+  max logit), ``"entropy"`` (of the softmax), ``"msp"`` (one minus the max softmax: the
+  MSP baseline) and ``"margin"`` (minus the top-2 logit margin).
+
+A rule's score is linear in its terms, and the sigmoid comes after post-processing and
+resizing (both linear, or close to it), so a rule of one term ranks image pixels exactly
+as that measure does when it is upsampled to the image (as the baselines are).
 
 A rule is written ``"flow + 1.5 energy"``: terms joined by ``+``, each with an optional
 weight before it. The fit chooses each map's rule on images it held out (rules set to
@@ -24,6 +29,8 @@ import re
 import torch
 from torch import Tensor
 
+from .energy import free_energy
+
 __all__ = [
     "AUTO",
     "STANDARDISED",
@@ -33,11 +40,12 @@ __all__ = [
     "check_rule",
     "format_rule",
     "parse_rule",
+    "raw_terms",
     "term_maps",
     "terms_of",
 ]
 
-STANDARDISED = ("flow", "energy", "sml", "entropy", "msp", "margin")
+STANDARDISED = ("flow", "energy", "rawenergy", "maxlogit", "sml", "entropy", "msp", "margin")
 """The standardised terms, in the order of :func:`term_maps` and of ``Stats.scale``."""
 TERMS = ("posterior", *STANDARDISED)
 AUTO = "auto"
@@ -48,17 +56,26 @@ _TERM = re.compile(r"^\s*(?:([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*\*?\s*)?([a-
 
 
 def terms_of(inputs: str) -> tuple[str, ...]:
-    """The standardised terms the input set ``inputs`` gives (``"energy"``: its pair only)."""
-    return STANDARDISED if inputs == "rich" else STANDARDISED[:2]
+    """The standardised terms the input set ``inputs`` gives (``"energy"``: the log-odds,
+    the energy pair's and the raw logits' terms)."""
+    return STANDARDISED if inputs == "rich" else STANDARDISED[:4]
 
 
-def term_maps(inputs: Tensor, log_odds: Tensor) -> Tensor:
-    """The raw standardisable terms ``(B, T, h, w)`` of flow ``inputs`` ``(B, D, h, w)``
-    (the energy pair first, then the rich set's channels) and ``log_odds`` ``(B, h, w)``,
-    in :data:`STANDARDISED` order (``T = 2`` for the energy pair)."""
-    terms = [log_odds, inputs[:, 1] - inputs[:, 0]]  # the free energy
-    if inputs.shape[1] >= 6:  # rich: standardised max logit, entropy, log max p, margin
-        terms += [-inputs[:, 2], inputs[:, 3], -inputs[:, 4], -inputs[:, 5]]
+def raw_terms(logits: Tensor) -> Tensor:
+    """The raw logits' terms ``(B, 2, h, w)`` of ``logits`` ``(B, K, h, w)``: their free
+    energy and minus their max (what the flow's inputs, of standardised logits, lack)."""
+    logits = logits.float()
+    return torch.stack([free_energy(logits), -logits.amax(1)], 1)
+
+
+def term_maps(inputs: Tensor, log_odds: Tensor, raw: Tensor) -> Tensor:
+    """The unstandardised terms ``(B, T, h, w)`` in :data:`STANDARDISED` order, from flow
+    ``inputs`` ``(B, D, h, w)`` (the energy pair first, then the rich set's channels),
+    ``log_odds`` ``(B, h, w)`` and the logits' :func:`raw_terms` ``(B, 2, h, w)``
+    (``T = 4`` for the energy pair)."""
+    terms = [log_odds, inputs[:, 1] - inputs[:, 0], raw[:, 0], raw[:, 1]]
+    if inputs.shape[1] >= 6:  # rich: standardised max logit, entropy, max p, margin
+        terms += [-inputs[:, 2], inputs[:, 3], 1.0 - inputs[:, 4].exp(), -inputs[:, 5]]
     return torch.stack(terms, 1)
 
 

@@ -4,8 +4,8 @@ over test-time scales, of :meth:`FlowEneDet.score`.
 Per logit pixel: the flow's log-odds of "miss" (:func:`flowenedet.inference.log_odds`)
 and the confidence measures of its inputs, the terms of each map's rule
 (:mod:`flowenedet.rules`: the posterior, or a weighted sum of terms standardised on the
-fit data), through a sigmoid. Then the post-processing of :mod:`flowenedet.postprocess`
-and bilinear resizing to the image.
+fit data). Then the post-processing of :mod:`flowenedet.postprocess`, bilinear resizing
+to the image and the sigmoid (files written before format 5: the sigmoid first).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .energy import flow_inputs
 from .flow import EnergyFlow, align_features
 from .inference import ScoringCache, log_odds
 from .postprocess import postprocess_maps, resize, upsampled_argmax
-from .rules import AUTO, Rule, apply_rule, parse_rule, term_maps
+from .rules import AUTO, Rule, apply_rule, parse_rule, raw_terms, term_maps
 from .scores import MAPS, Scores
 from .storage import Stats
 
@@ -66,8 +66,10 @@ class Scorer:
         opts, stats = self.options, self.stats
         inputs = flow_inputs(logits, stats.mean, stats.var, self.settings.inputs)
         odds = log_odds(self.flow, inputs, features, opts.chunk_pixels, autocast, self.cache)
-        terms = term_maps(inputs, odds)
-        raw = [torch.sigmoid(apply_rule(rule, odds, terms, stats.scale)) for rule in self.rules()]
+        terms = term_maps(inputs, odds, raw_terms(logits))
+        raw = [apply_rule(rule, odds, terms, stats.scale) for rule in self.rules()]
+        if not opts.sigmoid_last:  # files of formats before 5
+            raw = [torch.sigmoid(m) for m in raw]
         pred = upsampled_argmax(logits, size)
         if opts.postprocess == "image-pixels":  # the reference: upsample first
             raw = [resize(m, size) for m in raw]
@@ -87,7 +89,10 @@ class Scorer:
                 "are far outside the range the detector was fitted on; check the images' "
                 "scale and normalisation"
             )
-        maps = [resize(m, size).clamp_(0, 1) for m in maps]
+        maps = [resize(m, size) for m in maps]
+        if opts.sigmoid_last:
+            maps = [torch.sigmoid(m) for m in maps]
+        maps = [m.clamp_(0, 1) for m in maps]
         return Scores(
             *maps,
             pred=pred,

@@ -10,13 +10,17 @@ share of the cell's pixels the segmenter gets wrong counting as positives and th
 as negatives (a cell with one wrong pixel in sixteen is mostly right, not a hit, and a
 thin band of boundary errors weighs what it covers):
 
-* ``idm``: the posterior, each confidence measure of the flow's inputs alone (``msp``,
-  ``entropy``, ``margin``, ``sml``, ``energy``), or the log-odds blended with one of
-  them. So the map never ranks the held-out pixels worse than the best of its own
-  inputs: where the flow does not carry over, the rule falls back to an input.
+* ``idm``: the posterior, each confidence measure alone (``msp``, ``entropy``,
+  ``margin``, ``sml``, ``maxlogit``, ``energy``, ``rawenergy``), or the log-odds blended
+  with one of them. The held-out images as given and their shifted copies are scored
+  apart, and the rule taken is the one whose AP is the highest relative to the best
+  single measure's, in the part where it is lowest: a blend replaces the inputs only if
+  it ranks both the clean and the shifted held-out pixels as well as the best of them. So
+  the map never ranks the held-out pixels worse than the best of its own inputs by more
+  than it must: where the flow does not carry over, the rule falls back to an input.
 * ``concurrent``: ``idm``'s rule plus the free energy (unknown objects, which the fit data
-  do not show), with the largest weight that keeps the held-out precision within
-  :data:`TOLERANCE` of the rule's own.
+  do not show), with the largest weight that keeps the held-out precision (as above)
+  within :data:`TOLERANCE` of the rule's own.
 * ``ood``: the fit data hold no unknown objects to choose by, so ``"auto"`` is
   :data:`DEFAULT_OOD_RULE`, chosen on the embedded worlds' validation splits.
 """
@@ -49,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 HELD_OUT = 5
 """One image in this many is held out from training (at random, per image)."""
+MIN_PIXELS = 10
+"""Held-out hits and misses a part needs to choose by."""
 PIXELS_PER_IMAGE = 2048
 """Held-out pixels kept per image, at most (memory flat in the image size)."""
 TOLERANCE = 0.01
@@ -74,40 +80,54 @@ def candidate_rules(inputs: str) -> list[Rule]:
 
 
 class HeldOut:
-    """Held-out pixels' raw terms and targets, gathered batch by batch."""
+    """Held-out pixels' raw terms and targets, gathered batch by batch, in two parts: the
+    images as given (``"clean"``) and their shifted copies (``"shifted"``)."""
 
     def __init__(self, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
-        self.log_odds: list[Tensor] = []
-        self.terms: list[Tensor] = []
+        self.terms: list[Tensor] = []  # (T, n) per image
         self.miss: list[Tensor] = []  # each cell's share of wrong pixels
+        self.part: list[str] = []
 
-    def add(self, log_odds: Tensor, inputs: Tensor, valid: Tensor, miss: Tensor) -> None:
+    def add(self, log_odds: Tensor, inputs: Tensor, raw: Tensor, valid: Tensor,
+            miss: Tensor, shifted: bool) -> None:
         """The held-out images' ``log_odds`` ``(b, h, w)``, flow ``inputs``
-        ``(b, D, h, w)`` and targets ``valid`` / ``miss`` ``(b, h, w)``."""
-        terms = term_maps(inputs, log_odds)  # (b, T, h, w)
+        ``(b, D, h, w)``, :func:`~flowenedet.rules.raw_terms` ``(b, 2, h, w)`` and targets
+        ``valid`` / ``miss`` ``(b, h, w)``; ``shifted``: they are shifted copies."""
+        terms = term_maps(inputs, log_odds, raw)  # (b, T, h, w)
         for i in range(log_odds.shape[0]):
             pixels = valid[i].flatten().nonzero().flatten()
             if pixels.numel() > PIXELS_PER_IMAGE:
                 order = torch.randperm(pixels.numel(), generator=self.generator)
                 pixels = pixels[order[:PIXELS_PER_IMAGE].to(pixels.device)]
-            self.log_odds.append(log_odds[i].flatten()[pixels].cpu())
             self.terms.append(terms[i].flatten(1)[:, pixels].cpu())
             self.miss.append(miss[i].flatten()[pixels].float().cpu())
+            self.part.append("shifted" if shifted else "clean")
 
-    def arrays(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(log_odds (N,), terms (1, T, N), miss (N,))`` of every pixel added, ``miss``
-        the share of its cell's pixels that are wrong."""
-        log_odds, miss = torch.cat(self.log_odds), torch.cat(self.miss)
-        return log_odds, torch.cat(self.terms, 1)[None], miss
+    def parts(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{part: (terms (1, T, N), miss (N,))}`` of every pixel added, ``miss`` the
+        share of its cell's pixels that are wrong; a part without hits and misses is left
+        out."""
+        found = {}
+        for part in ("clean", "shifted"):
+            index = [i for i, p in enumerate(self.part) if p == part]
+            if not index:
+                continue
+            miss = torch.cat([self.miss[i] for i in index])
+            if int((miss > 0).sum()) >= MIN_PIXELS and int((miss < 1).sum()) >= MIN_PIXELS:
+                found[part] = torch.cat([self.terms[i] for i in index], 1)[None], miss
+        return found
 
 
 @dataclass
 class Choice:
-    """The rules chosen for ``"auto"`` maps and every candidate's held-out AP."""
+    """The rules chosen for ``"auto"`` maps; ``aps``: each candidate's held-out AP per
+    part (``{"clean": {rule: ap}, "shifted": {...}}``); ``scores``: each candidate's AP
+    relative to the best input's, in the part where that is lowest (what was maximised)."""
 
     rules: dict[str, str]
     scores: dict[str, float]
+    aps: dict[str, dict[str, float]]
     pixels: int
 
 
@@ -118,37 +138,47 @@ def choose_rules(
     ``concurrent_rule``) from the held-out pixels (see the module docstring); fields with
     a rule keep it. Too few held-out hits or misses: :data:`DEFAULT_RULES`."""
     chosen = {k: (DEFAULT_RULES[k] if v == AUTO else v) for k, v in requested.items()}
-    log_odds, terms, miss = held_out.arrays() if held_out.miss else (None, None, None)
-    wrong = 0 if miss is None else int((miss > 0).sum())
-    if miss is None or wrong < 10 or int((miss < 1).sum()) < 10:
+    parts = held_out.parts()
+    pixels = sum(miss.numel() for _, miss in parts.values())
+    if not parts:
         logger.info("too few held-out pixels to choose the maps' rules by: the defaults")
-        return Choice(chosen, {}, 0 if miss is None else miss.numel())
+        return Choice(chosen, {}, {}, sum(m.numel() for m in held_out.miss))
 
-    def ap(rule: Rule) -> float:
-        score = apply_rule(rule, log_odds[None, :, None], terms[..., None], scale)
-        return weighted_ap(score.flatten(), miss)
+    def aps(rule: Rule) -> dict[str, float]:
+        return {
+            part: weighted_ap(apply_rule(rule, terms[:, 0, :, None], terms[..., None], scale)
+                              .flatten(), miss)
+            for part, (terms, miss) in parts.items()
+        }
 
-    scores = {format_rule(rule): ap(rule) for rule in candidate_rules(inputs)}
-    best = max(scores, key=scores.get)
+    measured = {format_rule(rule): aps(rule) for rule in candidate_rules(inputs)}
+    alone = [t for t in terms_of(inputs) if t != "flow"]
+    best_input = {p: max(measured[t][p] for t in alone) for p in parts}
+
+    def worst(rule: str) -> float:  # the AP relative to the best input, where lowest
+        return min(ap / max(best_input[p], 1e-12) for p, ap in measured[rule].items())
+
     if requested["idm_rule"] == AUTO:
+        best = max(measured, key=worst)
         chosen["idm_rule"] = "posterior" if best == "flow" else best
     if requested["concurrent_rule"] == AUTO:
         base = chosen["idm_rule"].replace("posterior", "flow")
         chosen["concurrent_rule"] = base
-        floor = (1 - TOLERANCE) * scores.get(base, ap(parse_rule(base)))
+        measured.setdefault(base, aps(parse_rule(base)))
+        floor = (1 - TOLERANCE) * worst(base)
         for weight in _ENERGY_WEIGHTS:  # the most energy that costs little
             rule = _with_energy(base, weight)
-            scores[rule] = ap(parse_rule(rule))
-            if scores[rule] >= floor:
+            measured[rule] = aps(parse_rule(rule))
+            if worst(rule) >= floor:
                 chosen["concurrent_rule"] = rule
                 break
     logger.info(
-        "scoring rules chosen on %d held-out pixels (%d with errors): %s",
-        miss.numel(),
-        wrong,
+        "scoring rules chosen on %d held-out pixels: %s",
+        pixels,
         ", ".join(f"{k} {v!r}" for k, v in chosen.items()),
     )
-    return Choice(chosen, scores, miss.numel())
+    by_part = {p: {rule: ap[p] for rule, ap in measured.items()} for p in parts}
+    return Choice(chosen, {rule: worst(rule) for rule in measured}, by_part, pixels)
 
 
 def weighted_ap(scores: Tensor, share: Tensor) -> float:
