@@ -24,8 +24,8 @@ class Scores:
             held-out images (``"posterior"``: the flow's posterior ``p(miss | z)``), with
             plain Gaussian smoothing.
         ood: ``(B, H, W)`` in [0, 1], out-of-distribution map: by default the posterior's
-            log-odds plus 1.5 times the standardised free energy (each on the scale of
-            the fit data, rule ``"flow + 1.5 energy"``), with boundary suppression and
+            log-odds plus 3 times minus the standardised max logit (each on the scale of
+            the fit data, rule ``"flow + 3 sml"``), with optional boundary suppression and
             dilated smoothing (with ``ood_keep_peaks``, the larger of the map and its
             smoothed copy, so small objects keep their peaks).
         concurrent: ``(B, H, W)`` in [0, 1], "misclassified or unknown": the ``idm`` rule

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowenedet import FlowEneDet, fitting
-from flowenedet.evaluation.baselines import MSP, Entropy, MaxLogit
+from flowenedet.evaluation.baselines import MSP, Energy, Entropy, MaxLogit
 from flowenedet.evaluation.metrics import auroc, average_precision
 from flowenedet.labels import PADDING_INDEX
 from flowenedet.postprocess import upsampled_argmax
@@ -222,6 +222,20 @@ def test_each_map_follows_its_rule(fitted):
         FlowEneDet(det.segmenter, inputs="energy", idm_rule="msp")
 
 
+@pytest.mark.parametrize(
+    ("rule", "baseline"),
+    [("msp", MSP), ("entropy", Entropy), ("maxlogit", MaxLogit), ("rawenergy", Energy)],
+)
+def test_a_map_that_falls_back_to_an_input_is_that_baseline(fitted, test_scenes, rule, baseline):
+    """A rule of one measure ranks the image's pixels as the baseline of that measure
+    does (the sigmoid comes after resizing; no smoothing)."""
+    det = fitted["U"].with_options(idm_rule=rule, smooth_kernel=1)
+    images, _ = test_scenes
+    expected = baseline(det.segmenter).predict(images).flatten()
+    ordered = det.score(images).idm.flatten()[expected.argsort(stable=True)]
+    assert (ordered.diff() >= -1e-6).all()
+
+
 def test_the_fit_chooses_the_rules_on_held_out_images_and_falls_back_to_an_input(
     segmenter, train_loader
 ):
@@ -231,12 +245,13 @@ def test_the_fit_chooses_the_rules_on_held_out_images_and_falls_back_to_an_input
     det = FlowEneDet(segmenter, variant="U", seed=3).fit(train_loader, steps=2, progress=False)
     choice = det.selection
     assert choice.pixels > 0 and set(choice.scores) >= {"flow", "msp", "entropy", "margin"}
-    best_input = max(choice.scores[t] for t in ("msp", "entropy", "margin", "sml", "energy"))
+    inputs = ("msp", "entropy", "margin", "sml", "energy", "rawenergy", "maxlogit")
+    best_input = max(choice.scores[t] for t in inputs)
     assert choice.scores["flow"] < best_input  # the untrained flow loses ...
     chosen = det.config.scoring.idm_rule
     assert choice.scores[chosen] >= best_input  # ... and the rule does not
     assert det.config.scoring.concurrent_rule.startswith(chosen)
-    assert det.config.scoring.ood_rule == "flow + 1.5 energy"
+    assert det.config.scoring.ood_rule == "flow + 3 sml"  # never chosen: no unknown objects
     trained = FlowEneDet(segmenter, variant="U", idm_rule="flow").fit(
         train_loader, steps=2, progress=False
     )
@@ -266,7 +281,7 @@ def test_ood_map_smoothing_has_its_own_kernel_and_can_keep_peaks(fitted):
     smoothed = det.with_options(ood_smooth_kernel=None).score_logits(logits, features)  # as 7
     assert torch.equal(raw.idm, smoothed.idm)
     assert not torch.allclose(raw.ood, smoothed.ood)
-    assert (smoothed.ood.amax((1, 2)) < raw.ood.amax((1, 2)) - 1e-3).all()  # peaks flattened
+    assert (smoothed.ood.amax((1, 2)) < raw.ood.amax((1, 2))).all()  # peaks flattened
     kept = det.with_options(ood_keep_peaks=True).score_logits(logits, features).ood
     assert torch.equal(kept, torch.maximum(raw.ood, smoothed.ood))
     assert torch.equal(kept.amax((1, 2)), raw.ood.amax((1, 2)))
@@ -642,11 +657,17 @@ def test_image_pixel_sizes_at_logit_resolution_approximate_the_reference(fitted)
     for mode in ("image-pixels", "image-pixels-at-logits"):
         det.config.scoring.postprocess = mode
         maps[mode] = det.score_logits(logits, features, size=(64, 64))
-    # measured: correlation 0.995 / 0.84-0.9 / 0.996; unconverted sizes give 0.83 / 0.53 / 0.85
-    for kind, least in (("idm", 0.95), ("ood", 0.75), ("concurrent", 0.95)):
+    # measured: correlation 0.994 / 0.80 / 0.996 and mean difference 0.014 / 0.104 / 0.011
+    # (the sigmoid after post-processing; before it, 0.84-0.9 for ood); unconverted sizes
+    # give correlations of 0.83 / 0.53 / 0.85
+    for kind, least, apart in (
+        ("idm", 0.95, 0.05),
+        ("ood", 0.75, 0.12),
+        ("concurrent", 0.95, 0.05),
+    ):
         a, b = (getattr(maps[m], kind).flatten() for m in maps)
         assert torch.corrcoef(torch.stack([a, b]))[0, 1] > least, kind
-        assert (a - b).abs().mean() < 0.1, kind
+        assert (a - b).abs().mean() < apart, kind
 
 
 def test_fit_length_is_a_step_budget_not_the_loaders_length(segmenter, train_loader, caplog):

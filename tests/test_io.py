@@ -38,7 +38,7 @@ def test_file_is_plain_safetensors_with_a_header(fitted, tmp_path):
         assert meta["format"] == FORMAT and meta["format_version"] == str(FORMAT_VERSION)
         assert '"variant": "C"' in meta["config"]
         assert f.get_tensor("stats.mean").shape == (NUM_CLASSES,)
-        assert f.get_tensor("stats.scale").shape == (6, 2)  # six terms' mean and spread
+        assert f.get_tensor("stats.scale").shape == (8, 2)  # eight terms' mean and spread
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
