@@ -157,7 +157,7 @@ def exact_counts(
     scores: np.ndarray, positives: np.ndarray, task: str = "positives"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cumulative ``(tps, fps, thresholds)`` at each distinct score, highest first."""
-    order = np.argsort(scores, kind="stable")[::-1]
+    order = np.argsort(scores)[::-1]  # the order within ties does not change the counts
     return sorted_counts(scores[order], positives[order], task)
 
 

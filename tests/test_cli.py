@@ -680,32 +680,38 @@ def _sizes(cfg) -> tuple[int, int, int, int]:
 
 
 def test_demo_defaults_and_output(fake_runs, capsys):
+    """``flowenedet demo`` tours the digits world, right in ``flowenedet-demo/``; ``--world
+    all`` tours every world, each in a folder of its own, the street and aerial parts
+    reduced."""
     Path("flowenedet-demo").mkdir()
     Path("flowenedet-demo/old.txt").write_text("from an earlier run")
     code, stdout, _ = _run(capsys, ["demo"])
     assert code == 0
-    [(kind, out, cfg), (street_kind, street_out, street), (_, aerial_out, aerial)] = fake_runs
-    assert kind == street_kind == "demo"  # every world
-    assert out == Path("flowenedet-demo/digits") and cfg.world == "digits"
-    assert street_out == Path("flowenedet-demo/street") and street.world == "street"
-    assert _sizes(cfg) == (300, 64, 100, 100)  # the sizes docs/benchmarks.md reports
-    assert _sizes(street) == (16, 4, 8, 40)  # reduced to fit the demo's time
+    [(kind, out, cfg)] = fake_runs
+    assert kind == "demo" and out == Path("flowenedet-demo") and cfg.world == "digits"
+    assert _sizes(cfg) == (300, 40, 60, 100) and cfg.mc_samples == 2
     assert len(cfg.shift) == 8 and not cfg.corruptions  # every test type, mixed in one split
+    assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
+    assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
+    assert "## digits world" in stdout and "## street world" not in stdout
+    assert str(Path("flowenedet-demo") / "results.json") in stdout
+    assert "old.txt" not in stdout  # only the files this run wrote are listed
+    assert "finished in" in stdout and " s" in stdout
+    fake_runs.clear()
+    assert _run(capsys, ["demo", "--world", "all"])[0] == 0
+    [(_, out, cfg), (street_kind, street_out, street), (_, aerial_out, aerial)] = fake_runs
+    assert out == Path("flowenedet-demo/digits") and _sizes(cfg) == (300, 40, 60, 100)
+    assert street_kind == "demo" and street.world == "street"
+    assert street_out == Path("flowenedet-demo/street")
+    assert _sizes(street) == (16, 4, 8, 40)  # reduced to fit the demo's time
     assert tuple(street.shift) == tuple(cfg.shift)
     assert aerial_out == Path("flowenedet-demo/aerial") and aerial.world == "aerial"
     assert _sizes(aerial) == (16, 8, 16, 40)
     assert set(aerial.shift) == set(AERIAL_SHIFTS) and not set(aerial.shift) & set(cfg.shift)
-    assert cfg.seed == 0 and cfg.progress is None  # bars only on a terminal
-    assert "### test" in stdout and "| FED-C ood | 90.00 | 50.00 | 20.00 |" in stdout
-    assert "## digits world" in stdout and "## street world" in stdout
-    assert "## aerial world" in stdout
-    assert str(Path("flowenedet-demo/street") / "results.json") in stdout
-    assert "old.txt" not in stdout  # only the files this run wrote are listed
-    assert "finished in" in stdout and " s" in stdout
 
 
 def test_demo_options_reach_the_benchmark_config(fake_runs, capsys):
-    argv = ["demo", "--out", "tour", "--steps", "7", "--train-scenes", "30"]
+    argv = ["demo", "--world", "all", "--out", "tour", "--steps", "7", "--train-scenes", "30"]
     argv += ["--val-scenes", "10", "--test-scenes", "20", "--seed", "3", "--no-progress"]
     assert _run(capsys, argv)[0] == 0
     assert _run(capsys, [*argv, "--world", "street"])[0] == 0

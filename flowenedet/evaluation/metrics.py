@@ -214,7 +214,7 @@ class PixelEvaluator:
         """Stored exact pixels sorted by descending score: (scores, codes, preds)."""
         if self._sorted is None:
             s, code, pred = (np.concatenate(parts) for parts in zip(*self._chunks, strict=True))
-            order = np.argsort(s, kind="stable")[::-1]
+            order = np.argsort(s)[::-1]  # ties meet at one cut: their order is free
             self._sorted = (s[order], code[order], pred[order])
             self._chunks = [self._sorted]
         return self._sorted
