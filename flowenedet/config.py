@@ -160,8 +160,9 @@ FILE_DEFAULTS = {
 }
 """Settings a detector file of the flat format (before format 5) may lack because it
 predates them, with the value that reproduces how it scored: files of flowenedet before
-the ``postprocess`` setting ran it in logit pixels (today's default is another), and
-every such file took the sigmoid before post-processing; the energy weights that every file of that format used became rules (:func:`from_flat`)."""
+the ``postprocess`` setting ran it in logit pixels (today's default is another), every
+such file took the sigmoid before post-processing, and the energy weights that every
+file of that format used became rules (:func:`from_flat`)."""
 
 
 @dataclass

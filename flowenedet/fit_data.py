@@ -32,10 +32,10 @@ from torch import Tensor
 from .checks import check_images, check_labels, check_logits, unpack_batch
 from .config import FlowSettings, Spec, check_field
 from .energy import flow_inputs
-from .rules import raw_terms
 from .flow import align_features
 from .hooks import SegmenterTap
 from .progress import StageTimer, stage
+from .rules import raw_terms
 from .selection import held_out_mask
 from .shifts import shifted_copy
 from .training import miss_targets
