@@ -8,7 +8,7 @@ rule in place of the map's (:meth:`FlowEneDet.with_options`), next to the best
 baseline of each column. A map's rule changes nothing in the fit, so these rows are what
 a refit with that rule as the default would score.
 
-    flowenedet demo --world street --seeds 3 --out runs/
+    flowenedet demo --world street --seeds 3 --out runs/street
     python -m benchmarks.rules runs/street --ood "flow + 1.5 energy" "flow + 1.5 sml" sml
 
 Prints one table per seed and split: OOD AP, OOD FPR95, IDM AP, CDD AP.
