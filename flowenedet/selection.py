@@ -182,7 +182,8 @@ def choose_rules(
     if requested["concurrent_rule"] == AUTO:
         base = chosen["idm_rule"].replace("posterior", "flow")
         chosen["concurrent_rule"] = base
-        measured.setdefault(base, aps(parse_rule(base)))
+        if base not in measured:  # a rule given for idm, not a candidate
+            measured[base] = aps(parse_rule(base))
         floor = (1 - TOLERANCE) * worst(base)
         for weight in _ENERGY_WEIGHTS:  # the most energy that costs little
             rule = _with_energy(base, weight)
