@@ -25,6 +25,7 @@ __all__ = [
     "overlay_opacity",
     "pending",
     "size_batches",
+    "write_mask",
     "write_outputs",
     "write_png",
 ]
@@ -86,6 +87,16 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     io.atomic_write(path, write)
 
 
+def write_mask(out: Path, name: str, kind: str, mask: np.ndarray) -> None:
+    """The reject mask ``(H, W)`` bool of map ``kind`` of image ``name``, 8-bit (255:
+    rejected)."""
+    write_png(out / _mask_file(name, kind), mask.astype(np.uint8) * 255)
+
+
+def _mask_file(name: str, kind: str) -> str:
+    return f"{name}_{kind}_mask.png"
+
+
 def output_files(name: str, formats: Sequence[str], masks: Sequence[str]) -> list[str]:
     """File names ``score`` writes for the image ``name``: heat maps and the overlay (png),
     float16 maps (npy), reject masks of the calibrated ``masks`` maps."""
@@ -94,7 +105,7 @@ def output_files(name: str, formats: Sequence[str], masks: Sequence[str]) -> lis
         files += [f"{name}_{kind}.png" for kind in (*MAPS, "overlay")]
     if "npy" in formats:
         files += [f"{name}_{kind}.npy" for kind in MAPS]
-    return files + [f"{name}_{kind}_mask.png" for kind in masks]
+    return files + [_mask_file(name, kind) for kind in masks]
 
 
 def pending(

@@ -34,7 +34,7 @@ from .options import (
     number_in,
     positive_int,
 )
-from .outputs import colormap, input_images, pending, size_batches, write_outputs, write_png
+from .outputs import colormap, input_images, pending, size_batches, write_mask, write_outputs
 from .segmenter import load_detector, load_segmenter, select_device
 
 __all__ = ["cmd_score"]
@@ -112,8 +112,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             arrays = {kind: getattr(maps, kind)[row].float().cpu().numpy() for kind in MAPS}
             write_outputs(out, items[index][0], rgb.numpy(), arrays, args, heat, thresholds)
             for kind, mask in rejected.items():
-                picture = mask[row].cpu().numpy().astype(np.uint8) * 255
-                write_png(out / f"{items[index][0]}_{kind}_mask.png", picture)
+                write_mask(out, items[index][0], kind, mask[row].cpu().numpy())
     note = f"; skipped {skipped} whose outputs exist" if skipped else ""
     kinds = [*args.format, *(["masks"] if masks else [])]
     written = len(items) - unreadable

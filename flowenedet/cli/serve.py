@@ -20,7 +20,7 @@ from ..export.runtime import rgb_batch
 from ..progress import progress_bar
 from ..scores import MAPS
 from .errors import CLIError, require_file, require_output_dir
-from .outputs import colormap, input_images, pending, size_batches, write_outputs, write_png
+from .outputs import colormap, input_images, pending, size_batches, write_mask, write_outputs
 
 __all__ = ["score_onnx"]
 
@@ -108,7 +108,7 @@ def score_onnx(args: argparse.Namespace) -> int:
             for kind in masks:
                 mask = outputs.get(f"{kind}_mask")
                 mask = arrays[kind] > thresholds[kind] if mask is None else mask[row]
-                write_png(out / f"{name}_{kind}_mask.png", mask.astype(np.uint8) * 255)
+                write_mask(out, name, kind, mask)
     done = len(items) - len(unreadable)
     note = f"; skipped {skipped} whose outputs exist" if skipped else ""
     if unreadable:
