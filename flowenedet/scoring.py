@@ -67,20 +67,20 @@ class Scorer:
         inputs = flow_inputs(logits, stats.mean, stats.var, self.settings.inputs)
         odds = log_odds(self.flow, inputs, features, opts.chunk_pixels, autocast, self.cache)
         terms = term_maps(inputs, odds, raw_terms(logits))
-        raw = [apply_rule(rule, odds, terms, stats.scale) for rule in self.rules()]
+        rule_maps = [apply_rule(rule, odds, terms, stats.scale) for rule in self.rules()]
         if not opts.sigmoid_last:  # files of formats before 5
-            raw = [torch.sigmoid(m) for m in raw]
+            rule_maps = [torch.sigmoid(m) for m in rule_maps]
         pred = upsampled_argmax(logits, size)
         if opts.postprocess == "image-pixels":  # the reference: upsample first
-            raw = [resize(m, size) for m in raw]
-            maps = postprocess_maps(*raw, pred=pred, config=opts, stride=1.0)
+            rule_maps = [resize(m, size) for m in rule_maps]
+            maps = postprocess_maps(*rule_maps, pred=pred, config=opts, stride=1.0)
         else:
             # image pixels per logit pixel: as measured at fit, else as this call's
             measured = self.record.stride or size[-2] / logits.shape[-2]
             stride = 1.0 if opts.postprocess == "logit-pixels" else measured
             # the logits' argmax only if boundary suppression needs it (14 ms at 128 x 256)
             low_pred = partial(torch.argmax, logits, 1)
-            maps = postprocess_maps(*raw, pred=low_pred, config=opts, stride=stride)
+            maps = postprocess_maps(*rule_maps, pred=low_pred, config=opts, stride=stride)
         # checked before the resize (finite maps resize to finite maps): fewer pixels
         if self.check_finite and not all(torch.isfinite(m).all() for m in maps):
             top = logits.abs().max().item()
